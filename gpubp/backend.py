@@ -1,0 +1,156 @@
+"""Array backends: NumPy on the CPU, CuPy on a CUDA GPU.
+
+The layer, loss and optimizer code is written once against a :class:`Backend`:
+it calls ``backend.xp`` (the NumPy-compatible array module, Chainer's ``xp``
+idiom) and ``backend.kernels`` (the fused kernels of that device). Everything
+that differs between NumPy and CuPy lives in this file and in ``gpubp.kernels``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import numpy as np
+
+from .errors import BackendUnavailableError, InvalidInputError, InvalidTypeError
+
+logger = logging.getLogger("gpubp")
+
+BACKEND_ALIASES = {"auto": "auto", "cpu": "cpu", "numpy": "cpu", "gpu": "gpu", "cupy": "gpu", "cuda": "gpu"}
+DTYPES = {"float32": np.float32, "float64": np.float64}
+GPU_INSTALL_HINT = (
+    "install the GPU extra that matches your CUDA driver: pip install 'gpubp[cuda12]' "
+    "(driver >= 525) or pip install 'gpubp[cuda13]' (driver >= 580)"
+)
+
+
+class Backend:
+    """An array library, its device and its fused kernels.
+
+    Attributes
+    ----------
+    name : {"cpu", "gpu"}
+    xp : module
+        ``numpy`` or ``cupy``.
+    kernels : module
+        ``gpubp.kernels.cpu`` or ``gpubp.kernels.cuda``; same function names.
+    device_name : str
+        Human-readable device description.
+    """
+
+    def __init__(self, name, xp, kernels, device_name):
+        self.name = name
+        self.xp = xp
+        self.kernels = kernels
+        self.device_name = device_name
+
+    def __repr__(self):
+        return f"Backend({self.name!r}, device={self.device_name!r})"
+
+    def asarray(self, a, dtype=None):
+        """Copy a host or device array onto this backend's device (no copy if already there)."""
+        return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+
+    def to_host(self, a):
+        """Return ``a`` as a NumPy array on the host."""
+        if isinstance(a, np.ndarray):
+            return a
+        return self.xp.asnumpy(a)
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self):
+        """Block until queued device work has finished (no-op on the CPU)."""
+        if self.name == "gpu":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def owns(self, a):
+        """True when ``a`` is an array of this backend's library."""
+        return isinstance(a, self.xp.ndarray)
+
+
+def _cpu_backend():
+    from .kernels import cpu
+
+    return Backend("cpu", np, cpu, "CPU (NumPy)")
+
+
+def probe_cupy():
+    """Return ``(cupy, None)`` when CuPy imports and a CUDA device answers, else ``(None, reason)``."""
+    try:
+        cupy = importlib.import_module("cupy")
+    except ImportError:
+        return None, f"CuPy is not installed; {GPU_INSTALL_HINT}"
+    except Exception as exc:  # a broken CuPy install raises all sorts of errors at import
+        return None, f"CuPy is installed but failed to import ({exc}); {GPU_INSTALL_HINT}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"CuPy is installed but no CUDA device answers ({exc})"
+    if count < 1:
+        return None, "CuPy is installed but no CUDA device answers (0 devices found)"
+    return cupy, None
+
+
+def _gpu_backend(cupy):
+    from .kernels import cuda
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return Backend("gpu", cupy, cuda, name)
+
+
+_CACHE = {}
+
+
+def get_backend(name="auto"):
+    """Return the :class:`Backend` for ``name``.
+
+    Parameters
+    ----------
+    name : {"auto", "cpu", "gpu", "numpy", "cupy"} or Backend
+        ``"auto"`` picks CuPy when it imports and a CUDA device answers, else
+        NumPy (logging one line that says why). ``"gpu"`` raises
+        :class:`BackendUnavailableError` naming what is missing.
+    """
+    if isinstance(name, Backend):
+        return name
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"backend must be a string such as 'auto', 'cpu' or 'gpu', got {type(name).__name__}")
+    key = BACKEND_ALIASES.get(name.lower())
+    if key is None:
+        raise InvalidInputError(
+            f"unknown backend {name!r}; valid names are {sorted(BACKEND_ALIASES)}"
+        )
+    if key in _CACHE:
+        return _CACHE[key]
+    if key == "cpu":
+        backend = _cpu_backend()
+    else:
+        cupy, reason = probe_cupy()
+        if cupy is not None:
+            backend = _gpu_backend(cupy)
+        elif key == "gpu":
+            raise BackendUnavailableError(f"backend='gpu' requested but {reason}")
+        else:
+            logger.info("gpubp: using the CPU backend (%s)", reason)
+            backend = get_backend("cpu")
+    _CACHE[key] = backend
+    return backend
+
+
+def resolve_dtype(dtype):
+    """Map ``"float32"``/``"float64"`` (or the NumPy types) to a NumPy dtype."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in DTYPES:
+        raise InvalidInputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return resolved

@@ -1,0 +1,104 @@
+"""Training callbacks (Keras-shaped): :class:`History` and :class:`EarlyStopping`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from .errors import InvalidInputError
+
+
+class Callback:
+    """Hooks called by ``fit``; ``self.model`` is set before training starts."""
+
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+class History(Callback):
+    """Per-epoch metrics: ``history.history["loss"]``, ``["val_loss"]``, ``["val_accuracy"]``,
+    ``["epoch_time"]`` (seconds) and ``["samples_per_sec"]``; ``history.epoch`` lists epoch indices."""
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs):
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Parameters
+    ----------
+    monitor : str
+        A key of the epoch logs: "val_loss" (default), "val_accuracy", "loss", ...
+    mode : {"auto", "min", "max"}
+        "auto" maximises metrics whose name contains "accuracy", minimises the rest.
+    restore_best_weights : bool
+        Copy the best epoch's weights back into the model when training stops.
+    """
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto", restore_best_weights=True):
+        if mode not in ("auto", "min", "max"):
+            raise InvalidInputError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise InvalidInputError(f"patience must be an integer >= 0, got {patience!r}")
+        self.monitor = monitor
+        self.patience = patience
+        self.min_delta = abs(float(min_delta))
+        self.maximize = mode == "max" or (mode == "auto" and "accuracy" in monitor)
+        self.restore_best_weights = restore_best_weights
+
+    def on_train_begin(self, logs=None):
+        self.best = -math.inf if self.maximize else math.inf
+        self.best_epoch = None
+        self.wait = 0
+        self.stopped_epoch = None
+        self._best_params = None
+
+    def _improved(self, value):
+        if self.maximize:
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def on_epoch_end(self, epoch, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            warnings.warn(f"EarlyStopping: metric {self.monitor!r} is not available; "
+                          f"available: {sorted(logs)}", stacklevel=2)
+            return
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                params = self.model._params
+                if self._best_params is None:
+                    self._best_params = params.copy()
+                else:
+                    self.model.backend.xp.copyto(self._best_params, params)
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch is not None and self.restore_best_weights and self._best_params is not None:
+            self.model.backend.xp.copyto(self.model._params, self._best_params)

@@ -1,0 +1,114 @@
+"""Model files: ``.npz`` archives of plain arrays plus JSON metadata, loaded without pickle.
+
+Layout: ``__meta__`` (uint8 bytes of UTF-8 JSON: format name and version, gpubp
+version, architecture, dtype, seed, loss and optimizer settings) and one array
+per parameter, ``W0, b0, W1, b1, ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import ModelFileError
+
+FORMAT_NAME = "gpubp-model"
+FORMAT_VERSION = 1
+
+
+def _atomic_savez(path, arrays):
+    """Write ``arrays`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model, path):
+    """Save ``model`` to ``path`` (``.npz`` appended when missing); returns the path written."""
+    from . import __version__
+
+    if not model.built:
+        raise ModelFileError("cannot save a model without weights: build or fit it first")
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "gpubp_version": __version__,
+            "config": model.get_config()}
+    arrays = {"__meta__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+    for i, w in enumerate(model.get_weights()):
+        arrays[("W" if i % 2 == 0 else "b") + str(i // 2)] = w
+    _atomic_savez(path, arrays)
+    return path
+
+
+def read_model_file(path):
+    """Return ``(meta, weights)`` from a model file, rejecting anything unexpected."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelFileError(f"model file {path!r} does not exist") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFileError(f"{path!r} is not a readable gpubp model file ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ModelFileError(f"{path!r} is a bare .npy array, not a gpubp model archive")
+    with archive:
+        try:
+            meta = json.loads(bytes(archive["__meta__"]).decode("utf-8"))
+            version = meta["format_version"]
+            if meta.get("format") != FORMAT_NAME:
+                raise KeyError("format")
+        except ValueError as exc:  # includes pickled object arrays refused by allow_pickle=False
+            raise ModelFileError(f"{path!r} has unreadable metadata ({exc})") from None
+        except (KeyError, TypeError, UnicodeDecodeError):
+            raise ModelFileError(f"{path!r} is not a gpubp model file (no valid __meta__ record)") from None
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"{path!r} has format version {version}, newer than this gpubp understands "
+                f"({FORMAT_VERSION}); upgrade gpubp")
+        n_layers = len(meta["config"]["layers"])
+        weights = []
+        try:
+            for i in range(n_layers):
+                weights += [archive[f"W{i}"], archive[f"b{i}"]]
+        except KeyError as exc:
+            raise ModelFileError(f"{path!r} lacks the array {exc}") from None
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise ModelFileError(f"{path!r} holds a corrupted or non-numeric array ({exc})") from None
+    return meta, weights
+
+
+def load_model(path, backend="auto"):
+    """Rebuild a saved model on ``backend``, compiled again when it was compiled when saved."""
+    from .layers import Dense
+    from .model import Sequential
+    from .optim import optimizer_from_config
+
+    meta, weights = read_model_file(path)
+    config = meta["config"]
+    try:
+        layers = [Dense(**layer) for layer in config["layers"]]
+        model = Sequential(layers, input_dim=config["input_dim"], backend=backend,
+                           dtype=config["dtype"], seed=config["seed"])
+        if config.get("loss"):
+            optimizer = optimizer_from_config(config["optimizer"]) if config.get("optimizer") else "adam"
+            model.compile(loss=config["loss"], optimizer=optimizer)
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"{path!r} has an invalid model configuration ({exc})") from None
+    try:
+        model.set_weights(weights)
+    except ValueError as exc:
+        raise ModelFileError(f"{path!r} holds weights that do not fit its architecture: {exc}") from None
+    return model

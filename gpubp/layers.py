@@ -1,0 +1,81 @@
+"""Fully connected layer with a fused bias + activation."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .activations import DEFAULT_INIT, resolve_activation
+from .errors import InvalidInputError
+from .initializers import get_initializer
+
+
+class Dense:
+    """``y = f(x @ W + b)`` with ``W`` of shape (fan_in, units) and ``b`` of shape (units,).
+
+    Parameters
+    ----------
+    units : int
+        Number of outputs.
+    activation : {None, "linear", "sigmoid", "tanh", "relu"}
+        ``f``; it lives in the layer so that the bias add and the activation
+        run as one fused in-place pass over the GEMM output.
+    init : str or callable, optional
+        Weight initialiser (see ``gpubp.initializers``); by default Glorot
+        uniform, or He normal before a ReLU. Biases start at zero.
+
+    The model binds ``W``, ``b`` and their gradients ``dW``, ``db`` to views of
+    its flat parameter and gradient buffers (see :meth:`bind`).
+    """
+
+    def __init__(self, units, activation=None, init=None):
+        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
+            raise InvalidInputError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = resolve_activation(activation)
+        self.init = init if init is not None else DEFAULT_INIT[self.activation]
+        self._initializer = get_initializer(self.init)
+        self.fan_in = None
+        self.W = self.b = self.dW = self.db = None
+
+    def __repr__(self):
+        return f"Dense({self.units}, activation={self.activation!r})"
+
+    def get_config(self):
+        init = self.init if isinstance(self.init, str) else "glorot"
+        return {"units": self.units, "activation": self.activation, "init": init}
+
+    def initial_weights(self, rng, fan_in):
+        """Draw this layer's initial ``(W, b)`` as float64 host arrays."""
+        self.fan_in = int(fan_in)
+        W = self._initializer(rng, self.fan_in, self.units)
+        return W, np.zeros(self.units)
+
+    def bind(self, W, b, dW, db):
+        """Attach the parameter and gradient views this layer reads and writes."""
+        self.W, self.b, self.dW, self.db = W, b, dW, db
+
+    def forward(self, xp, kernels, x, out):
+        """``out = f(x @ W + b)``; x (B, fan_in), out (B, units), both preallocated."""
+        xp.matmul(x, self.W, out=out)
+        kernels.bias_activation_(out, self.b, self.activation)
+        return out
+
+    def backward(self, xp, delta, x, dx=None):
+        """Accumulate ``dW = x^T delta`` and ``db = sum_b delta``; write ``dx = delta W^T``.
+
+        ``delta`` (B, units) is dL/dz of this layer (the activation derivative
+        already applied). ``dx`` (B, fan_in) receives dL/dx, the previous
+        layer's dL/dy; it is skipped for the first layer.
+        """
+        xp.matmul(x.T, delta, out=self.dW)
+        xp.sum(delta, axis=0, out=self.db)
+        if dx is not None:
+            xp.matmul(delta, self.W.T, out=dx)
+        return dx
+
+    def activation_backward_(self, kernels, delta, y):
+        """In place: ``delta *= f'(z)`` written with this layer's output ``y``."""
+        kernels.activation_backward_(delta, y, self.activation)
+        return delta

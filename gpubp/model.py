@@ -1,0 +1,317 @@
+"""The :class:`Sequential` model: a stack of Dense layers over flat parameter buffers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_backend, resolve_dtype
+from .buffers import BatchPlan
+from .errors import InvalidInputError, InvalidTypeError, NotCompiledError
+from .layers import Dense
+from .losses import get_loss
+from .optim import get_optimizer
+from .validation import as_feature_matrix, as_target_array, check_positive_int
+
+#: Rows per chunk in predict/evaluate when no batch size is given.
+INFERENCE_BATCH = 4096
+
+
+class Sequential:
+    """A multi-layer perceptron: ``Dense`` layers applied in order.
+
+    Parameters
+    ----------
+    layers : list of Dense
+    input_dim : int, optional
+        Number of input features; if omitted the model is built on the first
+        ``fit``/``train_on_batch`` from the data.
+    backend : {"auto", "cpu", "gpu", "numpy", "cupy"}
+    dtype : {"float32", "float64"}
+    seed : int, optional
+        Seeds the weight initialisation and the epoch shuffling; the same seed
+        on the same backend gives bit-identical weights after ``fit`` on the CPU.
+
+    All parameters live in one flat device array ``[W_1, ..., W_L, b_1, ..., b_L]``
+    (gradients in a twin), and each layer sees views of it, so an optimizer
+    step is one kernel pass over every parameter.
+    """
+
+    def __init__(self, layers, input_dim=None, backend="auto", dtype="float32", seed=None):
+        layers = list(layers)
+        if not layers:
+            raise InvalidInputError("Sequential needs at least one Dense layer")
+        for layer in layers:
+            if not isinstance(layer, Dense):
+                raise InvalidTypeError(f"Sequential takes Dense layers, got {type(layer).__name__}")
+        self.layers = layers
+        self.backend = get_backend(backend)
+        self.dtype = resolve_dtype(dtype)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise InvalidInputError(f"seed must be a non-negative integer or None, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self.input_dim = None
+        self.loss = self.optimizer = None
+        self.stop_training = False
+        self._plans = {}
+        if input_dim is not None:
+            self.build(input_dim)
+
+    # ------------------------------------------------------------------ build
+    @property
+    def built(self):
+        return self.input_dim is not None
+
+    @property
+    def n_outputs(self):
+        return self.layers[-1].units
+
+    def build(self, input_dim):
+        """Draw the initial weights (host, float64, seeded) and lay out the flat buffers."""
+        self.input_dim = check_positive_int("input_dim", input_dim)
+        seeds = np.random.SeedSequence(self.seed)
+        init_seed, shuffle_seed = seeds.spawn(2)
+        rng = np.random.default_rng(init_seed)
+        self.shuffle_rng = np.random.default_rng(shuffle_seed)
+        fan_ins = [self.input_dim] + [layer.units for layer in self.layers[:-1]]
+        initial = [layer.initial_weights(rng, fan_in) for layer, fan_in in zip(self.layers, fan_ins)]
+        shapes = [W.shape for W, _ in initial] + [b.shape for _, b in initial]
+        sizes = [int(np.prod(s)) for s in shapes]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        xp = self.backend.xp
+        self._params = self.backend.zeros(int(offsets[-1]), self.dtype)
+        self._grads = self.backend.zeros(int(offsets[-1]), self.dtype)
+        self.n_weights = int(offsets[len(self.layers)])
+
+        def views(flat):
+            return [flat[offsets[i]:offsets[i + 1]].reshape(s) for i, s in enumerate(shapes)]
+
+        p, g = views(self._params), views(self._grads)
+        L = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            layer.bind(p[i], p[L + i], g[i], g[L + i])
+        self._param_views = [v for i in range(L) for v in (p[i], p[L + i])]
+        #: (start, stop) of each of W_1, b_1, ..., W_L, b_L in the flat buffers
+        self._param_ranges = [(int(offsets[j]), int(offsets[j + 1])) for i in range(L) for j in (i, L + i)]
+        for view, (W, b) in zip(self._param_views[0::2], initial):
+            xp.copyto(view, self.backend.asarray(W, self.dtype))
+        self._plans = {}
+        if self.optimizer is not None:
+            self._bind_optimizer()
+        return self
+
+    def _require_built(self, X):
+        if not self.built:
+            X = np.asarray(X) if not hasattr(X, "shape") else X
+            if len(getattr(X, "shape", ())) != 2:
+                raise InvalidInputError(
+                    f"X must be 2-D (n_samples, n_features), got shape {getattr(X, 'shape', None)}")
+            self.build(X.shape[1])
+
+    def count_params(self):
+        """Total number of trainable scalars."""
+        return int(self._params.size) if self.built else 0
+
+    def summary(self):
+        """A text table of layers, output shapes and parameter counts."""
+        lines = [f"Sequential on {self.backend.name} ({self.backend.device_name}), dtype {self.dtype.name}"]
+        fan_in = self.input_dim
+        for i, layer in enumerate(self.layers):
+            n = (fan_in + 1) * layer.units if fan_in else "?"
+            lines.append(f"  {i}: Dense({fan_in} -> {layer.units}, {layer.activation})  params: {n}")
+            fan_in = layer.units
+        lines.append(f"  total params: {self.count_params()}")
+        return "\n".join(lines)
+
+    # ---------------------------------------------------------------- compile
+    def compile(self, loss="softmax_cross_entropy", optimizer="adam"):
+        """Choose the loss (name or Loss) and the optimizer (name or Optimizer)."""
+        loss = get_loss(loss)
+        last = self.layers[-1].activation
+        if loss.name in ("softmax_cross_entropy", "binary_cross_entropy") and last != "linear":
+            raise InvalidInputError(
+                f"the {loss.name} loss works on logits, so the last Dense layer must be linear "
+                f"(activation=None), but it has activation={last!r}; the loss applies the "
+                f"{'softmax' if loss.name.startswith('softmax') else 'sigmoid'} itself and predict() returns probabilities"
+            )
+        self.loss = loss
+        self.optimizer = get_optimizer(optimizer)
+        if self.built:
+            self._bind_optimizer()
+        return self
+
+    def _bind_optimizer(self):
+        self.optimizer.bind(self.backend, self._params, self._grads, self.n_weights)
+
+    def _require_compiled(self):
+        if self.loss is None:
+            raise NotCompiledError("call model.compile(loss=..., optimizer=...) before training")
+
+    # ---------------------------------------------------------- the training step
+    def _plan(self, batch_size, targets=None):
+        """The cached :class:`BatchPlan` for ``batch_size`` rows.
+
+        With ``targets`` (the prepared target array, for its row shape and
+        dtype) the plan also holds the target and gradient buffers training needs.
+        """
+        training = targets is not None
+        key = (batch_size, training)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 16:  # odd remainders from predict/evaluate: keep the cache bounded
+                self._plans = {k: v for k, v in self._plans.items() if k[1]}
+            widths = [layer.units for layer in self.layers]
+            plan = BatchPlan(self.backend, batch_size, self.input_dim, widths, self.dtype,
+                             targets.shape[1:] if training else None,
+                             targets.dtype if training else None)
+            self._plans[key] = plan
+        return plan
+
+    def _forward(self, x, outputs):
+        """Run every layer on ``x``; returns the last layer's output (raw logits)."""
+        xp, kernels = self.backend.xp, self.backend.kernels
+        for layer, out in zip(self.layers, outputs):
+            x = layer.forward(xp, kernels, x, out)
+        return x
+
+    def _backward(self, x, outputs, deltas):
+        """Backpropagate ``deltas[-1]`` = dL/d(logits), filling the flat gradient buffer."""
+        xp, kernels = self.backend.xp, self.backend.kernels
+        layers = self.layers
+        for l in range(len(layers) - 1, 0, -1):
+            layers[l].backward(xp, deltas[l], outputs[l - 1], deltas[l - 1])
+            layers[l - 1].activation_backward_(kernels, deltas[l - 1], outputs[l - 1])
+        layers[0].backward(xp, deltas[0], x)
+
+    def _loss_and_gradients(self, plan):
+        """Forward, loss and backward on the plan's batch; returns the loss (host float or device scalar)."""
+        logits = self._forward(plan.x, plan.outputs)
+        loss = self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.deltas[-1])
+        self._backward(plan.x, plan.outputs, plan.deltas)
+        return loss
+
+    def _train_step(self, plan):
+        """One SGD step on the batch already gathered into ``plan``."""
+        loss = self._loss_and_gradients(plan)
+        self.optimizer.step(self.backend.kernels)
+        return loss
+
+    def _prepare(self, X, y, name_x="X", name_y="y"):
+        """Validate (X, y) and move them to the device once."""
+        self._require_built(X)
+        X = as_feature_matrix(self.backend, X, self.input_dim, self.dtype, name_x)
+        y = as_target_array(self.backend, self.loss, y, X.shape[0], self.n_outputs, self.dtype, name_y)
+        return X, y
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on (x, y); returns the batch loss computed before the update."""
+        self._require_compiled()
+        x, y = self._prepare(x, y)
+        plan = self._plan(x.shape[0], y)
+        self.backend.xp.copyto(plan.x, x)
+        self.backend.xp.copyto(plan.y, y)
+        return float(self._train_step(plan))
+
+    def fit(self, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
+            shuffle=True, callbacks=None, verbose=1):
+        """Train with mini-batch gradient descent; returns a :class:`gpubp.History`.
+
+        See :func:`gpubp.train.fit` for the parameters.
+        """
+        from .train import fit
+
+        return fit(self, X, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
+                   validation_split=validation_split, shuffle=shuffle, callbacks=callbacks, verbose=verbose)
+
+    # ------------------------------------------------------------- inference
+    def _chunks(self, n, batch_size):
+        batch_size = check_positive_int("batch_size", batch_size or INFERENCE_BATCH)
+        for start in range(0, n, batch_size):
+            yield start, min(start + batch_size, n)
+
+    def predict(self, X, batch_size=None):
+        """Predictions for X as a NumPy array on the host, shape (n_samples, n_outputs).
+
+        Probabilities for the cross-entropy losses (softmax rows, or sigmoids),
+        raw outputs otherwise.
+        """
+        if not self.built:
+            raise NotCompiledError("the model has no weights yet: build it (input_dim=...) or fit it first")
+        X = as_feature_matrix(self.backend, X, self.input_dim, self.dtype)
+        result = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
+        for start, stop in self._chunks(X.shape[0], batch_size):
+            plan = self._plan(stop - start)
+            out = self._forward(X[start:stop], plan.outputs)
+            if self.loss is not None:
+                self.loss.output_activation_(self.backend.kernels, out)
+            result[start:stop] = self.backend.to_host(out)
+        return result
+
+    def evaluate(self, X, y, batch_size=None):
+        """Mean loss and accuracy (None for regression) on (X, y) as host floats."""
+        self._require_compiled()
+        X, y = self._prepare(X, y)
+        return self._evaluate_on_device(X, y, batch_size)
+
+    def _evaluate_on_device(self, X, y, batch_size=None):
+        n = X.shape[0]
+        total_loss = 0.0
+        correct = 0
+        for start, stop in self._chunks(n, batch_size):
+            plan = self._plan(stop - start, y)
+            logits = self._forward(X[start:stop], plan.outputs)
+            targets = y[start:stop]
+            total_loss += float(self.loss.forward_backward(self.backend.kernels, logits, targets, plan.deltas[-1])) * (stop - start)
+            hits = self.loss.correct(self.backend.xp, logits, targets)
+            correct = None if hits is None else correct + int(hits)
+        denominator = n * (self.n_outputs if self.loss.accuracy_per_element else 1)
+        return {"loss": total_loss / n, "accuracy": None if correct is None else correct / denominator}
+
+    # --------------------------------------------------------------- weights
+    def get_weights(self):
+        """``[W_1, b_1, ..., W_L, b_L]`` as NumPy copies; W_l (fan_in, fan_out), b_l (fan_out,)."""
+        if not self.built:
+            return []
+        return [self.backend.to_host(v).copy() for v in self._param_views]
+
+    def set_weights(self, weights):
+        """Load ``[W_1, b_1, ..., W_L, b_L]`` (host or device arrays) into the model."""
+        weights = list(weights)
+        if not self.built:
+            if not weights or np.ndim(weights[0]) != 2:
+                raise InvalidInputError("set_weights on an unbuilt model needs W_1 of shape (input_dim, units) first")
+            self.build(np.shape(weights[0])[0])
+        if len(weights) != len(self._param_views):
+            raise InvalidInputError(
+                f"set_weights expects {len(self._param_views)} arrays ([W, b] per layer), got {len(weights)}"
+            )
+        converted = []
+        for i, (view, w) in enumerate(zip(self._param_views, weights)):
+            kind = "W" if i % 2 == 0 else "b"
+            label = f"weights[{i}] ({kind}_{i // 2 + 1})"
+            w = self.backend.to_host(w) if self.backend.owns(w) else np.asarray(w)
+            if w.dtype.kind not in "biuf":
+                raise InvalidTypeError(f"{label} must hold numbers, got dtype {w.dtype}")
+            if w.shape != view.shape:
+                raise InvalidInputError(f"{label} must have shape {view.shape}, got {w.shape}")
+            if not np.all(np.isfinite(w)):
+                raise InvalidInputError(f"{label} holds NaN or Inf values")
+            converted.append(w)
+        for view, w in zip(self._param_views, converted):
+            self.backend.xp.copyto(view, self.backend.asarray(w, self.dtype))
+
+    # ---------------------------------------------------------------- config
+    def get_config(self):
+        return {
+            "layers": [layer.get_config() for layer in self.layers],
+            "input_dim": self.input_dim,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+            "loss": None if self.loss is None else self.loss.name,
+            "optimizer": None if self.optimizer is None else self.optimizer.get_config(),
+        }
+
+    def save(self, path):
+        """Write the architecture, weights and compile settings to an ``.npz`` file (no pickle)."""
+        from .io import save_model
+
+        return save_model(self, path)

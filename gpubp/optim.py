@@ -1,0 +1,174 @@
+"""Optimizers: each step is one fused kernel pass over the flat parameter buffer.
+
+The model keeps every weight and bias in one flat array (weights first, then
+biases) and every gradient in a twin array. An optimizer allocates its state
+(momenta, moments) as flat twins too, so an update is a single in-place kernel
+call over all parameters; with ``weight_decay`` it is two calls, because L2
+decay applies to the weights only, not to the biases (as in scikit-learn).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import InvalidInputError
+from .schedules import as_schedule, schedule_from_config
+
+
+def _check_fraction(name, value, *, allow_zero=True):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (0 <= value < 1 if allow_zero else 0 < value < 1)
+    if not ok:
+        raise InvalidInputError(f"{name} must lie in {'[0' if allow_zero else '(0'}, 1), got {value!r}")
+    return float(value)
+
+
+def _check_nonnegative(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise InvalidInputError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class.
+
+    Parameters
+    ----------
+    lr : float or gpubp.schedules.Schedule
+        Learning rate, or a schedule ``step -> lr``.
+    weight_decay : float
+        L2 penalty coefficient added to the weight gradients (``g + wd * W``).
+    """
+
+    #: Names of the flat state buffers, each shaped like the parameters.
+    state_names = ()
+
+    def __init__(self, lr, weight_decay=0.0):
+        self.schedule = as_schedule(lr)
+        self.weight_decay = _check_nonnegative("weight_decay", weight_decay)
+        self.iterations = 0
+        self.state = {}
+        self._segments = []
+
+    @property
+    def lr(self):
+        """The learning rate of the next step."""
+        return self.schedule(self.iterations)
+
+    def bind(self, backend, params, grads, n_weights):
+        """Allocate state for flat ``params``/``grads`` whose first ``n_weights`` entries are weights."""
+        self.state = {name: backend.zeros(params.shape, params.dtype) for name in self.state_names}
+        if self.weight_decay > 0 and n_weights < params.size:
+            cuts = [(slice(0, n_weights), self.weight_decay), (slice(n_weights, params.size), 0.0)]
+        else:
+            cuts = [(slice(0, params.size), self.weight_decay)]
+        self._segments = [
+            (params[s], grads[s], tuple(self.state[name][s] for name in self.state_names), wd)
+            for s, wd in cuts
+        ]
+
+    def step(self, kernels):
+        """Apply one update with the current gradients."""
+        lr = self.schedule(self.iterations)
+        self.iterations += 1
+        for p, g, state, wd in self._segments:
+            self._update(kernels, p, g, state, lr, wd)
+
+    def _update(self, kernels, p, g, state, lr, wd):
+        raise NotImplementedError
+
+    def get_config(self):
+        config = {"name": type(self).__name__, "lr": self.schedule.get_config(), "weight_decay": self.weight_decay}
+        config.update(self._hyperparameters())
+        return config
+
+    def _hyperparameters(self):
+        return {}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, PyTorch convention.
+
+    ``d = g + wd * p``; ``v = momentum * v + d``; ``p -= lr * (d + momentum * v if nesterov else v)``.
+    """
+
+    state_names = ("velocity",)
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.momentum = _check_fraction("momentum", momentum)
+        if nesterov and self.momentum == 0:
+            raise InvalidInputError("nesterov=True needs momentum > 0")
+        self.nesterov = bool(nesterov)
+
+    def _update(self, kernels, p, g, state, lr, wd):
+        kernels.sgd_update_(p, g, state[0], lr, self.momentum, self.nesterov, wd)
+
+    def _hyperparameters(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015), the same arithmetic as ``torch.optim.Adam``.
+
+    ``m = b1 m + (1-b1) d``; ``v = b2 v + (1-b2) d^2``;
+    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+    """
+
+    state_names = ("m", "v")
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.beta1 = _check_fraction("beta1", beta1)
+        self.beta2 = _check_fraction("beta2", beta2)
+        self.eps = _check_nonnegative("eps", eps)
+
+    def _update(self, kernels, p, g, state, lr, wd):
+        t = self.iterations
+        step_size = lr / (1.0 - self.beta1 ** t)
+        bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** t)
+        kernels.adam_update_(p, g, state[0], state[1], step_size, bias_correction2_sqrt,
+                             self.beta1, self.beta2, self.eps, wd)
+
+    def _hyperparameters(self):
+        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+
+class RMSprop(Optimizer):
+    """RMSprop: ``v = rho v + (1-rho) d^2``; ``p -= lr * d / (sqrt(v) + eps)``."""
+
+    state_names = ("v",)
+
+    def __init__(self, lr=1e-3, rho=0.9, eps=1e-8, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.rho = _check_fraction("rho", rho)
+        self.eps = _check_nonnegative("eps", eps)
+
+    def _update(self, kernels, p, g, state, lr, wd):
+        kernels.rmsprop_update_(p, g, state[0], lr, self.rho, self.eps, wd)
+
+    def _hyperparameters(self):
+        return {"rho": self.rho, "eps": self.eps}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+
+
+def get_optimizer(optimizer):
+    """Return an :class:`Optimizer` from a name (default hyperparameters) or an instance."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    try:
+        return OPTIMIZERS[optimizer.lower()]()
+    except (KeyError, AttributeError):
+        raise InvalidInputError(
+            f"unknown optimizer {optimizer!r}; valid names are {sorted(OPTIMIZERS)}"
+        ) from None
+
+
+def optimizer_from_config(config):
+    config = dict(config)
+    cls = {c.__name__: c for c in OPTIMIZERS.values()}[config.pop("name")]
+    config["lr"] = schedule_from_config(config["lr"])
+    return cls(**config)

@@ -1,0 +1,123 @@
+"""The mini-batch training loop behind :meth:`gpubp.Sequential.fit`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .callbacks import History
+from .errors import InvalidInputError
+from .progress import EpochProgress
+from .validation import check_positive_int
+
+
+def _split_validation(model, X, y, validation_data, validation_split):
+    """Validated device arrays ``(X, y, X_val, y_val)``; the validation pair may be None."""
+    if validation_data is not None and validation_split:
+        raise InvalidInputError("give either validation_data or validation_split, not both")
+    if not 0.0 <= validation_split < 1.0:
+        raise InvalidInputError(f"validation_split must lie in [0, 1), got {validation_split!r}")
+    X, y = model._prepare(X, y)
+    if validation_split:
+        # like Keras: the last fraction of the samples, before any shuffling
+        n_val = int(round(X.shape[0] * validation_split))
+        if n_val < 1 or n_val >= X.shape[0]:
+            raise InvalidInputError(
+                f"validation_split={validation_split} leaves {n_val} of {X.shape[0]} samples for validation")
+        return X[:-n_val], y[:-n_val], X[-n_val:], y[-n_val:]
+    if validation_data is None:
+        return X, y, None, None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise InvalidInputError("validation_data must be a pair (X_val, y_val)")
+    X_val, y_val = model._prepare(*validation_data, name_x="validation_data X", name_y="validation_data y")
+    return X, y, X_val, y_val
+
+
+def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
+        shuffle=True, callbacks=None, verbose=1):
+    """Train ``model`` on (X, y) with mini-batches drawn without replacement.
+
+    Parameters
+    ----------
+    X : array (n_samples, n_features)
+    y : targets in the layout the loss expects (class labels, one-hot rows or values)
+    batch_size : int
+        Rows per step; the last batch of an epoch holds the remainder.
+    epochs : int
+    validation_data : (X_val, y_val), optional
+        Evaluated after every epoch (``val_loss``, ``val_accuracy``).
+    validation_split : float
+        Fraction of the samples (the last ones) held out for validation instead.
+    shuffle : bool
+        Draw a new seeded permutation each epoch.
+    callbacks : list of gpubp.callbacks.Callback, e.g. ``[EarlyStopping(patience=5)]``
+    verbose : {0, 1, 2}
+
+    The training set is copied to the device once; each epoch's permutation is
+    drawn on the host from the model's seeded generator (so every backend sees
+    the same batches) and uploaded once per epoch; each batch is gathered into a
+    preallocated buffer, so the steady-state step allocates nothing.
+
+    Returns
+    -------
+    History
+    """
+    model._require_compiled()
+    batch_size = check_positive_int("batch_size", batch_size)
+    epochs = check_positive_int("epochs", epochs)
+    if verbose not in (0, 1, 2, True, False):
+        raise InvalidInputError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    X, y, X_val, y_val = _split_validation(model, X, y, validation_data, validation_split)
+
+    backend = model.backend
+    xp = backend.xp
+    n = X.shape[0]
+    batch_size = min(batch_size, n)
+    starts = list(range(0, n, batch_size))
+    sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
+    step_losses = xp.empty(len(starts), dtype=np.float64)
+    plans = {b: model._plan(int(b), y) for b in set(sizes.astype(int))}
+
+    history = History()
+    callbacks = [history] + list(callbacks or [])
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.on_train_begin()
+    progress = EpochProgress(int(verbose), epochs, len(starts))
+    model.stop_training = False
+    order = xp.arange(n)
+    try:
+        for epoch in range(epochs):
+            progress.start_epoch(epoch)
+            t0 = time.perf_counter()
+            if shuffle:
+                order = backend.asarray(model.shuffle_rng.permutation(n))
+            for i, start in enumerate(starts):
+                plan = plans[int(sizes[i])]
+                idx = order[start:start + plan.batch_size]
+                xp.take(X, idx, axis=0, out=plan.x)
+                xp.take(y, idx, axis=0, out=plan.y)
+                step_losses[i] = model._train_step(plan)
+                progress.step(plan.batch_size)
+            train_loss = float(backend.to_host(step_losses) @ sizes) / n
+            backend.synchronize()
+            elapsed = time.perf_counter() - t0
+            logs = {"loss": train_loss}
+            if X_val is not None:
+                val = model._evaluate_on_device(X_val, y_val)
+                logs["val_loss"] = val["loss"]
+                if val["accuracy"] is not None:
+                    logs["val_accuracy"] = val["accuracy"]
+            logs["epoch_time"] = elapsed
+            logs["samples_per_sec"] = n / elapsed if elapsed > 0 else float("inf")
+            progress.end_epoch(epoch, logs)
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    finally:
+        progress.close()
+    for callback in callbacks:
+        callback.on_train_end()
+    return history

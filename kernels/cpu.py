@@ -1,0 +1,499 @@
+"""Fused, in-place CPU kernels (numba) for MLP training.
+
+Every kernel takes C-contiguous float32 or float64 arrays, makes one pass over
+memory, writes in place and allocates nothing. float32 kernels use a
+vectorizable polynomial exp (see ``fastmath.fast_exp``); float64 kernels use
+``math.exp`` and are accurate to float64 precision. Python scalars are cast to
+the array dtype inside the kernels.
+
+Each kernel body is compiled twice: serial, and with ``parallel=True``
+(``prange`` over rows or elements). The wrappers pick the parallel version
+when the array holds at least ``PARALLEL_THRESHOLD`` elements.
+"""
+
+import math
+import types as _pytypes
+
+import numba
+import numpy as np
+from numba import prange
+
+from .fastmath import as_dtype_of, fast_exp, fast_tanh
+
+__all__ = [
+    "PARALLEL_THRESHOLD",
+    "ACTIVATIONS",
+    "bias_activation_",
+    "activation_backward_",
+    "softmax_cross_entropy",
+    "softmax_",
+    "sigmoid_",
+    "binary_cross_entropy",
+    "mse",
+    "sgd_update_",
+    "adam_update_",
+    "rmsprop_update_",
+]
+
+#: Arrays with at least this many elements use the multithreaded kernels.
+PARALLEL_THRESHOLD = 1 << 17
+
+ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
+
+# Fast-math flags that keep IEEE NaN/Inf semantics (no "nnan"/"ninf"), so a
+# diverging run still produces NaN.
+_FASTMATH_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_JIT_OPTIONS = dict(
+    cache=True,
+    nogil=True,
+    fastmath=_FASTMATH_FLAGS,
+    error_model="numpy",
+    boundscheck=False,
+)
+
+
+def _serial_and_parallel(body):
+    """Compile ``body`` as a serial and as a ``parallel=True`` njit function.
+
+    numba's on-disk cache keys entries by qualified name and signature but not
+    by jit options, so the parallel copy gets its own ``__qualname__``.
+    """
+    serial = numba.njit(**_JIT_OPTIONS)(body)
+    clone = _pytypes.FunctionType(
+        body.__code__, body.__globals__, body.__name__ + "_parallel",
+        body.__defaults__, body.__closure__,
+    )
+    clone.__qualname__ = body.__qualname__ + "_parallel"
+    clone.__module__ = body.__module__
+    clone.__doc__ = body.__doc__
+    parallel = numba.njit(parallel=True, **_JIT_OPTIONS)(clone)
+    return serial, parallel
+
+
+@numba.njit(inline="always")
+def _sigmoid(x):
+    """1 / (1 + exp(-x)) without overflow: uses e = exp(-|x|) <= 1."""
+    one = as_dtype_of(1.0, x)
+    e = fast_exp(-abs(x))
+    r = one / (one + e)
+    return r if x >= 0 else e * r
+
+
+# --------------------------------------------------------------------------
+# Fused bias + activation (forward)
+# --------------------------------------------------------------------------
+
+def _bias_linear(z, b):
+    """z (B, n) += b (n,)."""
+    batch, width = z.shape
+    for i in prange(batch):
+        for j in range(width):
+            z[i, j] += b[j]
+
+
+def _bias_sigmoid(z, b):
+    """z (B, n) = sigmoid(z + b)."""
+    batch, width = z.shape
+    for i in prange(batch):
+        for j in range(width):
+            z[i, j] = _sigmoid(z[i, j] + b[j])
+
+
+def _bias_tanh(z, b):
+    """z (B, n) = tanh(z + b)."""
+    batch, width = z.shape
+    for i in prange(batch):
+        for j in range(width):
+            z[i, j] = fast_tanh(z[i, j] + b[j])
+
+
+def _bias_relu(z, b):
+    """z (B, n) = max(z + b, 0); NaN stays NaN."""
+    batch, width = z.shape
+    zero = as_dtype_of(0.0, z)
+    for i in prange(batch):
+        for j in range(width):
+            x = z[i, j] + b[j]
+            z[i, j] = zero if x < zero else x
+
+
+_BIAS_ACTIVATION_KERNELS = {
+    "linear": _serial_and_parallel(_bias_linear),
+    "sigmoid": _serial_and_parallel(_bias_sigmoid),
+    "tanh": _serial_and_parallel(_bias_tanh),
+    "relu": _serial_and_parallel(_bias_relu),
+}
+
+
+def bias_activation_(z, b, activation):
+    """In place z[:] = f(z + b); z (B, n), b (n,), same float dtype. Returns z."""
+    try:
+        serial, parallel = _BIAS_ACTIVATION_KERNELS[activation]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of {ACTIVATIONS}"
+        ) from None
+    (parallel if z.size >= PARALLEL_THRESHOLD else serial)(z, b)
+    return z
+
+
+# --------------------------------------------------------------------------
+# Activation backward (derivative expressed with the forward output y)
+# --------------------------------------------------------------------------
+
+def _sigmoid_backward(delta, y):
+    """delta *= y * (1 - y); any shape, flattened."""
+    flat_delta = delta.reshape(delta.size)
+    flat_y = y.reshape(y.size)
+    one = as_dtype_of(1.0, delta)
+    for i in prange(flat_delta.size):
+        s = flat_y[i]
+        flat_delta[i] *= s * (one - s)
+
+
+def _tanh_backward(delta, y):
+    """delta *= 1 - y * y; any shape, flattened."""
+    flat_delta = delta.reshape(delta.size)
+    flat_y = y.reshape(y.size)
+    one = as_dtype_of(1.0, delta)
+    for i in prange(flat_delta.size):
+        t = flat_y[i]
+        flat_delta[i] *= one - t * t
+
+
+def _relu_backward(delta, y):
+    """delta = delta if y > 0 else 0; any shape, flattened."""
+    flat_delta = delta.reshape(delta.size)
+    flat_y = y.reshape(y.size)
+    zero = as_dtype_of(0.0, delta)
+    for i in prange(flat_delta.size):
+        if not flat_y[i] > zero:
+            flat_delta[i] = zero
+
+
+_ACTIVATION_BACKWARD_KERNELS = {
+    "sigmoid": _serial_and_parallel(_sigmoid_backward),
+    "tanh": _serial_and_parallel(_tanh_backward),
+    "relu": _serial_and_parallel(_relu_backward),
+}
+
+
+def activation_backward_(delta, y, activation):
+    """In place delta *= f'(.) written with the forward output y. Returns delta.
+
+    sigmoid: y (1 - y); tanh: 1 - y^2; relu: [y > 0]; linear: no-op.
+    delta and y have the same shape and float dtype.
+    """
+    if activation == "linear":
+        return delta
+    try:
+        serial, parallel = _ACTIVATION_BACKWARD_KERNELS[activation]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of {ACTIVATIONS}"
+        ) from None
+    (parallel if delta.size >= PARALLEL_THRESHOLD else serial)(delta, y)
+    return delta
+
+
+# --------------------------------------------------------------------------
+# Elementwise sigmoid, row softmax
+# --------------------------------------------------------------------------
+
+def _sigmoid_inplace(x):
+    """x = 1 / (1 + exp(-x)); any shape, flattened."""
+    flat = x.reshape(x.size)
+    for i in prange(flat.size):
+        flat[i] = _sigmoid(flat[i])
+
+
+_SIGMOID_KERNELS = _serial_and_parallel(_sigmoid_inplace)
+
+
+def sigmoid_(x):
+    """In place logistic function of a contiguous float array. Returns x."""
+    serial, parallel = _SIGMOID_KERNELS
+    (parallel if x.size >= PARALLEL_THRESHOLD else serial)(x)
+    return x
+
+
+def _softmax_rows(x):
+    """x (B, K): each row = exp(row - max(row)) / sum(exp(row - max(row)))."""
+    batch, width = x.shape
+    one = as_dtype_of(1.0, x)
+    for i in prange(batch):
+        row_max = x[i, 0]
+        for j in range(1, width):
+            v = x[i, j]
+            row_max = v if v > row_max else row_max
+        total = as_dtype_of(0.0, x)
+        for j in range(width):
+            e = fast_exp(x[i, j] - row_max)
+            x[i, j] = e
+            total += e
+        inv_total = one / total
+        for j in range(width):
+            x[i, j] *= inv_total
+
+
+_SOFTMAX_KERNELS = _serial_and_parallel(_softmax_rows)
+
+
+def softmax_(x):
+    """In place, numerically stable softmax of each row of x (B, K). Returns x."""
+    serial, parallel = _SOFTMAX_KERNELS
+    (parallel if x.size >= PARALLEL_THRESHOLD else serial)(x)
+    return x
+
+
+# --------------------------------------------------------------------------
+# Losses (return the mean loss as a float64, write the gradient in place)
+# --------------------------------------------------------------------------
+
+@numba.njit(**_JIT_OPTIONS)
+def _cross_entropy_row(logits, label, grad, i, inv_batch):
+    """Row i: grad = (softmax(logits[i]) - onehot(label)) * inv_batch; returns
+    the row loss log(sum_j exp(z_j - m)) + m - z_label (float64), m = max_j z_j.
+
+    A separate (LLVM-inlined) function: numba's parfor reduction analysis
+    rejects the inner max loop when it sits directly in the prange body.
+    """
+    width = logits.shape[1]
+    row_max = logits[i, 0]
+    for j in range(1, width):
+        v = logits[i, j]
+        row_max = v if v > row_max else row_max
+    total = as_dtype_of(0.0, logits)
+    for j in range(width):
+        e = fast_exp(logits[i, j] - row_max)
+        grad[i, j] = e
+        total += e
+    scale = inv_batch / total
+    for j in range(width):
+        grad[i, j] *= scale
+    grad[i, label] -= inv_batch
+    return math.log(np.float64(total)) + (
+        np.float64(row_max) - np.float64(logits[i, label])
+    )
+
+
+def _softmax_cross_entropy(logits, labels, grad):
+    """Mean cross-entropy of softmax(logits) and its gradient.
+
+    logits, grad (B, K); labels (B,) integers in [0, K).
+    grad = (softmax(logits) - onehot(labels)) / B; loss = mean of row losses.
+    Returns -1.0 if any label is out of range (grad is then garbage).
+    """
+    batch, width = logits.shape
+    inv_batch = as_dtype_of(1.0 / batch, logits)
+    loss = 0.0
+    bad_labels = 0
+    for i in prange(batch):
+        label = labels[i]
+        label_ok = label >= 0 and label < width
+        bad_labels += 0 if label_ok else 1
+        loss += _cross_entropy_row(
+            logits, label if label_ok else 0, grad, i, inv_batch
+        )
+    if bad_labels:
+        return -1.0
+    return loss / batch
+
+
+_SOFTMAX_CROSS_ENTROPY_KERNELS = _serial_and_parallel(_softmax_cross_entropy)
+
+
+def softmax_cross_entropy(logits, labels, grad):
+    """Mean softmax cross-entropy loss (float); writes its gradient into grad.
+
+    logits, grad: (B, K) float32/float64; labels: (B,) int32/int64 in [0, K).
+    grad = (softmax(logits) - onehot(labels)) / B. logits are not modified.
+    """
+    serial, parallel = _SOFTMAX_CROSS_ENTROPY_KERNELS
+    kernel = parallel if logits.size >= PARALLEL_THRESHOLD else serial
+    loss = kernel(logits, labels, grad)
+    if loss < 0.0:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
+    return loss
+
+
+def _binary_cross_entropy(logits, targets, grad):
+    """Mean BCE-with-logits over all B*K entries and its gradient.
+
+    loss = mean(max(z, 0) - z t + log1p(exp(-|z|))); grad = (sigmoid(z) - t) / (B K).
+    """
+    flat_logits = logits.reshape(logits.size)
+    flat_targets = targets.reshape(targets.size)
+    flat_grad = grad.reshape(grad.size)
+    count = flat_logits.size
+    inv_count = as_dtype_of(1.0 / count, logits)
+    one = as_dtype_of(1.0, logits)
+    zero = as_dtype_of(0.0, logits)
+    loss = 0.0
+    for i in prange(count):
+        z = flat_logits[i]
+        t = flat_targets[i]
+        e = fast_exp(-abs(z))
+        r = one / (one + e)
+        s = r if z >= zero else e * r
+        flat_grad[i] = (s - t) * inv_count
+        positive_part = z if z > zero else zero
+        loss += np.float64(positive_part - z * t) + math.log1p(np.float64(e))
+    return loss / count
+
+
+_BINARY_CROSS_ENTROPY_KERNELS = _serial_and_parallel(_binary_cross_entropy)
+
+
+def binary_cross_entropy(logits, targets, grad):
+    """Mean BCE-with-logits loss (float); writes its gradient into grad.
+
+    logits, targets, grad: (B, K), same float dtype, targets in [0, 1].
+    """
+    serial, parallel = _BINARY_CROSS_ENTROPY_KERNELS
+    kernel = parallel if logits.size >= PARALLEL_THRESHOLD else serial
+    return kernel(logits, targets, grad)
+
+
+def _mse(outputs, targets, grad):
+    """loss = sum((o - t)^2) / (2 B); grad = (o - t) / B; B = outputs.shape[0]."""
+    batch = outputs.shape[0]
+    flat_outputs = outputs.reshape(outputs.size)
+    flat_targets = targets.reshape(targets.size)
+    flat_grad = grad.reshape(grad.size)
+    inv_batch = as_dtype_of(1.0 / batch, outputs)
+    loss = 0.0
+    for i in prange(flat_outputs.size):
+        diff = flat_outputs[i] - flat_targets[i]
+        flat_grad[i] = diff * inv_batch
+        loss += np.float64(diff) * np.float64(diff)
+    return loss / (2.0 * batch)
+
+
+_MSE_KERNELS = _serial_and_parallel(_mse)
+
+
+def mse(outputs, targets, grad):
+    """Half mean squared error per sample (float); writes its gradient into grad.
+
+    outputs, targets, grad: (B, ...) same float dtype.
+    loss = sum((o - t)^2) / (2 B), grad = (o - t) / B.
+    """
+    serial, parallel = _MSE_KERNELS
+    kernel = parallel if outputs.size >= PARALLEL_THRESHOLD else serial
+    return kernel(outputs, targets, grad)
+
+
+# --------------------------------------------------------------------------
+# Optimizer updates (1-D flat parameter / gradient / state arrays)
+# --------------------------------------------------------------------------
+
+def _sgd_plain(p, g, lr, weight_decay):
+    """p -= lr * (g + wd p)."""
+    lr = as_dtype_of(lr, p)
+    weight_decay = as_dtype_of(weight_decay, p)
+    for i in prange(p.size):
+        p[i] -= lr * (g[i] + weight_decay * p[i])
+
+
+def _sgd_momentum(p, g, v, lr, momentum, nesterov, weight_decay):
+    """d = g + wd p; v = mu v + d; p -= lr * (d + mu v if nesterov else v)."""
+    lr = as_dtype_of(lr, p)
+    momentum = as_dtype_of(momentum, p)
+    weight_decay = as_dtype_of(weight_decay, p)
+    for i in prange(p.size):
+        d = g[i] + weight_decay * p[i]
+        velocity = momentum * v[i] + d
+        v[i] = velocity
+        step = d + momentum * velocity if nesterov else velocity
+        p[i] -= lr * step
+
+
+_SGD_PLAIN_KERNELS = _serial_and_parallel(_sgd_plain)
+_SGD_MOMENTUM_KERNELS = _serial_and_parallel(_sgd_momentum)
+
+
+def sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay):
+    """One in-place SGD step (PyTorch convention) on flat 1-D arrays p, g, v.
+
+    d = g + wd p; with momentum > 0: v = mu v + d, step = d + mu v (nesterov)
+    or v; without: step = d (v untouched, may be None). p -= lr * step.
+    """
+    large = p.size >= PARALLEL_THRESHOLD
+    if momentum == 0.0:
+        serial, parallel = _SGD_PLAIN_KERNELS
+        (parallel if large else serial)(p, g, lr, weight_decay)
+    else:
+        serial, parallel = _SGD_MOMENTUM_KERNELS
+        (parallel if large else serial)(
+            p, g, v, lr, momentum, bool(nesterov), weight_decay
+        )
+    return p
+
+
+def _adam(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps,
+          weight_decay):
+    """d = g + wd p; m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2;
+    p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps)."""
+    one = as_dtype_of(1.0, p)
+    step_size = as_dtype_of(step_size, p)
+    inv_bc2_sqrt = one / as_dtype_of(bias_correction2_sqrt, p)
+    beta1 = as_dtype_of(beta1, p)
+    beta2 = as_dtype_of(beta2, p)
+    one_minus_beta1 = one - beta1
+    one_minus_beta2 = one - beta2
+    eps = as_dtype_of(eps, p)
+    weight_decay = as_dtype_of(weight_decay, p)
+    for i in prange(p.size):
+        d = g[i] + weight_decay * p[i]
+        first = beta1 * m[i] + one_minus_beta1 * d
+        second = beta2 * v[i] + one_minus_beta2 * d * d
+        m[i] = first
+        v[i] = second
+        p[i] -= step_size * first / (math.sqrt(second) * inv_bc2_sqrt + eps)
+
+
+_ADAM_KERNELS = _serial_and_parallel(_adam)
+
+
+def adam_update_(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2,
+                 eps, weight_decay):
+    """One in-place Adam step on flat 1-D arrays p, g, m, v (torch.optim.Adam).
+
+    The caller passes step_size = lr / (1 - b1^t) and
+    bias_correction2_sqrt = sqrt(1 - b2^t).
+    """
+    serial, parallel = _ADAM_KERNELS
+    (parallel if p.size >= PARALLEL_THRESHOLD else serial)(
+        p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps,
+        weight_decay,
+    )
+    return p
+
+
+def _rmsprop(p, g, v, lr, rho, eps, weight_decay):
+    """d = g + wd p; v = rho v + (1 - rho) d^2; p -= lr d / (sqrt(v) + eps)."""
+    one = as_dtype_of(1.0, p)
+    lr = as_dtype_of(lr, p)
+    rho = as_dtype_of(rho, p)
+    one_minus_rho = one - rho
+    eps = as_dtype_of(eps, p)
+    weight_decay = as_dtype_of(weight_decay, p)
+    for i in prange(p.size):
+        d = g[i] + weight_decay * p[i]
+        mean_square = rho * v[i] + one_minus_rho * d * d
+        v[i] = mean_square
+        p[i] -= lr * d / (math.sqrt(mean_square) + eps)
+
+
+_RMSPROP_KERNELS = _serial_and_parallel(_rmsprop)
+
+
+def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay):
+    """One in-place RMSprop step (torch.optim.RMSprop, no momentum, not centered)
+    on flat 1-D arrays p, g, v."""
+    serial, parallel = _RMSPROP_KERNELS
+    (parallel if p.size >= PARALLEL_THRESHOLD else serial)(
+        p, g, v, lr, rho, eps, weight_decay
+    )
+    return p
