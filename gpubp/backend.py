@@ -84,10 +84,13 @@ def probe_cupy():
     """Return ``(cupy, None)`` when CuPy imports and a CUDA device answers, else ``(None, reason)``."""
     try:
         cupy = importlib.import_module("cupy")
-    except ImportError:
-        return None, f"CuPy is not installed; {GPU_INSTALL_HINT}"
-    except Exception as exc:  # a broken CuPy install raises all sorts of errors at import
+    except ModuleNotFoundError as exc:
+        if exc.name == "cupy":
+            return None, f"CuPy is not installed; {GPU_INSTALL_HINT}"
         return None, f"CuPy is installed but failed to import ({exc}); {GPU_INSTALL_HINT}"
+    except Exception as exc:  # a broken CuPy install raises all sorts of errors at import
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        return None, f"CuPy is installed but failed to import ({reason}); {GPU_INSTALL_HINT}"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:

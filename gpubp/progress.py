@@ -52,7 +52,9 @@ class EpochProgress:
             self.bar.close()
             self.bar = None
         elif self.verbose:
-            print(f"epoch {epoch + 1}/{self.epochs} - {logs['epoch_time']:.2f}s - {_format_logs(logs)}",
+            t = logs["epoch_time"]
+            took = f"{t * 1000:.0f}ms" if t < 1 else f"{t:.2f}s"
+            print(f"epoch {epoch + 1}/{self.epochs} - {took} - {_format_logs(logs)}",
                   file=self.stream, flush=True)
 
     def close(self):
