@@ -435,13 +435,14 @@ def _adam(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps,
           weight_decay):
     """d = g + wd p; m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2;
     p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps)."""
-    one = as_dtype_of(1.0, p)
+    # 1 - beta and 1 / bc2 are formed in float64 before the cast: in float32,
+    # 1 - float32(0.999) would be off by 5e-5 relative.
+    one_minus_beta1 = as_dtype_of(1.0 - beta1, p)
+    one_minus_beta2 = as_dtype_of(1.0 - beta2, p)
+    inv_bc2_sqrt = as_dtype_of(1.0 / bias_correction2_sqrt, p)
     step_size = as_dtype_of(step_size, p)
-    inv_bc2_sqrt = one / as_dtype_of(bias_correction2_sqrt, p)
     beta1 = as_dtype_of(beta1, p)
     beta2 = as_dtype_of(beta2, p)
-    one_minus_beta1 = one - beta1
-    one_minus_beta2 = one - beta2
     eps = as_dtype_of(eps, p)
     weight_decay = as_dtype_of(weight_decay, p)
     for i in prange(p.size):
@@ -473,10 +474,9 @@ def adam_update_(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2,
 
 def _rmsprop(p, g, v, lr, rho, eps, weight_decay):
     """d = g + wd p; v = rho v + (1 - rho) d^2; p -= lr d / (sqrt(v) + eps)."""
-    one = as_dtype_of(1.0, p)
+    one_minus_rho = as_dtype_of(1.0 - rho, p)
     lr = as_dtype_of(lr, p)
     rho = as_dtype_of(rho, p)
-    one_minus_rho = one - rho
     eps = as_dtype_of(eps, p)
     weight_decay = as_dtype_of(weight_decay, p)
     for i in prange(p.size):
