@@ -11,7 +11,7 @@ from conftest import random_batch
 LOSSES = ["mse", "binary_cross_entropy", "softmax_cross_entropy"]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     widths=st.lists(st.integers(1, 6), min_size=0, max_size=3),
     activations=st.lists(st.sampled_from(["sigmoid", "tanh", "relu", "linear"]), min_size=3, max_size=3),

@@ -24,6 +24,7 @@ print("kernels at", k.__file__); print("accuracy", m.evaluate(X, y)["accuracy"])
 
 
 def _copy_source(dest):
+    dest.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, dest / name)
     for name in ("gpubp", "kernels"):

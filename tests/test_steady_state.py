@@ -1,0 +1,61 @@
+"""The steady-state training step allocates nothing (CPU: traced memory; GPU: CuPy pool size)."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import gpubp as gb
+from conftest import requires_gpu
+
+
+def _model_and_plan(backend_name, optimizer):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(256, 32)), rng.integers(0, 10, size=256)
+    model = gb.Sequential([gb.Dense(64, activation="sigmoid"), gb.Dense(64, activation="relu"),
+                           gb.Dense(64, activation="tanh"), gb.Dense(10)], input_dim=32, backend=backend_name, seed=0)
+    model.compile(loss="softmax_cross_entropy", optimizer=optimizer)
+    X, y = model._prepare(X, y)
+    plan = model._plan(64, y)
+    xp = model.backend.xp
+    idx = xp.arange(64)
+    xp.take(X, idx, axis=0, out=plan.x)
+    xp.take(y, idx, axis=0, out=plan.y)
+    return model, plan
+
+
+@pytest.mark.parametrize("optimizer", [lambda: gb.optim.Adam(weight_decay=1e-4),
+                                       lambda: gb.optim.SGD(lr=0.01, momentum=0.9, nesterov=True)])
+def test_cpu_step_does_not_grow_traced_memory(optimizer):
+    model, plan = _model_and_plan("cpu", optimizer())
+    for _ in range(10):  # warm-up: compile kernels, fill caches
+        model._train_step(plan)
+    tracemalloc.start()
+    try:
+        for _ in range(10):
+            model._train_step(plan)
+        base, _ = tracemalloc.get_traced_memory()
+        for _ in range(100):
+            model._train_step(plan)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current - base <= 0, f"traced memory grew by {current - base} bytes over 100 steps"
+    assert peak - base < 4096, f"a step allocated {peak - base} bytes transiently"
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_step_keeps_the_memory_pool_constant():
+    import cupy
+
+    model, plan = _model_and_plan("gpu", gb.optim.Adam())
+    for _ in range(10):
+        model._train_step(plan)
+    cupy.cuda.Device().synchronize()
+    pool = cupy.get_default_memory_pool()
+    before = pool.total_bytes()
+    for _ in range(100):
+        model._train_step(plan)
+    cupy.cuda.Device().synchronize()
+    assert pool.total_bytes() == before
