@@ -2,8 +2,11 @@
 
 A :class:`BatchPlan` is made once per (batch size, training?) pair and reused by
 every step of that shape, so the steady-state step allocates nothing: inputs
-are gathered into ``x``/``y``, each layer writes its output into ``outputs[l]``
-and the backward pass ping-pongs dL/dz between two flat scratch buffers.
+are gathered into ``x``/``y`` and each layer writes its output into
+``outputs[l]``. The backward pass needs only two more buffers: ``loss_grad``
+for dL/d(logits), and one ``scratch`` for dL/dy of the layer below, which the
+activation backward kernel turns into dL/dz written over that layer's output
+(the output is dead once its own weight gradient has been taken).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ class BatchPlan:
     ----------
     x : (B, n_inputs) array, dtype of the model
     y : targets, (B,) int64 labels or (B, n_outputs) floats; None for inference plans
-    outputs : list of (B, units_l) arrays, the activations y_l of each layer
-    deltas : list of (B, units_l) arrays, dL/dz_l (views of two scratch buffers;
-        consecutive layers never share one); None for inference plans
+    outputs : list of (B, units_l) arrays, the activations y_l of each layer;
+        after a backward pass they hold dL/dz_l instead
+    loss_grad : (B, n_outputs) array, dL/d(logits); None for inference plans
+    scratch : list of (B, units_l) views of one flat buffer, for dL/dy_l;
+        None for inference plans
     """
 
     def __init__(self, backend, batch_size, n_inputs, widths, dtype, target_shape=None, target_dtype=None):
@@ -26,8 +31,9 @@ class BatchPlan:
         self.batch_size = B
         self.x = backend.empty((B, n_inputs), dtype)
         self.outputs = [backend.empty((B, w), dtype) for w in widths]
-        self.y = self.deltas = None
+        self.y = self.loss_grad = self.scratch = None
         if target_shape is not None:
             self.y = backend.empty((B,) + tuple(target_shape), target_dtype)
-            scratch = [backend.empty(B * max(widths), dtype) for _ in range(min(2, len(widths)))]
-            self.deltas = [scratch[l % 2][: B * w].reshape(B, w) for l, w in enumerate(widths)]
+            self.loss_grad = backend.empty((B, widths[-1]), dtype)
+            flat = backend.empty(B * max(widths[:-1], default=0), dtype)
+            self.scratch = [flat[: B * w].reshape(B, w) for w in widths[:-1]]

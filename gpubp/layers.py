@@ -75,7 +75,6 @@ class Dense:
             xp.matmul(delta, self.W.T, out=dx)
         return dx
 
-    def activation_backward_(self, kernels, delta, y):
-        """In place: ``delta *= f'(z)`` written with this layer's output ``y``."""
-        kernels.activation_backward_(delta, y, self.activation)
-        return delta
+    def activation_backward_(self, kernels, dy, y):
+        """dL/dz = dL/dy * f'(z), written with this layer's output ``y`` and over it; returns it."""
+        return kernels.activation_backward_(dy, y, self.activation, out=y)

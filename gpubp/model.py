@@ -173,20 +173,30 @@ class Sequential:
             x = layer.forward(xp, kernels, x, out)
         return x
 
-    def _backward(self, x, outputs, deltas):
-        """Backpropagate ``deltas[-1]`` = dL/d(logits), filling the flat gradient buffer."""
+    def _backward(self, plan, x):
+        """Backpropagate ``plan.loss_grad`` = dL/d(logits), filling the flat gradient buffer.
+
+        ``delta_l = (delta_{l+1} W_{l+1}^T) * f'(z_l)``: the GEMM writes dL/dy_l
+        into scratch, and the activation kernel writes delta_l over y_l once
+        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``.
+        """
         xp, kernels = self.backend.xp, self.backend.kernels
-        layers = self.layers
+        layers, outputs = self.layers, plan.outputs
+        delta = plan.loss_grad
         for l in range(len(layers) - 1, 0, -1):
-            layers[l].backward(xp, deltas[l], outputs[l - 1], deltas[l - 1])
-            layers[l - 1].activation_backward_(kernels, deltas[l - 1], outputs[l - 1])
-        layers[0].backward(xp, deltas[0], x)
+            dy = plan.scratch[l - 1]
+            layers[l].backward(xp, delta, outputs[l - 1], dy)
+            delta = layers[l - 1].activation_backward_(kernels, dy, outputs[l - 1])
+        layers[0].backward(xp, delta, x)
 
     def _loss_and_gradients(self, plan):
-        """Forward, loss and backward on the plan's batch; returns the loss (host float or device scalar)."""
+        """Forward, loss and backward on the plan's batch; returns the loss (host float or device scalar).
+
+        The backward pass overwrites ``plan.outputs`` with the deltas.
+        """
         logits = self._forward(plan.x, plan.outputs)
-        loss = self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.deltas[-1])
-        self._backward(plan.x, plan.outputs, plan.deltas)
+        loss = self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.loss_grad)
+        self._backward(plan, plan.x)
         return loss
 
     def _train_step(self, plan):
@@ -260,7 +270,7 @@ class Sequential:
             plan = self._plan(stop - start, y)
             logits = self._forward(X[start:stop], plan.outputs)
             targets = y[start:stop]
-            total_loss += float(self.loss.forward_backward(self.backend.kernels, logits, targets, plan.deltas[-1])) * (stop - start)
+            total_loss += float(self.loss.forward_backward(self.backend.kernels, logits, targets, plan.loss_grad)) * (stop - start)
             hits = self.loss.correct(self.backend.xp, logits, targets)
             correct = None if hits is None else correct + int(hits)
         denominator = n * (self.n_outputs if self.loss.accuracy_per_element else 1)

@@ -8,10 +8,12 @@ the array dtype inside the kernels.
 
 Each kernel body is compiled twice: serial, and with ``parallel=True``
 (``prange`` over rows or elements). The wrappers pick the parallel version
-when the array holds at least ``PARALLEL_THRESHOLD`` elements.
+when the array holds at least ``PARALLEL_THRESHOLD`` elements (off unless set,
+see below).
 """
 
 import math
+import os
 import types as _pytypes
 
 import numba
@@ -36,7 +38,13 @@ __all__ = [
 ]
 
 #: Arrays with at least this many elements use the multithreaded kernels.
-PARALLEL_THRESHOLD = 1 << 17
+#: Off by default: inside a training step each kernel sits between two BLAS
+#: GEMMs, and the OpenMP workers that numba leaves spinning after a parallel
+#: region fight OpenBLAS's threads for the cores (measured on a 2-core CPU: a
+#: 512x1024 GEMM + bias/ReLU took 12.0 ms with the parallel kernel, 5.6 ms with
+#: the serial one). Set ``GPUBP_PARALLEL_THRESHOLD`` (e.g. 131072) to turn them
+#: on for kernel-bound work, or with ``OMP_WAIT_POLICY=passive``.
+PARALLEL_THRESHOLD = int(os.environ.get("GPUBP_PARALLEL_THRESHOLD", 1 << 62))
 
 ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
 
@@ -141,34 +149,36 @@ def bias_activation_(z, b, activation):
 # Activation backward (derivative expressed with the forward output y)
 # --------------------------------------------------------------------------
 
-def _sigmoid_backward(delta, y):
-    """delta *= y * (1 - y); any shape, flattened."""
+def _sigmoid_backward(delta, y, out):
+    """out = delta * y * (1 - y); any shape, flattened; out may alias delta or y."""
     flat_delta = delta.reshape(delta.size)
     flat_y = y.reshape(y.size)
+    flat_out = out.reshape(out.size)
     one = as_dtype_of(1.0, delta)
     for i in prange(flat_delta.size):
         s = flat_y[i]
-        flat_delta[i] *= s * (one - s)
+        flat_out[i] = flat_delta[i] * (s * (one - s))
 
 
-def _tanh_backward(delta, y):
-    """delta *= 1 - y * y; any shape, flattened."""
+def _tanh_backward(delta, y, out):
+    """out = delta * (1 - y * y); any shape, flattened; out may alias delta or y."""
     flat_delta = delta.reshape(delta.size)
     flat_y = y.reshape(y.size)
+    flat_out = out.reshape(out.size)
     one = as_dtype_of(1.0, delta)
     for i in prange(flat_delta.size):
         t = flat_y[i]
-        flat_delta[i] *= one - t * t
+        flat_out[i] = flat_delta[i] * (one - t * t)
 
 
-def _relu_backward(delta, y):
-    """delta = delta if y > 0 else 0; any shape, flattened."""
+def _relu_backward(delta, y, out):
+    """out = delta if y > 0 else 0; any shape, flattened; out may alias delta or y."""
     flat_delta = delta.reshape(delta.size)
     flat_y = y.reshape(y.size)
+    flat_out = out.reshape(out.size)
     zero = as_dtype_of(0.0, delta)
     for i in prange(flat_delta.size):
-        if not flat_y[i] > zero:
-            flat_delta[i] = zero
+        flat_out[i] = flat_delta[i] if flat_y[i] > zero else zero
 
 
 _ACTIVATION_BACKWARD_KERNELS = {
@@ -178,22 +188,27 @@ _ACTIVATION_BACKWARD_KERNELS = {
 }
 
 
-def activation_backward_(delta, y, activation):
-    """In place delta *= f'(.) written with the forward output y. Returns delta.
+def activation_backward_(delta, y, activation, out=None):
+    """``out = delta * f'(.)`` written with the forward output y; out defaults to delta. Returns out.
 
-    sigmoid: y (1 - y); tanh: 1 - y^2; relu: [y > 0]; linear: no-op.
-    delta and y have the same shape and float dtype.
+    sigmoid: y (1 - y); tanh: 1 - y^2; relu: [y > 0]; linear: identity.
+    delta, y and out have the same shape and float dtype; out may be delta or
+    y (the training step writes dL/dz over the activation it no longer needs).
     """
+    if out is None:
+        out = delta
     if activation == "linear":
-        return delta
+        if out is not delta:
+            np.copyto(out, delta)
+        return out
     try:
         serial, parallel = _ACTIVATION_BACKWARD_KERNELS[activation]
     except KeyError:
         raise ValueError(
             f"unknown activation {activation!r}; expected one of {ACTIVATIONS}"
         ) from None
-    (parallel if delta.size >= PARALLEL_THRESHOLD else serial)(delta, y)
-    return delta
+    (parallel if delta.size >= PARALLEL_THRESHOLD else serial)(delta, y, out)
+    return out
 
 
 # --------------------------------------------------------------------------

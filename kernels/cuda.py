@@ -21,19 +21,24 @@ _ACTIVATION_FORWARD = {
     "tanh": "z = tanh(t);",
     "relu": "z = t < (T)0 ? (T)0 : t;",  # NaN stays NaN
 }
+# out = d * f'(z), f' written with the forward output y ("OUT" is d or y, the array written)
 _ACTIVATION_BACKWARD = {
-    "sigmoid": "d *= y * ((T)1 - y);",
-    "tanh": "d *= (T)1 - y * y;",
-    "relu": "d = y > (T)0 ? d : (T)0;",
+    "sigmoid": "OUT = d * (y * ((T)1 - y));",
+    "tanh": "OUT = d * ((T)1 - y * y);",
+    "relu": "OUT = y > (T)0 ? d : (T)0;",
 }
-
 _bias_activation = {
     name: cp.ElementwiseKernel("raw T b, int64 n", "T z", "T t = z + b[i % n]; " + body,
                                f"gpubp_bias_{name}")
     for name, body in _ACTIVATION_FORWARD.items()
 }
-_activation_backward = {
-    name: cp.ElementwiseKernel("T y", "T d", body, f"gpubp_{name}_backward")
+# two in-place forms, so that no kernel reads and writes one array through two parameters
+_activation_backward_into_delta = {
+    name: cp.ElementwiseKernel("T y", "T d", body.replace("OUT", "d"), f"gpubp_{name}_backward")
+    for name, body in _ACTIVATION_BACKWARD.items()
+}
+_activation_backward_into_y = {
+    name: cp.ElementwiseKernel("T d", "T y", body.replace("OUT", "y"), f"gpubp_{name}_backward_over_y")
     for name, body in _ACTIVATION_BACKWARD.items()
 }
 _sigmoid = cp.ElementwiseKernel("", "T x", "x = (T)1 / ((T)1 + exp(-x));", "gpubp_sigmoid_inplace")
@@ -45,12 +50,21 @@ def bias_activation_(z, b, activation):
     return z
 
 
-def activation_backward_(delta, y, activation):
-    """In place: ``delta *= f'(z)`` written with the output y; delta, y (B, n)."""
-    kernel = _activation_backward.get(activation)
-    if kernel is not None:
-        kernel(y, delta)
-    return delta
+def activation_backward_(delta, y, activation, out=None):
+    """``out = delta * f'(z)`` written with the output y; out defaults to delta and may be y."""
+    if out is None:
+        out = delta
+    if activation == "linear":
+        if out is not delta:
+            cp.copyto(out, delta)
+        return out
+    if out is y:
+        _activation_backward_into_y[activation](delta, y)
+        return y
+    if out is not delta:
+        cp.copyto(out, delta)
+    _activation_backward_into_delta[activation](y, out)
+    return out
 
 
 def sigmoid_(x):

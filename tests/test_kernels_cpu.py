@@ -18,6 +18,12 @@ SHAPES = ((32, 64), (2048, 128))
 TOLERANCE = {np.float32: 1e-6, np.float64: 1e-12}
 
 
+@pytest.fixture(autouse=True)
+def both_code_paths(monkeypatch):
+    """Enable the parallel kernels from 2**17 elements so SHAPES exercise both builds."""
+    monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", 1 << 17)
+
+
 def test_shapes_cover_both_code_paths():
     sizes = [rows * cols for rows, cols in SHAPES]
     assert min(sizes) < cpu.PARALLEL_THRESHOLD <= max(sizes)
@@ -219,6 +225,21 @@ def test_activation_backward_matches_reference(dtype, shape, activation):
     out = cpu.activation_backward_(delta, y, activation)
     assert out is delta
     _assert_close(delta, reference, dtype, relative=True)
+
+
+@pytest.mark.parametrize("activation", cpu.ACTIVATIONS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_backward_written_over_the_output(dtype, shape, activation):
+    """out=y: the training step writes dL/dz over the activation it no longer needs."""
+    y = cpu.bias_activation_(_normal(shape, dtype, seed=4), np.zeros(shape[1], dtype), activation)
+    delta = _normal(shape, dtype, scale=1.0, seed=5)
+    reference = delta.astype(np.float64) * _BACKWARD_REF[activation](y.astype(np.float64))
+    kept = delta.copy()
+    out = cpu.activation_backward_(delta, y, activation, out=y)
+    assert out is y
+    np.testing.assert_array_equal(delta, kept)
+    _assert_close(y, reference, dtype, relative=True)
 
 
 @pytest.mark.parametrize("shape", ((7,), (32, 64), (2048, 128), (4, 8, 9)))

@@ -1,0 +1,42 @@
+"""One SGD training step of a 784 -> [width]*depth -> 10 ReLU MLP (softmax cross-entropy, float32)
+across batch sizes and depths, gpubp beside plain NumPy, PyTorch eager and JAX jit."""
+
+import math
+
+import pytest
+
+from conftest import engine_params, run_timed
+from engines import flops_per_step, gpubp_engine, jax_engine, numpy_engine, torch_engine
+
+N_IN, N_OUT = 784, 10
+BATCHES = [32, 128, 512, 2048, 8192]
+GRID = [(1024, d, b) for d in (1, 2, 4, 8) for b in BATCHES] + [(64, d, b) for d in (2, 4) for b in BATCHES]
+
+
+def build(engine, device, batch, width, depth):
+    if engine == "gpubp":
+        return gpubp_engine(device, batch, N_IN, width, depth, N_OUT)
+    if engine == "numpy":
+        return numpy_engine(batch, N_IN, width, depth, N_OUT)
+    if engine == "torch":
+        return torch_engine(device, batch, N_IN, width, depth, N_OUT)
+    return jax_engine(device, batch, N_IN, width, depth, N_OUT)
+
+
+@pytest.mark.parametrize("engine_device", engine_params())
+@pytest.mark.parametrize("width,depth,batch", GRID, ids=[f"w{w}-d{d}-b{b}" for w, d, b in GRID])
+def test_sgd_step(benchmark, sgemm_gflops, engine_device, width, depth, batch):
+    engine_name, device = engine_device
+    engine = build(engine_name, device, batch, width, depth)
+    benchmark.group = f"step width={width} depth={depth} batch={batch}"
+    loss, seconds = run_timed(benchmark, engine)
+    assert math.isfinite(float(loss))
+    if seconds is None:
+        return
+    flops = flops_per_step(batch, N_IN, width, depth, N_OUT)
+    peak = sgemm_gflops(device, batch, width, width)
+    benchmark.extra_info.update({
+        "engine": engine_name, "device": device, "width": width, "depth": depth, "batch": batch,
+        "flops_per_step": flops, "gflops": flops / seconds / 1e9, "samples_per_s": batch / seconds,
+        "sgemm_gflops": peak, "gemm_fraction": flops / seconds / 1e9 / peak,
+    })
