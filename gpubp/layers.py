@@ -62,17 +62,23 @@ class Dense:
         kernels.bias_activation_(out, self.b, self.activation)
         return out
 
-    def backward(self, xp, delta, x, dx=None):
-        """Accumulate ``dW = x^T delta`` and ``db = sum_b delta``; write ``dx = delta W^T``.
+    def backward(self, xp, kernels, delta, x, dx=None, sgd=None):
+        """Write ``dx = delta W^T``, then ``dW = x^T delta`` and ``db = sum_b delta``.
 
         ``delta`` (B, units) is dL/dz of this layer (the activation derivative
         already applied). ``dx`` (B, fan_in) receives dL/dx, the previous
-        layer's dL/dy; it is skipped for the first layer.
+        layer's dL/dy; it is skipped for the first layer. With ``sgd=(alpha,
+        beta)`` the weight gradient goes straight into the weights instead,
+        ``W = beta W + alpha x^T delta`` (plain SGD fused into the GEMM), which
+        is why dx is taken first, while W still holds its old value.
         """
-        xp.matmul(x.T, delta, out=self.dW)
-        xp.sum(delta, axis=0, out=self.db)
         if dx is not None:
             xp.matmul(delta, self.W.T, out=dx)
+        if sgd is None:
+            kernels.weight_gradient_(x, delta, self.dW)
+        else:
+            kernels.weight_gradient_(x, delta, self.W, *sgd)
+        xp.sum(delta, axis=0, out=self.db)
         return dx
 
     def activation_backward_(self, kernels, dy, y):

@@ -173,36 +173,48 @@ class Sequential:
             x = layer.forward(xp, kernels, x, out)
         return x
 
-    def _backward(self, plan, x):
+    def _backward(self, plan, x, sgd=None):
         """Backpropagate ``plan.loss_grad`` = dL/d(logits), filling the flat gradient buffer.
 
         ``delta_l = (delta_{l+1} W_{l+1}^T) * f'(z_l)``: the GEMM writes dL/dy_l
         into scratch, and the activation kernel writes delta_l over y_l once
-        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``.
+        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``. With ``sgd=(alpha,
+        beta)`` each weight matrix is updated in its gradient GEMM (see
+        :meth:`Dense.backward`) and only the bias gradients are stored.
         """
         xp, kernels = self.backend.xp, self.backend.kernels
         layers, outputs = self.layers, plan.outputs
         delta = plan.loss_grad
         for l in range(len(layers) - 1, 0, -1):
             dy = plan.scratch[l - 1]
-            layers[l].backward(xp, delta, outputs[l - 1], dy)
+            layers[l].backward(xp, kernels, delta, outputs[l - 1], dy, sgd)
             delta = layers[l - 1].activation_backward_(kernels, dy, outputs[l - 1])
-        layers[0].backward(xp, delta, x)
+        layers[0].backward(xp, kernels, delta, x, None, sgd)
+
+    def _forward_loss(self, plan):
+        """Forward and loss on the plan's batch; writes dL/d(logits) into ``plan.loss_grad``."""
+        logits = self._forward(plan.x, plan.outputs)
+        return self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.loss_grad)
 
     def _loss_and_gradients(self, plan):
         """Forward, loss and backward on the plan's batch; returns the loss (host float or device scalar).
 
         The backward pass overwrites ``plan.outputs`` with the deltas.
         """
-        logits = self._forward(plan.x, plan.outputs)
-        loss = self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.loss_grad)
+        loss = self._forward_loss(plan)
         self._backward(plan, plan.x)
         return loss
 
     def _train_step(self, plan):
-        """One SGD step on the batch already gathered into ``plan``."""
-        loss = self._loss_and_gradients(plan)
-        self.optimizer.step(self.backend.kernels)
+        """One SGD step on the batch already gathered into ``plan``.
+
+        Plain SGD updates each weight matrix inside its gradient GEMM; every
+        other optimizer reads the full gradient buffer after the backward pass.
+        """
+        loss = self._forward_loss(plan)
+        fused = self.optimizer.gemm_update()
+        self._backward(plan, plan.x, fused)
+        self.optimizer.step(self.backend.kernels, biases_only=fused is not None)
         return loss
 
     def _prepare(self, X, y, name_x="X", name_y="y"):

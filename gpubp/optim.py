@@ -63,16 +63,22 @@ class Optimizer:
             cuts = [(slice(0, n_weights), self.weight_decay), (slice(n_weights, params.size), 0.0)]
         else:
             cuts = [(slice(0, params.size), self.weight_decay)]
-        self._segments = [
-            (params[s], grads[s], tuple(self.state[name][s] for name in self.state_names), wd)
-            for s, wd in cuts
-        ]
+        def segment(s, wd):
+            return params[s], grads[s], tuple(self.state[name][s] for name in self.state_names), wd
 
-    def step(self, kernels):
-        """Apply one update with the current gradients."""
+        self._segments = [segment(s, wd) for s, wd in cuts]
+        self._bias_segments = [segment(slice(n_weights, params.size), 0.0)]
+
+    def gemm_update(self):
+        """``(alpha, beta)`` when this step can be fused into the weight-gradient GEMMs as
+        ``W = beta W + alpha x^T delta``, else None (the default: the update needs the gradient)."""
+        return None
+
+    def step(self, kernels, biases_only=False):
+        """Apply one update with the current gradients (only to the biases after a fused GEMM update)."""
         lr = self.schedule(self.iterations)
         self.iterations += 1
-        for p, g, state, wd in self._segments:
+        for p, g, state, wd in (self._bias_segments if biases_only else self._segments):
             self._update(kernels, p, g, state, lr, wd)
 
     def _update(self, kernels, p, g, state, lr, wd):
@@ -101,6 +107,13 @@ class SGD(Optimizer):
         if nesterov and self.momentum == 0:
             raise InvalidInputError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
+
+    def gemm_update(self):
+        """Plain SGD folds into the weight-gradient GEMM: ``W = (1 - lr wd) W - lr x^T delta``."""
+        if self.momentum:
+            return None
+        lr = self.schedule(self.iterations)
+        return -lr, 1.0 - lr * self.weight_decay
 
     def _update(self, kernels, p, g, state, lr, wd):
         kernels.sgd_update_(p, g, state[0], lr, self.momentum, self.nesterov, wd)

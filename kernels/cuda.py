@@ -214,3 +214,11 @@ def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay):
     """RMSprop, in place on p and v."""
     T = p.dtype.type
     _rmsprop(g, T(lr), T(rho), T(eps), T(weight_decay), p, v)
+
+
+# --------------------------------------------------------------------------- weight-gradient GEMM
+def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
+    """``out = alpha * x^T @ delta + beta * out`` in one cuBLAS call (fused SGD when out is W)."""
+    from cupy import cublas
+
+    return cublas.gemm("T", "N", x, delta, out=out, alpha=alpha, beta=beta)

@@ -96,3 +96,31 @@ def test_bad_hyperparameters_are_rejected():
 def test_optimizer_names_give_default_instances():
     model = gb.Sequential([gb.Dense(1)], input_dim=1, backend="cpu").compile(loss="mse", optimizer="RMSprop")
     assert isinstance(model.optimizer, gb.optim.RMSprop) and math.isclose(model.optimizer.lr, 1e-3)
+
+
+@pytest.fixture(params=["cblas", "matmul-fallback"])
+def blas_route(request, monkeypatch):
+    """Plain SGD runs inside the weight-gradient GEMM through NumPy's CBLAS, or through the
+    matmul fallback when NumPy's BLAS exposes no CBLAS; both must give the textbook update."""
+    from gpubp.kernels import blas
+
+    if request.param == "cblas" and not blas.AVAILABLE:
+        pytest.skip("NumPy's BLAS exposes no ILP64 CBLAS gemm here")
+    if request.param == "matmul-fallback":
+        monkeypatch.setattr(blas, "_CBLAS", {})
+    return request.param
+
+
+def test_plain_sgd_with_weight_decay_fused_into_the_gemm(blas_route):
+    run_and_reference("cpu", gb.optim.SGD(lr=0.1, weight_decay=0.05), lambda p, g, s, k, t: p - 0.1 * g,
+                      steps=3, weight_decay=0.05)
+
+
+def test_fused_sgd_leaves_the_weight_gradient_buffer_alone(blas_route):
+    """The fused step writes W directly; Adam's path fills the gradient buffer instead."""
+    rng = np.random.default_rng(1)
+    X, T = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    model = gb.Sequential([gb.Dense(4, activation="tanh"), gb.Dense(2)], input_dim=3, backend="cpu",
+                          dtype="float64", seed=0).compile(loss="mse", optimizer=gb.optim.SGD(lr=0.1))
+    model.train_on_batch(X, T)
+    assert not model._grads[: model.n_weights].any() and model._grads[model.n_weights:].any()
