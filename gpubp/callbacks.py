@@ -95,7 +95,7 @@ class EarlyStopping(Callback):
                     self.model.backend.xp.copyto(self._best_params, params)
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
 

@@ -89,15 +89,15 @@ def _build_model(args, n_features, n_outputs):
 
 def cmd_train(args):
     from .data import StandardScaler, load_dataset, train_test_split
+    from .losses import get_loss
 
     X, y = load_dataset(args.dataset, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
     if not args.no_standardize:
         scaler = StandardScaler().fit(X_train)
         X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
-    if args.loss in ("mse",) and np.asarray(y).dtype.kind == "f":
-        n_outputs = 1 if np.ndim(y) == 1 else np.shape(y)[1]
-    elif args.loss == "binary_cross_entropy":
+    loss_name = get_loss(args.loss).name
+    if loss_name == "binary_cross_entropy" or (loss_name == "mse" and np.asarray(y).dtype.kind == "f"):
         n_outputs = 1 if np.ndim(y) == 1 else np.shape(y)[1]
     else:
         n_outputs = int(np.max(y)) + 1

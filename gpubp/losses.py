@@ -86,9 +86,14 @@ class MeanSquaredError(Loss):
 
     name = "mse"
 
+    def __init__(self):
+        #: True once targets arrived as class labels (then accuracy is reported)
+        self.targets_are_labels = False
+
     def prepare_targets(self, y, n_outputs, dtype):
         y = np.asarray(y)
         if y.ndim == 1 and n_outputs > 1 and y.dtype.kind in "iub":
+            self.targets_are_labels = True
             labels = _labels_from_targets(y, n_outputs, self.name)
             onehot = np.zeros((labels.size, n_outputs), dtype=dtype)
             onehot[np.arange(labels.size), labels] = 1
@@ -99,7 +104,7 @@ class MeanSquaredError(Loss):
         return kernels.mse(outputs, targets, grad)
 
     def correct(self, xp, outputs, targets):
-        if outputs.shape[1] < 2:
+        if not self.targets_are_labels:
             return None
         return xp.count_nonzero(xp.argmax(outputs, axis=1) == xp.argmax(targets, axis=1))
 

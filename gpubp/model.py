@@ -135,6 +135,7 @@ class Sequential:
             )
         self.loss = loss
         self.optimizer = get_optimizer(optimizer)
+        self._plans = {}
         if self.built:
             self._bind_optimizer()
         return self
@@ -147,22 +148,24 @@ class Sequential:
             raise NotCompiledError("call model.compile(loss=..., optimizer=...) before training")
 
     # ---------------------------------------------------------- the training step
-    def _plan(self, batch_size, targets=None):
+    def _plan(self, batch_size, targets=None, purpose="train"):
         """The cached :class:`BatchPlan` for ``batch_size`` rows.
 
         With ``targets`` (the prepared target array, for its row shape and
-        dtype) the plan also holds the target and gradient buffers training needs.
+        dtype) the plan also holds the target and gradient buffers that
+        training and evaluation need. ``purpose`` is "train" (kept for the
+        whole fit) or "eval"/"predict" (odd chunk sizes; the cache drops them
+        first when it grows).
         """
-        training = targets is not None
-        key = (batch_size, training)
+        key = (batch_size, purpose, None if targets is None else (targets.shape[1:], targets.dtype.str))
         plan = self._plans.get(key)
         if plan is None:
-            if len(self._plans) > 16:  # odd remainders from predict/evaluate: keep the cache bounded
-                self._plans = {k: v for k, v in self._plans.items() if k[1]}
+            if len(self._plans) >= 16:
+                self._plans = {k: v for k, v in self._plans.items() if k[1] == "train"}
             widths = [layer.units for layer in self.layers]
             plan = BatchPlan(self.backend, batch_size, self.input_dim, widths, self.dtype,
-                             targets.shape[1:] if training else None,
-                             targets.dtype if training else None)
+                             None if targets is None else targets.shape[1:],
+                             None if targets is None else targets.dtype)
             self._plans[key] = plan
         return plan
 
@@ -185,6 +188,8 @@ class Sequential:
         xp, kernels = self.backend.xp, self.backend.kernels
         layers, outputs = self.layers, plan.outputs
         delta = plan.loss_grad
+        if layers[-1].activation != "linear":  # only with MSE: cross-entropy losses take logits
+            delta = layers[-1].activation_backward_(kernels, delta, outputs[-1])
         for l in range(len(layers) - 1, 0, -1):
             dy = plan.scratch[l - 1]
             layers[l].backward(xp, kernels, delta, outputs[l - 1], dy, sgd)
@@ -261,7 +266,7 @@ class Sequential:
         X = as_feature_matrix(self.backend, X, self.input_dim, self.dtype)
         result = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         for start, stop in self._chunks(X.shape[0], batch_size):
-            plan = self._plan(stop - start)
+            plan = self._plan(stop - start, purpose="predict")
             out = self._forward(X[start:stop], plan.outputs)
             if self.loss is not None:
                 self.loss.output_activation_(self.backend.kernels, out)
@@ -279,7 +284,7 @@ class Sequential:
         total_loss = 0.0
         correct = 0
         for start, stop in self._chunks(n, batch_size):
-            plan = self._plan(stop - start, y)
+            plan = self._plan(stop - start, y, purpose="eval")
             logits = self._forward(X[start:stop], plan.outputs)
             targets = y[start:stop]
             total_loss += float(self.loss.forward_backward(self.backend.kernels, logits, targets, plan.loss_grad)) * (stop - start)

@@ -107,6 +107,8 @@ class SGD(Optimizer):
         if nesterov and self.momentum == 0:
             raise InvalidInputError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
+        if self.momentum == 0:
+            self.state_names = ()  # plain SGD keeps no velocity
 
     def gemm_update(self):
         """Plain SGD folds into the weight-gradient GEMM: ``W = (1 - lr wd) W - lr x^T delta``."""
@@ -116,7 +118,7 @@ class SGD(Optimizer):
         return -lr, 1.0 - lr * self.weight_decay
 
     def _update(self, kernels, p, g, state, lr, wd):
-        kernels.sgd_update_(p, g, state[0], lr, self.momentum, self.nesterov, wd)
+        kernels.sgd_update_(p, g, state[0] if state else g, lr, self.momentum, self.nesterov, wd)
 
     def _hyperparameters(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}

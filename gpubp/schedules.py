@@ -40,7 +40,9 @@ class StepDecay(Schedule):
 
     def __init__(self, lr, step_size, gamma=0.1):
         self.lr = check_positive("lr", lr)
-        self.step_size = int(check_positive("step_size", step_size))
+        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
+            raise InvalidInputError(f"step_size must be an integer >= 1, got {step_size!r}")
+        self.step_size = int(step_size)
         self.gamma = check_positive("gamma", gamma)
 
     def __call__(self, step):
@@ -75,7 +77,9 @@ class Cosine(Schedule):
 
     def __init__(self, lr, total_steps, min_lr=0.0):
         self.lr = check_positive("lr", lr)
-        self.total_steps = int(check_positive("total_steps", total_steps))
+        if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
+            raise InvalidInputError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+        self.total_steps = int(total_steps)
         if not 0 <= min_lr <= self.lr:
             raise InvalidInputError(f"min_lr must lie in [0, lr], got {min_lr!r}")
         self.min_lr = float(min_lr)

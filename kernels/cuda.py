@@ -96,7 +96,7 @@ __global__ void softmax_xent(const T* logits, const long long* labels, T* grad, 
     for (int k = 0; k < K; ++k) g[k] *= scale;
     long long t = labels[r];
     g[t] -= (T)1 / (T)B;
-    row_loss[r] = (double)log(s) - (double)(z[t] - m);
+    row_loss[r] = log((double)s) - (double)(z[t] - m);
 }
 
 template <typename T>
@@ -122,7 +122,7 @@ _scratch_cache = {}
 
 def _scratch(shape, dtype):
     """A cached device buffer of ``shape``/``dtype`` (allocated on first use only)."""
-    key = (tuple(shape), np.dtype(dtype))
+    key = (cp.cuda.Device().id, tuple(shape), np.dtype(dtype))
     buf = _scratch_cache.get(key)
     if buf is None:
         buf = _scratch_cache[key] = cp.empty(shape, dtype=dtype)

@@ -9,16 +9,20 @@ from conftest import requires_gpu
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
 
-@pytest.mark.parametrize("loss,activation", [("softmax_cross_entropy", "relu"), ("mse", "sigmoid"),
-                                             ("binary_cross_entropy", "tanh")])
-def test_cpu_and_gpu_train_alike(moons, loss, activation):
+@pytest.mark.parametrize("loss,activation,make_optimizer", [
+    ("softmax_cross_entropy", "relu", lambda: gb.optim.Adam(lr=0.01)),
+    ("mse", "sigmoid", lambda: gb.optim.SGD(lr=0.1, momentum=0.9)),
+    ("binary_cross_entropy", "tanh", lambda: gb.optim.RMSprop(lr=0.01)),
+    ("softmax_cross_entropy", "tanh", lambda: gb.optim.SGD(lr=0.1, weight_decay=1e-3)),  # fused into cuBLAS
+])
+def test_cpu_and_gpu_train_alike(moons, loss, activation, make_optimizer):
     Xtr, Xte, ytr, yte = moons
     curves, weights = [], []
     for backend in ("cpu", "gpu"):
         n_out = 1 if loss == "binary_cross_entropy" else 2
-        model = gb.Sequential([gb.Dense(16, activation=activation), gb.Dense(n_out)], input_dim=2,
-                              backend=backend, seed=3)
-        model.compile(loss=loss, optimizer=gb.optim.Adam(lr=0.01))
+        model = gb.Sequential([gb.Dense(16, activation=activation), gb.Dense(16, activation=activation),
+                               gb.Dense(n_out)], input_dim=2, backend=backend, seed=3)
+        model.compile(loss=loss, optimizer=make_optimizer())
         history = model.fit(Xtr, ytr, batch_size=64, epochs=3, validation_data=(Xte, yte), verbose=0)
         curves.append(history.history["loss"] + history.history["val_loss"])
         weights.append(model.get_weights())

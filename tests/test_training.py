@@ -98,6 +98,8 @@ def test_early_stopping_restores_best_weights(moons):
     history = model.fit(Xtr, ytr, batch_size=32, epochs=200, validation_data=(Xte, yte),
                         callbacks=[stopper], verbose=0)
     assert len(history.epoch) < 200 and stopper.stopped_epoch == history.epoch[-1]
+    # stopped after exactly `patience` epochs without improvement
+    assert history.epoch[-1] - stopper.best_epoch == 2
     best = min(history.history["val_loss"])
     assert model.evaluate(Xte, yte)["loss"] == pytest.approx(best, rel=1e-5)
 
@@ -132,3 +134,41 @@ def test_model_builds_from_the_first_fit():
     assert not model.built
     model.fit(np.random.default_rng(0).normal(size=(10, 5)), np.arange(10) % 2, verbose=0)
     assert model.input_dim == 5 and model.count_params() == 5 * 3 + 3 + 3 * 2 + 2
+
+
+def test_recompiling_with_another_loss_rebuilds_the_buffers(moons):
+    Xtr, Xte, ytr, yte = moons
+    model = moons_model("cpu")
+    model.fit(Xtr, ytr, batch_size=64, epochs=1, verbose=0)
+    model.compile(loss="mse", optimizer=gb.optim.SGD(lr=0.05))  # labels (int) -> one-hot float targets
+    model.fit(Xtr, ytr, batch_size=64, epochs=2, verbose=0)
+    assert model.evaluate(Xte, yte)["accuracy"] > 0.8
+
+
+def test_many_evaluation_sizes_keep_the_buffer_cache_bounded(moons):
+    _, Xte, _, yte = moons
+    model = moons_model("cpu")
+    for n in range(50, 90):
+        model.evaluate(Xte[:n], yte[:n])
+    assert len(model._plans) <= 16
+
+
+def test_mse_regression_reports_no_accuracy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3))
+    T = np.stack([X[:, 0] - X[:, 1], X[:, 2]], axis=1)
+    model = gb.Sequential([gb.Dense(8, activation="tanh"), gb.Dense(2)], input_dim=3, backend="cpu", seed=0)
+    model.compile(loss="mse", optimizer=gb.optim.Adam(lr=0.01))
+    history = model.fit(X, T, epochs=2, validation_data=(X, T), verbose=0)
+    assert "val_accuracy" not in history.history and model.evaluate(X, T)["accuracy"] is None
+
+
+def test_sigmoid_output_with_mse_learns_xor():
+    """A non-linear output layer under MSE: its derivative must enter the backward pass."""
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    model = gb.Sequential([gb.Dense(8, activation="tanh"), gb.Dense(1, activation="sigmoid")], input_dim=2,
+                          backend="cpu", dtype="float64", seed=1)
+    model.compile(loss="mse", optimizer=gb.optim.SGD(lr=2.0, momentum=0.9))
+    model.fit(X, y, batch_size=4, epochs=500, verbose=0)
+    np.testing.assert_array_equal(model.predict(X).ravel() > 0.5, y > 0.5)
