@@ -1,13 +1,8 @@
 """Shared fixtures: the backends to run on, and small data sets."""
 
-import numpy as np
 import pytest
 
-from gpubp.backend import probe_cupy
-
-_cupy, GPU_MISSING = probe_cupy()
-requires_gpu = pytest.mark.skipif(_cupy is None, reason=f"no GPU backend: {GPU_MISSING}")
-BACKENDS = ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, requires_gpu])]
+from helpers import BACKENDS
 
 
 @pytest.fixture(params=BACKENDS)
@@ -35,15 +30,3 @@ def digits():
 
     X, y = load_digits(return_X_y=True)
     return train_test_split(X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
-
-
-def random_batch(rng, n, n_in, n_out, loss):
-    """Random (X, y) in the target layout of ``loss``."""
-    X = rng.normal(size=(n, n_in))
-    if loss == "softmax_cross_entropy":
-        y = rng.integers(0, n_out, size=n)
-    elif loss == "binary_cross_entropy":
-        y = (rng.random((n, n_out)) > 0.5).astype(np.float64)
-    else:
-        y = rng.normal(size=(n, n_out))
-    return X, y

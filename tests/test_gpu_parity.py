@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpubp as gb
-from conftest import requires_gpu
+from helpers import requires_gpu
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 

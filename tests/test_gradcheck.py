@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import gpubp as gb
-from conftest import random_batch
+from helpers import random_batch
 
 LOSSES = ["mse", "binary_cross_entropy", "softmax_cross_entropy"]
 

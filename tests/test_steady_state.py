@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpubp as gb
-from conftest import requires_gpu
+from helpers import requires_gpu
 
 
 def _model_and_plan(backend_name, optimizer):
