@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 from .errors import InvalidInputError
@@ -33,6 +34,8 @@ class History(Callback):
     def __init__(self):
         self.history = {}
         self.epoch = []
+        #: None, or where a Ctrl-C stopped training: {"epoch", "step", "steps_per_epoch"}
+        self.interrupted = None
 
     def on_epoch_end(self, epoch, logs):
         self.epoch.append(epoch)
@@ -102,3 +105,32 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs=None):
         if self.stopped_epoch is not None and self.restore_best_weights and self._best_params is not None:
             self.model.backend.xp.copyto(self.model._params, self._best_params)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model to ``directory/model-epochNNNN.npz`` after every ``every`` epochs, keeping the last ``keep``.
+
+    Each file is written atomically (temporary file, fsync, rename), so a crash
+    never leaves a truncated newest checkpoint. Holds the architecture, weights,
+    loss/optimizer settings and scaler (see ``Sequential.save``); not the optimizer state.
+    """
+
+    def __init__(self, directory, every=1, keep=3):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise InvalidInputError(f"every must be an integer >= 1, got {every!r}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise InvalidInputError(f"keep must be an integer >= 1, got {keep!r}")
+        self.directory, self.every, self.keep = os.fspath(directory), every, keep
+        self.saved = []
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+
+    def on_epoch_end(self, epoch, logs):
+        if (epoch + 1) % self.every:
+            return
+        self.saved.append(self.model.save(os.path.join(self.directory, f"model-epoch{epoch + 1:04d}.npz")))
+        while len(self.saved) > self.keep:
+            old = self.saved.pop(0)
+            if os.path.exists(old):
+                os.unlink(old)

@@ -11,13 +11,23 @@ import time
 import numpy as np
 
 from . import __version__
-from .errors import GpubpError
+from .errors import GpubpError, InvalidInputError
 
+PREDICT_EXAMPLES = """examples:
+  gpubp predict --model model.npz --input new.csv                 # CSV of predictions on stdout
+  gpubp predict --model model.npz --input new.npz --output preds.csv
+"""
+EVALUATE_EXAMPLES = """examples:
+  gpubp evaluate --model model.npz --data test.csv --target label
+  gpubp evaluate --model model.npz --data digits
+"""
 TRAIN_EXAMPLES = """examples:
   gpubp train                                   # two moons, 2 tanh layers of 32, Adam, auto backend
   gpubp train --dataset digits --hidden 128 --activation relu --epochs 30
   gpubp train --dataset data.csv --target label --loss softmax_cross_entropy --save model.npz
   gpubp train --optimizer sgd --lr 0.1 --momentum 0.9 --nesterov --backend cpu --dtype float64
+  gpubp train --config run.toml --plot plots/ --checkpoint-dir ckpt/
+config files (TOML) take the same keys as the flags, e.g.  hidden = [64, 64]  lr = 0.005  batch-size = 128
 """
 
 
@@ -64,11 +74,65 @@ def build_parser():
     run.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
     run.add_argument("--seed", type=int, default=0, help="seed of data split, init and shuffling (default: 0)")
     run.add_argument("--save", metavar="PATH", help="write the trained model to PATH (.npz)")
+    run.add_argument("--checkpoint-dir", metavar="DIR", help="save the model into DIR after every epoch (last 3 kept)")
+    run.add_argument("--plot", metavar="DIR", help="write loss/accuracy curves (and, for 2-D data, the decision "
+                                                   "boundary) as PNG files into DIR (needs matplotlib)")
+    run.add_argument("--config", metavar="FILE", help="read defaults for these flags from a TOML file")
     run.add_argument("--quiet", action="store_true", help="print only the final result")
     run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
 
-    sub.add_parser("info", help="show version, backends and devices")
+    predict = sub.add_parser("predict", help="predict with a saved model", epilog=PREDICT_EXAMPLES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("--model", required=True, help="model file written by gpubp train --save")
+    predict.add_argument("--input", required=True, help="features: .csv with a header row, or .npz with an array X")
+    predict.add_argument("--output", help="write predictions to this .csv (default: stdout)")
+    predict.add_argument("--backend", default="auto", help="auto, cpu or gpu (default: auto)")
+
+    evaluate = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of a saved model",
+                              epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--model", required=True, help="model file written by gpubp train --save")
+    evaluate.add_argument("--data", required=True, help="a built-in data set name, or a .npz (X, y) / .csv file")
+    evaluate.add_argument("--target", help="label column of a .csv file")
+    evaluate.add_argument("--backend", default="auto", help="auto, cpu or gpu (default: auto)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+    sub.add_parser("info", help="show version, backends, devices, BLAS and threading",
+                   epilog="example:\n  gpubp info", formatter_class=argparse.RawDescriptionHelpFormatter)
     return parser
+
+
+def _apply_config(parser, argv):
+    """Parse ``argv``; values from ``--config FILE`` (TOML, keys as the flags) become defaults."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(args.config, "rb") as f:
+            config = tomllib.load(f)
+    except OSError as exc:
+        parser.error(f"--config: cannot read {args.config}: {exc.strerror}")
+    except tomllib.TOMLDecodeError as exc:
+        parser.error(f"--config: {args.config} is not valid TOML: {exc}")
+    train = parser._subparsers._group_actions[0].choices["train"]
+    known = {a.dest: a for a in train._actions if a.dest not in ("help", "config")}
+    defaults = {}
+    for key, value in config.items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            parser.error(f"--config: unknown key {key!r} in {args.config}; valid keys: "
+                         + ", ".join(sorted(k.replace("_", "-") for k in known)))
+        if dest == "hidden" and isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        action = known[dest]
+        if action.type is not None and isinstance(value, str):
+            value = action.type(value)
+        defaults[dest] = value
+    train.set_defaults(**defaults)
+    return parser.parse_args(argv)
 
 
 def _build_model(args, n_features, n_outputs):
@@ -87,41 +151,156 @@ def _build_model(args, n_features, n_outputs):
     return model
 
 
+def _n_outputs(loss_name, y):
+    if loss_name == "binary_cross_entropy" or (loss_name == "mse" and np.asarray(y).dtype.kind == "f"):
+        return 1 if np.ndim(y) == 1 else np.shape(y)[1]
+    return int(np.max(y)) + 1
+
+
 def cmd_train(args):
+    from .callbacks import ModelCheckpoint
     from .data import StandardScaler, load_dataset, train_test_split
     from .losses import get_loss
 
     X, y = load_dataset(args.dataset, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
+    model = _build_model(args, X.shape[1], _n_outputs(get_loss(args.loss).name, y))
     if not args.no_standardize:
-        scaler = StandardScaler().fit(X_train)
-        X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
-    loss_name = get_loss(args.loss).name
-    if loss_name == "binary_cross_entropy" or (loss_name == "mse" and np.asarray(y).dtype.kind == "f"):
-        n_outputs = 1 if np.ndim(y) == 1 else np.shape(y)[1]
-    else:
-        n_outputs = int(np.max(y)) + 1
-    model = _build_model(args, X.shape[1], n_outputs)
-    if not args.quiet and not args.json:
+        model.set_scaler(StandardScaler().fit(X_train))  # saved with the model; applied by predict
+    quiet = args.quiet or args.json
+    if not quiet:
         print(f"gpubp {__version__}: {args.dataset} ({X_train.shape[0]} train / {X_test.shape[0]} test samples, "
               f"{X.shape[1]} features) on {model.backend.name} ({model.backend.device_name}), {args.dtype}")
         print(model.summary())
+    callbacks = [ModelCheckpoint(args.checkpoint_dir)] if args.checkpoint_dir else []
     t0 = time.perf_counter()
     history = model.fit(X_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-                        validation_data=(X_test, y_test), verbose=0 if (args.quiet or args.json) else 1)
+                        validation_data=(X_test, y_test), callbacks=callbacks, verbose=0 if quiet else 1)
     seconds = time.perf_counter() - t0
     result = model.evaluate(X_test, y_test)
     metrics = {"test_loss": result["loss"], "test_accuracy": result["accuracy"], "train_seconds": seconds,
                "epochs": len(history.epoch), "backend": model.backend.name}
-    if args.save:
-        metrics["saved"] = model.save(args.save)
+    save_path = args.save
+    if history.interrupted:
+        where = history.interrupted
+        save_path = save_path or "gpubp-interrupted.npz"
+        metrics["interrupted"] = where
+        print(f"gpubp: interrupted by Ctrl-C after step {where['step']}/{where['steps_per_epoch']} of epoch "
+              f"{where['epoch'] + 1}; the weights are those of that whole step", file=sys.stderr)
+    if save_path:
+        metrics["saved"] = model.save(save_path)
+    if args.plot:
+        metrics["plots"] = _write_plots(args.plot, model, history, X_test, y_test)
     if args.json:
         print(json.dumps(metrics))
     else:
         acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
         print(f"test loss {result['loss']:.4f} - test accuracy {acc} - trained in {seconds:.2f}s")
-        if args.save:
+        if save_path:
             print(f"model saved to {metrics['saved']}")
+        for path in metrics.get("plots", []):
+            print(f"plot written to {path}")
+    return 130 if history.interrupted else 0
+
+
+def _write_plots(directory, model, history, X, y):
+    import os
+
+    from . import plot
+
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, "history.png")]
+    plot.history(history, path=paths[0])
+    if X.shape[1] == 2 and model.loss.is_classification:
+        paths.append(os.path.join(directory, "decision_boundary.png"))
+        plot.decision_boundary(model, X, y, path=paths[1])
+    return paths
+
+
+def _read_features(path):
+    """Features from a .csv (header row, numeric columns) or a .npz (array X)."""
+    from .data import load_csv_features
+
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as archive:
+            if "X" not in archive.files:
+                raise InvalidInputError(f"{path} must hold an array named X")
+            return archive["X"]
+    if path.endswith(".csv"):
+        return load_csv_features(path)
+    raise InvalidInputError(f"{path}: input files must end in .csv or .npz")
+
+
+def cmd_predict(args):
+    from .io import load_model
+
+    model = load_model(args.model, backend=args.backend)
+    X = _read_features(args.input)
+    out = model.predict(X)
+    header = []
+    columns = []
+    if model.loss is not None and model.loss.name == "softmax_cross_entropy":
+        header, columns = ["prediction"], [out.argmax(axis=1)]
+    elif model.loss is not None and model.loss.name == "binary_cross_entropy" and out.shape[1] == 1:
+        header, columns = ["prediction"], [(out[:, 0] > 0.5).astype(int)]
+    prefix = "p" if model.loss is not None and model.loss.is_classification else "y"
+    header += [f"{prefix}{k}" for k in range(out.shape[1])]
+    columns += [out[:, k] for k in range(out.shape[1])]
+    lines = [",".join(header)] + [",".join(_fmt(c[i]) for c in columns) for i in range(out.shape[0])]
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"{out.shape[0]} predictions written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _fmt(value):
+    return str(int(value)) if np.issubdtype(type(value), np.integer) else f"{float(value):.6g}"
+
+
+def confusion_matrix(y_true, y_pred, n_classes):
+    """(n_classes, n_classes) counts; rows are true classes, columns predictions."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def cmd_evaluate(args):
+    from .data import load_dataset
+    from .io import load_model
+
+    model = load_model(args.model, backend=args.backend)
+    if model.loss is None:
+        raise InvalidInputError(f"{args.model} was saved before compile: it has no loss to evaluate")
+    X, y = load_dataset(args.data, target=args.target)
+    result = model.evaluate(X, y)
+    metrics = {"samples": int(X.shape[0]), "loss": result["loss"], "accuracy": result["accuracy"]}
+    labels = np.asarray(y)
+    if model.loss.name == "softmax_cross_entropy" or (model.loss.name == "binary_cross_entropy"
+                                                      and model.n_outputs == 1):
+        proba = model.predict(X)
+        if model.n_outputs == 1:
+            predicted, n_classes = (proba[:, 0] > 0.5).astype(int), 2
+        else:
+            predicted, n_classes = proba.argmax(axis=1), model.n_outputs
+        if labels.ndim == 2:
+            labels = labels.argmax(axis=1)
+        metrics["confusion_matrix"] = confusion_matrix(labels.astype(int).ravel(), predicted, n_classes).tolist()
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
+    print(f"{metrics['samples']} samples - loss {result['loss']:.4f} - accuracy {acc}")
+    if "confusion_matrix" in metrics:
+        matrix = np.array(metrics["confusion_matrix"])
+        width = max(5, len(str(matrix.max())) + 1)
+        print("confusion matrix (rows: true class, columns: predicted class)")
+        print(" " * 6 + "".join(f"{k:>{width}}" for k in range(n_classes)))
+        for k, row in enumerate(matrix):
+            print(f"{k:>5} " + "".join(f"{v:>{width}}" for v in row))
     return 0
 
 
@@ -129,10 +308,22 @@ def cmd_info(args):
     import numba
 
     from .backend import probe_cupy
+    from .kernels import blas, cpu
 
     print(f"gpubp {__version__}")
     print(f"python {platform.python_version()} on {platform.machine()} ({platform.system()})")
     print(f"numpy {np.__version__}, numba {numba.__version__}")
+    try:
+        blas_info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas_name = f"{blas_info.get('name')} {blas_info.get('version', '')}".strip()
+    except Exception:  # older NumPy without show_config(mode=...)
+        blas_name = "unknown"
+    threads = blas.num_threads()
+    print(f"BLAS: {blas_name}, {threads if threads is not None else '?'} threads, "
+          f"direct CBLAS gemm {'yes' if blas.AVAILABLE else 'no (matmul fallback)'}")
+    parallel = "off" if cpu.PARALLEL_THRESHOLD >= 1 << 62 else f"from {cpu.PARALLEL_THRESHOLD} elements"
+    print(f"numba: threading layer {numba.config.THREADING_LAYER}, {numba.get_num_threads()} threads, "
+          f"parallel kernels {parallel}")
     cupy, reason = probe_cupy()
     if cupy is None:
         print(f"backends: cpu (gpu unavailable: {reason})")
@@ -140,15 +331,17 @@ def cmd_info(args):
         from .backend import get_backend
 
         gpu = get_backend("gpu")
+        driver = cupy.cuda.runtime.driverGetVersion()
         print(f"backends: cpu, gpu ({gpu.device_name}, CuPy {cupy.__version__}, "
-              f"CUDA driver {cupy.cuda.runtime.driverGetVersion()})")
+              f"CUDA driver {driver // 1000}.{driver % 1000 // 10})")
     return 0
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = _apply_config(build_parser(), argv)
     try:
-        return {"train": cmd_train, "info": cmd_info}[args.command](args)
+        return {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "info": cmd_info}[
+            args.command](args)
     except GpubpError as exc:
         print(f"gpubp: error: {exc}", file=sys.stderr)
         return 2

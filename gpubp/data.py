@@ -1,19 +1,169 @@
 """Data sets for the CLI and the tests: built-in generators, .npz/.csv files, splits, scaling.
 
-The built-in sets come from scikit-learn (the ``data`` extra): ``make_moons``,
-``make_circles`` and the bundled 8x8 ``digits`` (no network access).
+Built-in sets, by name (no network access at run time):
+
+============  ==============  =======  ========  ===========================================
+name          task            classes  features  source
+============  ==============  =======  ========  ===========================================
+moons         classification  2        2         ``sklearn.datasets.make_moons``
+circles       classification  2        2         ``sklearn.datasets.make_circles`` (factor 0.5)
+digits        classification  10       64        scikit-learn's bundled 8x8 digits (1797 rows)
+spirals       classification  3        2         :func:`make_spirals` (NumPy)
+xor           classification  2        2         :func:`make_xor` (NumPy)
+regression    regression      -        5         ``sklearn.datasets.make_friedman1``
+============  ==============  =======  ========  ===========================================
+
+The scikit-learn ones need the ``data`` extra. :func:`dataset_info` and
+:func:`task_of` tell callers what a name holds.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+import numbers
 import os
+import zipfile
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InvalidInputError
 
-BUILTIN = ("moons", "circles", "digits")
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a built-in data set holds.
+
+    Attributes
+    ----------
+    name : str
+    task : {"classification", "regression"}
+    n_classes : int or None
+        Number of classes (labels ``0 .. n_classes - 1``); None for regression.
+    n_features : int
+    description : str
+    """
+
+    name: str
+    task: str
+    n_classes: int | None
+    n_features: int
+    description: str
+
+
+_INFO = {
+    info.name: info for info in [
+        DatasetInfo("moons", "classification", 2, 2, "two interleaving half circles (scikit-learn)"),
+        DatasetInfo("circles", "classification", 2, 2, "a small circle inside a large one (scikit-learn)"),
+        DatasetInfo("digits", "classification", 10, 64, "8x8 images of handwritten digits, 1797 rows (scikit-learn)"),
+        DatasetInfo("spirals", "classification", 3, 2, "three interleaved spiral arms"),
+        DatasetInfo("xor", "classification", 2, 2, "four Gaussian blobs at the corners of a square, XOR labels"),
+        DatasetInfo("regression", "regression", None, 5, "Friedman #1: y = 10 sin(pi x0 x1) + "
+                    "20 (x2 - 0.5)^2 + 10 x3 + 5 x4 + noise, x ~ U[0, 1]^5 (scikit-learn)"),
+    ]
+}
+
+#: Names :func:`load_builtin` accepts.
+BUILTIN = tuple(_INFO)
+
+
+def dataset_info(name):
+    """The :class:`DatasetInfo` of a built-in data set."""
+    try:
+        return _INFO[name]
+    except (KeyError, TypeError):
+        raise InvalidInputError(f"unknown data set {name!r}; built-in names are {list(BUILTIN)}") from None
+
+
+def task_of(name):
+    """``"classification"`` or ``"regression"`` for a built-in data set name."""
+    return dataset_info(name).task
+
+
+# ---------------------------------------------------------------- generators
+def _check_generator_args(n_samples, noise, seed, min_samples):
+    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < min_samples:
+        raise InvalidInputError(f"n_samples must be an integer >= {min_samples}, got {n_samples!r}")
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not (math.isfinite(noise) and noise >= 0):
+        raise InvalidInputError(f"noise must be a finite number >= 0, got {noise!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise InvalidInputError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(n_samples), float(noise)
+
+
+def _class_sizes(n_samples, n_classes):
+    """Split ``n_samples`` into ``n_classes`` near-equal counts (the first ones get the remainder)."""
+    return [n_samples // n_classes + (k < n_samples % n_classes) for k in range(n_classes)]
+
+
+def make_spirals(n_samples=2000, noise=0.2, seed=0, n_classes=3, turns=1.5):
+    """Interleaved spiral arms, one per class.
+
+    Arm ``k`` is the curve ``r (cos t, sin t)`` with ``t = 2 pi (turns r + k / n_classes)``
+    for radii ``r`` in [0.1, 1] drawn so points spread evenly along the arm.
+
+    Parameters
+    ----------
+    n_samples : int
+        Total points, split near-equally between the arms.
+    noise : float
+        Standard deviation of the Gaussian jitter of each point's angle, in radians
+        (neighbouring arms lie ``2 pi / n_classes`` apart).
+    seed : int
+    n_classes : int
+    turns : float
+        Revolutions each arm makes from the centre to the rim.
+
+    Returns
+    -------
+    X : float64 (n_samples, 2)
+    y : int64 (n_samples,), labels ``0 .. n_classes - 1``; rows shuffled
+    """
+    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 2:
+        raise InvalidInputError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if isinstance(turns, bool) or not isinstance(turns, numbers.Real) or not (math.isfinite(turns) and turns > 0):
+        raise InvalidInputError(f"turns must be a finite number > 0, got {turns!r}")
+    n_samples, noise = _check_generator_args(n_samples, noise, seed, n_classes)
+    rng = np.random.default_rng(seed)
+    arms, labels = [], []
+    for k, size in enumerate(_class_sizes(n_samples, n_classes)):
+        radius = np.sqrt(rng.uniform(0.1 ** 2, 1.0, size))  # arc length grows ~ r^2: even spacing
+        angle = 2 * np.pi * (turns * radius + k / n_classes) + noise * rng.normal(size=size)
+        arms.append(radius[:, None] * np.column_stack([np.cos(angle), np.sin(angle)]))
+        labels.append(np.full(size, k, dtype=np.int64))
+    X = np.concatenate(arms)
+    order = rng.permutation(n_samples)
+    return X[order], np.concatenate(labels)[order]
+
+
+def make_xor(n_samples=2000, noise=0.2, seed=0):
+    """Four Gaussian blobs at the corners (+-1, +-1) of a square with XOR labels.
+
+    The label is 1 where exactly one coordinate of the blob's centre is positive
+    (corners (1, -1) and (-1, 1)), 0 otherwise: no line separates the classes.
+
+    Parameters
+    ----------
+    n_samples : int
+        Total points, split near-equally between the four blobs.
+    noise : float
+        Standard deviation of each blob.
+    seed : int
+
+    Returns
+    -------
+    X : float64 (n_samples, 2)
+    y : int64 (n_samples,) in {0, 1}; rows shuffled
+    """
+    n_samples, noise = _check_generator_args(n_samples, noise, seed, 4)
+    rng = np.random.default_rng(seed)
+    corners = np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
+    corner_of_row = np.repeat(np.arange(4), _class_sizes(n_samples, 4))
+    X = corners[corner_of_row] + noise * rng.normal(size=(n_samples, 2))
+    y = (corner_of_row >= 2).astype(np.int64)
+    order = rng.permutation(n_samples)
+    return X[order], y[order]
 
 
 def _sklearn_datasets():
@@ -21,63 +171,157 @@ def _sklearn_datasets():
         from sklearn import datasets
     except ImportError:
         raise InvalidInputError(
-            "the built-in data sets need scikit-learn: pip install 'gpubp[data]'") from None
+            "the built-in data sets moons, circles, digits and regression need scikit-learn: "
+            "pip install 'gpubp[data]'") from None
     return datasets
 
 
 def load_builtin(name, n_samples=2000, noise=0.2, seed=0):
-    """Return ``(X, y)`` for a built-in data set: float64 features, int64 labels."""
+    """``(X, y)`` for a built-in data set (see :data:`BUILTIN`).
+
+    Parameters
+    ----------
+    name : str
+    n_samples : int
+        Ignored by ``digits`` (always 1797 rows).
+    noise : float
+        Standard deviation of the Gaussian noise (on the features; on the target for
+        ``regression``). Ignored by ``digits``.
+    seed : int
+
+    Returns
+    -------
+    X : float64 (n_samples, n_features)
+    y : int64 labels for classification, float64 values for regression
+    """
+    info = dataset_info(name)
+    if name == "digits":
+        X, y = _sklearn_datasets().load_digits(return_X_y=True)
+        return X.astype(np.float64), y.astype(np.int64)
+    min_samples = {"spirals": 3, "xor": 4}.get(name, 1)
+    n_samples, noise = _check_generator_args(n_samples, noise, seed, min_samples)
+    if name == "spirals":
+        return make_spirals(n_samples, noise, seed)
+    if name == "xor":
+        return make_xor(n_samples, noise, seed)
     datasets = _sklearn_datasets()
     if name == "moons":
         X, y = datasets.make_moons(n_samples=n_samples, noise=noise, random_state=seed)
     elif name == "circles":
         X, y = datasets.make_circles(n_samples=n_samples, noise=noise, factor=0.5, random_state=seed)
-    elif name == "digits":
-        X, y = datasets.load_digits(return_X_y=True)
-    else:
-        raise InvalidInputError(f"unknown data set {name!r}; built-in names are {list(BUILTIN)}, "
-                                f"or give a .npz or .csv file")
+    else:  # regression
+        X, y = datasets.make_friedman1(n_samples=n_samples, n_features=info.n_features, noise=noise,
+                                       random_state=seed)
+        return X.astype(np.float64), y.astype(np.float64)
     return X.astype(np.float64), y.astype(np.int64)
 
 
+# --------------------------------------------------------------------- files
 def load_npz(path):
     """``(X, y)`` from an ``.npz`` holding arrays named X and y (loaded without pickle)."""
-    with np.load(path, allow_pickle=False) as archive:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"{path}: not a readable .npz file ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InvalidInputError(f"{path}: holds a single array, not an .npz archive with arrays X and y")
+    with archive:
         missing = {"X", "y"} - set(archive.files)
         if missing:
-            raise InvalidInputError(f"{path} must hold arrays named X and y; missing {sorted(missing)}")
-        return archive["X"], archive["y"]
+            raise InvalidInputError(f"{path} must hold arrays named X and y; missing {sorted(missing)} "
+                                    f"(it holds {sorted(archive.files)})")
+        try:
+            return archive["X"], archive["y"]
+        except ValueError as exc:  # object arrays need pickle, which stays off
+            raise InvalidInputError(f"{path}: cannot read X and y without pickle ({exc})") from None
 
 
 def load_csv(path, target):
-    """``(X, y)`` from a CSV file with a header row; ``target`` names the label column."""
-    with open(path, newline="") as f:
+    """``(X, y)`` from a CSV file with a header row; ``target`` names the label column.
+
+    Every other column becomes a feature. Values must be finite numbers; blank
+    lines are skipped. Errors name the file, the line and the column.
+
+    Returns
+    -------
+    X : float64 (n_rows, n_columns - 1)
+    y : float64 (n_rows,)
+    """
+
+    def check_target(header):
+        if target is None:
+            raise InvalidInputError(f"{path}: name the label column with target= (--target on the command "
+                                    f"line); columns: {header}")
+        if target not in header:
+            hint = " (line 1 looks like data: the file needs a header row)" if all(map(_is_float, header)) else ""
+            raise InvalidInputError(f"{path}: no column named {target!r} (columns: {header}){hint}")
+
+    header, data = _read_csv(path, check_target)
+    t = header.index(target)
+    return np.delete(data, t, axis=1), data[:, t]
+
+
+def load_csv_features(path):
+    """Feature matrix (float64, one column per header name) from a CSV file with a header row.
+
+    For inputs to ``predict``: every column is a feature. Errors as in :func:`load_csv`.
+    """
+    return _read_csv(path)[1]
+
+
+def _read_csv(path, check_header=None):
+    """``(header, data)`` of a numeric CSV file; ``check_header(header)`` may raise before the rows are read."""
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot open ({exc.strerror})") from None
+    with f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise InvalidInputError(f"{path} is empty") from None
-        if target is None:
-            raise InvalidInputError(f"{path}: name the label column with --target (columns: {header})")
-        if target not in header:
-            raise InvalidInputError(f"{path}: no column named {target!r} (columns: {header})")
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"{path}, line 1: cannot parse the header ({exc})") from None
+        duplicates = sorted({h for h in header if header.count(h) > 1})
+        if duplicates:
+            raise InvalidInputError(f"{path}, line 1: the header names columns {duplicates} more than once")
+        if check_header is not None:
+            check_header(header)
         rows = []
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise InvalidInputError(f"{path}, line {line_no}: {len(row)} values, header has {len(header)}")
-            try:
-                rows.append([float(v) for v in row])
-            except ValueError:
-                col = next(i for i, v in enumerate(row) if not _is_float(v))
-                raise InvalidInputError(
-                    f"{path}, line {line_no}, column {header[col]!r}: {row[col]!r} is not a number") from None
+        try:
+            for row in reader:
+                line_no = reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise InvalidInputError(
+                        f"{path}, line {line_no}: {len(row)} values, header has {len(header)}")
+                rows.append(_parse_row(path, line_no, header, row))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"{path}, line {reader.line_num}: cannot parse ({exc})") from None
     if not rows:
         raise InvalidInputError(f"{path} has a header but no data rows")
-    data = np.array(rows)
-    t = header.index(target)
-    return np.delete(data, t, axis=1), data[:, t]
+    return header, np.array(rows, dtype=np.float64)
+
+
+def _parse_row(path, line_no, header, row):
+    values = []
+    for name, text in zip(header, row):
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidInputError(
+                f"{path}, line {line_no}, column {name!r}: {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise InvalidInputError(
+                f"{path}, line {line_no}, column {name!r}: {text!r} is not a finite number")
+        values.append(value)
+    return values
 
 
 def _is_float(value):
@@ -101,11 +345,14 @@ def load_dataset(name, n_samples=2000, noise=0.2, seed=0, target=None):
     raise InvalidInputError(f"{name}: data files must end in .npz or .csv")
 
 
+# ---------------------------------------------------------- split and scale
 def train_test_split(X, y, test_size=0.2, seed=0):
     """Seeded random split -> ``X_train, X_test, y_train, y_test``."""
     if not 0 < test_size < 1:
         raise InvalidInputError(f"test_size must lie in (0, 1), got {test_size!r}")
     n = len(X)
+    if len(y) != n:
+        raise InvalidInputError(f"X has {n} samples but y has {len(y)}")
     n_test = max(1, int(round(n * test_size)))
     if n_test >= n:
         raise InvalidInputError(f"test_size={test_size} leaves no training samples out of {n}")
@@ -115,17 +362,93 @@ def train_test_split(X, y, test_size=0.2, seed=0):
 
 
 class StandardScaler:
-    """``(X - mean) / std`` per feature, fitted on the training set (constant features keep std 1)."""
+    """``(X - mean) / std`` per feature, fitted on the training set (constant features keep std 1).
+
+    Works on (n_samples, n_features) matrices and on 1-D target vectors. A fitted
+    scaler round-trips through :meth:`to_dict` / :meth:`from_dict` (plain lists,
+    JSON-able), e.g. to store it in a model file's metadata.
+
+    Attributes
+    ----------
+    mean_ : float64 array (n_features,), or a 0-d array when fitted on a 1-D vector
+    scale_ : float64 array, same shape, every entry > 0
+    """
 
     def fit(self, X):
-        X = np.asarray(X, dtype=np.float64)
+        X = self._as_array(X, "X")
+        if X.ndim not in (1, 2) or X.shape[0] == 0:
+            raise InvalidInputError(f"StandardScaler.fit needs a non-empty 1-D or 2-D array, got shape {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise InvalidInputError("StandardScaler.fit: X holds NaN or Inf values")
         self.mean_ = X.mean(axis=0)
         std = X.std(axis=0)
         self.scale_ = np.where(std > 0, std, 1.0)
         return self
 
     def transform(self, X):
-        return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        return (self._check_fitted(X, "transform") - self.mean_) / self.scale_
 
     def fit_transform(self, X):
         return self.fit(X).transform(X)
+
+    def inverse_transform(self, X):
+        """Undo :meth:`transform`: ``X * std + mean``."""
+        return self._check_fitted(X, "inverse_transform") * self.scale_ + self.mean_
+
+    def to_dict(self):
+        """``{"mean": [...], "scale": [...]}`` as plain Python floats (JSON-able)."""
+        self._require_fitted("to_dict")
+        return {"mean": self.mean_.tolist(), "scale": self.scale_.tolist()}
+
+    @classmethod
+    def from_dict(cls, state):
+        """A fitted scaler from the output of :meth:`to_dict`."""
+        if not isinstance(state, dict) or set(state) != {"mean", "scale"}:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise InvalidInputError(f"StandardScaler.from_dict needs a dict with keys 'mean' and 'scale', got {got}")
+        arrays = {}
+        for key in ("mean", "scale"):
+            try:
+                arrays[key] = np.array(state[key], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"StandardScaler.from_dict: {key!r} must be a list of numbers, "
+                                        f"got {state[key]!r}") from None
+            if arrays[key].ndim > 1 or not np.all(np.isfinite(arrays[key])):
+                raise InvalidInputError(f"StandardScaler.from_dict: {key!r} must be a finite number or a "
+                                        f"flat list of them, got {state[key]!r}")
+        if arrays["mean"].shape != arrays["scale"].shape:
+            raise InvalidInputError(f"StandardScaler.from_dict: 'mean' has {arrays['mean'].size} entries "
+                                    f"but 'scale' has {arrays['scale'].size}")
+        if np.any(arrays["scale"] <= 0):
+            raise InvalidInputError("StandardScaler.from_dict: every 'scale' entry must be > 0")
+        scaler = cls()
+        scaler.mean_, scaler.scale_ = arrays["mean"], arrays["scale"]
+        return scaler
+
+    def __repr__(self):
+        if not hasattr(self, "mean_"):
+            return "StandardScaler(unfitted)"
+        return f"StandardScaler(n_features={self.mean_.size})"
+
+    # ------------------------------------------------------------ helpers
+    @staticmethod
+    def _as_array(X, name):
+        try:
+            return np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"StandardScaler: {name} must be an array of numbers") from None
+
+    def _require_fitted(self, method):
+        if not hasattr(self, "mean_"):
+            raise InvalidInputError(f"StandardScaler.{method}: the scaler is not fitted; call fit(X) first")
+
+    def _check_fitted(self, X, method):
+        self._require_fitted(method)
+        X = self._as_array(X, "X")
+        n_features = self.mean_.shape[0] if self.mean_.ndim else None
+        if n_features is not None and (X.ndim != 2 or X.shape[1] != n_features):
+            raise InvalidInputError(f"StandardScaler.{method}: X must have shape (n, {n_features}), got {X.shape}")
+        if n_features is None and X.ndim != 1:
+            raise InvalidInputError(f"StandardScaler.{method}: the scaler was fitted on a 1-D vector, "
+                                    f"got shape {X.shape}")
+        return X

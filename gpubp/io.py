@@ -46,7 +46,8 @@ def save_model(model, path):
     if not path.endswith(".npz"):
         path += ".npz"
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "gpubp_version": __version__,
-            "config": model.get_config()}
+            "config": model.get_config(),
+            "scaler": None if model.scaler is None else model.scaler.to_dict()}
     arrays = {"__meta__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
     for i, w in enumerate(model.get_weights()):
         arrays[("W" if i % 2 == 0 else "b") + str(i // 2)] = w
@@ -109,6 +110,10 @@ def load_model(path, backend="auto"):
         raise ModelFileError(f"{path!r} has an invalid model configuration ({exc})") from None
     try:
         model.set_weights(weights)
-    except ValueError as exc:
-        raise ModelFileError(f"{path!r} holds weights that do not fit its architecture: {exc}") from None
+        if meta.get("scaler"):
+            from .data import StandardScaler
+
+            model.set_scaler(StandardScaler.from_dict(meta["scaler"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{path!r} holds weights or a scaler that do not fit its architecture: {exc}") from None
     return model

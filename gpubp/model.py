@@ -51,6 +51,7 @@ class Sequential:
         self.seed = None if seed is None else int(seed)
         self.input_dim = None
         self.loss = self.optimizer = None
+        self.scaler = None
         self.stop_training = False
         self._plans = {}
         if input_dim is not None:
@@ -222,10 +223,29 @@ class Sequential:
         self.optimizer.step(self.backend.kernels, biases_only=fused is not None)
         return loss
 
+    def set_scaler(self, scaler):
+        """Standardise every input of fit/predict/evaluate with ``scaler`` (a fitted
+        ``gpubp.data.StandardScaler``, or None); it is saved with the model."""
+        if scaler is not None and self.built and len(scaler.mean_) != self.input_dim:
+            raise InvalidInputError(
+                f"the scaler was fitted on {len(scaler.mean_)} features but the model expects {self.input_dim}")
+        self.scaler = scaler
+        if scaler is not None:
+            self._scaler_shift = self.backend.asarray(scaler.mean_, self.dtype)
+            self._scaler_scale = self.backend.asarray(scaler.scale_, self.dtype)
+        return self
+
+    def _features(self, X, name="X"):
+        """Validate X, move it to the device and apply the scaler, if any."""
+        X = as_feature_matrix(self.backend, X, self.input_dim, self.dtype, name)
+        if self.scaler is not None:
+            X = (X - self._scaler_shift) / self._scaler_scale
+        return X
+
     def _prepare(self, X, y, name_x="X", name_y="y"):
         """Validate (X, y) and move them to the device once."""
         self._require_built(X)
-        X = as_feature_matrix(self.backend, X, self.input_dim, self.dtype, name_x)
+        X = self._features(X, name_x)
         y = as_target_array(self.backend, self.loss, y, X.shape[0], self.n_outputs, self.dtype, name_y)
         return X, y
 
@@ -263,7 +283,7 @@ class Sequential:
         """
         if not self.built:
             raise NotCompiledError("the model has no weights yet: build it (input_dim=...) or fit it first")
-        X = as_feature_matrix(self.backend, X, self.input_dim, self.dtype)
+        X = self._features(X)
         result = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         for start, stop in self._chunks(X.shape[0], batch_size):
             plan = self._plan(stop - start, purpose="predict")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 
 import numpy as np
@@ -10,6 +13,29 @@ from .callbacks import History
 from .errors import InvalidInputError
 from .progress import EpochProgress
 from .validation import check_positive_int
+
+
+class _StopOnInterrupt:
+    """Within ``with``: the first Ctrl-C (SIGINT) asks training to stop after the current step;
+    a second one interrupts at once. Only in the main thread (signal handlers live there)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _split_validation(model, X, y, validation_data, validation_split):
@@ -59,6 +85,11 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     the same batches) and uploaded once per epoch; each batch is gathered into a
     preallocated buffer, so the steady-state step allocates nothing.
 
+    A Ctrl-C (SIGINT) during ``fit`` stops training cleanly after the current
+    step (the weights are those of a whole step) and sets
+    ``history.interrupted = {"epoch", "step", "steps_per_epoch"}``; a second
+    Ctrl-C raises ``KeyboardInterrupt`` at once.
+
     Returns
     -------
     History
@@ -87,7 +118,7 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     progress = EpochProgress(int(verbose), epochs, len(starts))
     model.stop_training = False
     order = xp.arange(n)
-    try:
+    with _StopOnInterrupt() as interrupt, contextlib.closing(progress):
         for epoch in range(epochs):
             progress.start_epoch(epoch)
             t0 = time.perf_counter()
@@ -100,6 +131,11 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
                 xp.take(y, idx, axis=0, out=plan.y)
                 step_losses[i] = model._train_step(plan)
                 progress.step(plan.batch_size)
+                if interrupt.requested:
+                    history.interrupted = {"epoch": epoch, "step": i + 1, "steps_per_epoch": len(starts)}
+                    break
+            if interrupt.requested:
+                break
             train_loss = float(backend.to_host(step_losses) @ sizes) / n
             backend.synchronize()
             elapsed = time.perf_counter() - t0
@@ -116,8 +152,6 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
                 callback.on_epoch_end(epoch, logs)
             if model.stop_training:
                 break
-    finally:
-        progress.close()
     for callback in callbacks:
         callback.on_train_end()
     return history

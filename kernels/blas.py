@@ -56,6 +56,18 @@ def _load():
 
 
 _CBLAS = {} if os.environ.get("GPUBP_DISABLE_CBLAS") else _load()
+
+
+def num_threads():
+    """Threads of NumPy's OpenBLAS, or None when it cannot be asked."""
+    root = os.path.dirname(os.path.dirname(np.__file__))
+    for path in glob.glob(os.path.join(root, "numpy.libs", "*openblas*")):
+        for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            try:
+                return int(getattr(ctypes.CDLL(path), name)())
+            except (OSError, AttributeError):
+                continue
+    return None
 #: True when NumPy's OpenBLAS answered with its CBLAS gemm entry points.
 AVAILABLE = bool(_CBLAS)
 _JITTED = {}

@@ -63,3 +63,87 @@ def test_help_and_info(command):
         assert "examples:" in out and "--batch-size" in out
     if command == ["info"]:
         assert "backends: cpu" in out
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "moons.npz"
+    gpubp("train", "--backend", "cpu", "--epochs", "20", "--quiet", "--save", str(path))
+    return path
+
+
+def test_saved_model_carries_the_scaler(trained_model):
+    from gpubp.data import load_builtin, train_test_split
+
+    model = gb.load(trained_model, backend="cpu")
+    assert model.scaler is not None
+    X, y = load_builtin("moons", 2000, 0.2, 0)
+    _, Xte, _, yte = train_test_split(X, y, 0.2, seed=0)
+    assert (model.predict(Xte).argmax(1) == yte).mean() >= 0.95  # raw features: the model standardises
+
+
+def test_predict_writes_csv(trained_model, tmp_path):
+    X = np.array([[-1.0, 0.5], [2.0, 0.0], [0.0, 0.3]])
+    (tmp_path / "new.csv").write_text("x0,x1\n" + "\n".join(f"{a},{b}" for a, b in X) + "\n")
+    gpubp("predict", "--model", str(trained_model), "--input", str(tmp_path / "new.csv"),
+          "--output", str(tmp_path / "preds.csv"), "--backend", "cpu")
+    lines = (tmp_path / "preds.csv").read_text().splitlines()
+    assert lines[0] == "prediction,p0,p1" and len(lines) == 4
+    expected = gb.load(trained_model, backend="cpu").predict(X)
+    for line, row in zip(lines[1:], expected):
+        values = line.split(",")
+        assert int(values[0]) == row.argmax() and float(values[2]) == pytest.approx(row[1], abs=1e-5)
+    np.savez(tmp_path / "new.npz", X=X)
+    out = gpubp("predict", "--model", str(trained_model), "--input", str(tmp_path / "new.npz")).stdout
+    assert out.splitlines()[1:] == lines[1:]
+
+
+def test_evaluate_prints_confusion_matrix(trained_model, tmp_path):
+    out = gpubp("evaluate", "--model", str(trained_model), "--data", "moons", "--backend", "cpu").stdout
+    assert "2000 samples" in out and "confusion matrix" in out
+    metrics = json.loads(gpubp("evaluate", "--model", str(trained_model), "--data", "moons", "--json").stdout)
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (2, 2) and matrix.sum() == 2000
+    assert np.trace(matrix) / 2000 == pytest.approx(metrics["accuracy"])
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path):
+    (tmp_path / "run.toml").write_text('hidden = [8]\nepochs = 3\nlr = 0.05\nactivation = "relu"\n')
+    metrics = json.loads(gpubp("train", "--config", str(tmp_path / "run.toml"), "--epochs", "2",
+                               "--backend", "cpu", "--json").stdout)
+    assert metrics["epochs"] == 2
+    (tmp_path / "bad.toml").write_text("learning_rate = 0.1\n")
+    proc = gpubp("train", "--config", str(tmp_path / "bad.toml"), check=False)
+    assert proc.returncode == 2 and "unknown key 'learning_rate'" in proc.stderr
+
+
+def test_checkpoints_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    gpubp("train", "--epochs", "5", "--backend", "cpu", "--quiet", "--checkpoint-dir", str(tmp_path / "ckpt"),
+          "--plot", str(tmp_path / "plots"))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "model-epoch0003.npz", "model-epoch0004.npz", "model-epoch0005.npz"]
+    gb.load(tmp_path / "ckpt" / "model-epoch0005.npz", backend="cpu")
+    for name in ("history.png", "decision_boundary.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 10_000
+
+
+def test_ctrl_c_stops_after_the_step_and_saves(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "gpubp", "train", "--epochs", "100000", "--backend", "cpu",
+                             "--save", str(tmp_path / "m.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until training has started
+        line = proc.stdout.readline()
+        if line.startswith("epoch 2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted by Ctrl-C after step" in err and "Traceback" not in err
+    assert "model saved to" in out
+    model = gb.load(tmp_path / "m.npz", backend="cpu")
+    assert all(np.isfinite(w).all() for w in model.get_weights())

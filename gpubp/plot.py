@@ -1,0 +1,259 @@
+"""Plots of training runs and of 2-D decision boundaries (needs matplotlib: the ``plot`` extra).
+
+Both functions return a :class:`matplotlib.figure.Figure` drawn on the Agg canvas,
+independent of pyplot (no GUI, no global figure list to close): save it with
+``path=`` or ``fig.savefig(...)``; in Jupyter it shows as a cell's value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import GpubpError, InvalidInputError
+
+class PlotDependencyError(GpubpError, ImportError):
+    """matplotlib, which gpubp.plot needs, is not installed."""
+
+
+def _new_figure(**kwargs):
+    """An empty Figure on the Agg canvas."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotDependencyError("gpubp.plot needs matplotlib: pip install 'gpubp[plot]'") from None
+    figure = Figure(layout="constrained", **kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path):
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
+
+
+# ------------------------------------------------------------------- history
+def history(history, path=None, title=None):
+    """Loss and validation accuracy per epoch.
+
+    Parameters
+    ----------
+    history : gpubp.History or dict
+        What ``fit`` returned, or its ``.history`` dict with a ``"loss"`` list and
+        optionally ``"val_loss"``, ``"val_accuracy"``, ``"epoch_time"``.
+    path : str or path-like, optional
+        Write the figure there as a PNG.
+    title : str, optional
+        Replaces the default "Training history (N epochs ...)".
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels: training/validation loss, and validation accuracy (a note
+        instead when the history has none, as for regression).
+    """
+    logs = getattr(history, "history", history)
+    if not isinstance(logs, dict) or not logs.get("loss"):
+        raise InvalidInputError("history must be a gpubp History (or its .history dict) with a non-empty 'loss' list")
+    n_epochs = len(logs["loss"])
+    epoch_index = list(getattr(history, "epoch", []))
+    epochs = np.asarray(epoch_index if len(epoch_index) == n_epochs else range(n_epochs)) + 1
+    for key in ("val_loss", "val_accuracy", "accuracy"):
+        if key in logs and len(logs[key]) != n_epochs:
+            raise InvalidInputError(f"history[{key!r}] has {len(logs[key])} values but 'loss' has {n_epochs}")
+    marker = "o" if n_epochs <= 30 else None
+
+    figure = _new_figure(figsize=(11, 4.2))
+    loss_ax, accuracy_ax = figure.subplots(1, 2)
+
+    loss_ax.plot(epochs, logs["loss"], marker=marker, markersize=3, color="C0", label="training")
+    if logs.get("val_loss"):
+        val_loss = np.asarray(logs["val_loss"], dtype=float)
+        loss_ax.plot(epochs, val_loss, marker=marker, markersize=3, color="C1", label="validation")
+        best = int(np.nanargmin(val_loss))
+        loss_ax.plot(epochs[best], val_loss[best], "*", color="C3", markersize=11,
+                     label=f"lowest validation: {val_loss[best]:.4g} (epoch {epochs[best]})")
+    if all(v > 0 for v in logs["loss"]) and max(logs["loss"]) / min(logs["loss"]) > 30:
+        loss_ax.set_yscale("log")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend()
+
+    accuracy_keys = [(key, label, color) for key, label, color in
+                     [("accuracy", "training", "C0"), ("val_accuracy", "validation", "C1")] if logs.get(key)]
+    if accuracy_keys:
+        for key, label, color in accuracy_keys:
+            accuracy_ax.plot(epochs, logs[key], marker=marker, markersize=3, color=color, label=label)
+        values = np.asarray(logs[accuracy_keys[-1][0]], dtype=float)
+        best = int(np.nanargmax(values))
+        accuracy_ax.plot(epochs[best], values[best], "*", color="C3", markersize=11,
+                         label=f"highest {accuracy_keys[-1][1]}: {values[best]:.4f} (epoch {epochs[best]})")
+        accuracy_ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+        accuracy_ax.grid(alpha=0.3)
+        accuracy_ax.legend(loc="lower right")
+    else:
+        accuracy_ax.set_axis_off()
+        accuracy_ax.text(0.5, 0.5, "no accuracy in this history\n(regression targets, or no validation data)",
+                         ha="center", va="center", transform=accuracy_ax.transAxes, color="0.4")
+
+    if title is None:
+        title = f"Training history ({n_epochs} epoch{'s' if n_epochs != 1 else ''}"
+        if logs.get("epoch_time"):
+            title += f", {sum(logs['epoch_time']):.2f} s"
+        title += ")"
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+# --------------------------------------------------------- decision boundary
+def decision_boundary(model, X, y, path=None, resolution=300, transform=None, feature_names=("x1", "x2"),
+                      title=None):
+    """The model's prediction over the plane of two input features, with the data on top.
+
+    Parameters
+    ----------
+    model : gpubp.Sequential
+        A fitted model. Its predictions are read as classes for the cross-entropy
+        losses (argmax of softmax probabilities; sigmoid >= 0.5) and for MSE with
+        several outputs (argmax); MSE with one output is drawn as a value map,
+        except with integer labels ``y``, where the output is thresholded at 0.5.
+    X : array (n_samples, 2)
+        The points to draw, in the units the axes should show.
+    y : array (n_samples,)
+        True labels (or one-hot rows), or target values for a regression model.
+    path : str or path-like, optional
+        Write the figure there as a PNG.
+    resolution : int
+        Grid points per axis; the grid covers the data with a 10% margin.
+    transform : callable, optional
+        Maps (m, 2) points in the plotted units to the model's inputs, e.g. a
+        fitted ``StandardScaler().transform``; applied to the grid and to X.
+    feature_names : (str, str)
+        Axis labels.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise InvalidInputError(f"decision_boundary draws 2-D inputs: X must have shape (n_samples, 2), "
+                                f"got {X.shape}")
+    if X.shape[0] == 0 or not np.all(np.isfinite(X)):
+        raise InvalidInputError("decision_boundary: X must be non-empty and hold finite values")
+    y = np.asarray(y)
+    if y.shape[:1] != X.shape[:1]:
+        raise InvalidInputError(f"decision_boundary: X has {X.shape[0]} samples but y has shape {y.shape}")
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    y = y.reshape(X.shape[0])
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 2:
+        raise InvalidInputError(f"resolution must be an integer >= 2, got {resolution!r}")
+    if transform is not None and not callable(transform):
+        raise InvalidInputError(f"transform must be callable (e.g. scaler.transform), got {type(transform).__name__}")
+    if len(feature_names) != 2:
+        raise InvalidInputError(f"feature_names must name 2 features, got {feature_names!r}")
+
+    grid_x, grid_y = _grid(X, resolution)
+    grid = np.column_stack([grid_x.ravel(), grid_y.ravel()])
+    grid_out = _predict(model, grid, transform)
+    point_out = _predict(model, X, transform)
+    kind = _output_kind(model, grid_out.shape[1], y)
+
+    figure = _new_figure(figsize=(8.6, 5.6))
+    ax = figure.subplots()
+    if kind == "value":
+        default_title = _draw_value_map(figure, ax, grid_x, grid_y, grid_out[:, 0], X, y, point_out[:, 0])
+    else:
+        n_classes = max(int(np.max(y)) + 1 if y.size else 0, grid_out.shape[1] if kind == "argmax" else 2)
+        default_title = _draw_class_map(ax, grid_x, grid_y, _classes(grid_out, kind).reshape(grid_x.shape),
+                                        X, y.astype(np.int64), _classes(point_out, kind), n_classes)
+    ax.set(xlabel=feature_names[0], ylabel=feature_names[1], xlim=(grid_x.min(), grid_x.max()),
+           ylim=(grid_y.min(), grid_y.max()))
+    ax.set_title(title or default_title)
+    return _save(figure, path)
+
+
+def _grid(X, resolution):
+    low, high = X.min(axis=0), X.max(axis=0)
+    margin = np.where(high > low, 0.1 * (high - low), 1.0)
+    axes = [np.linspace(low[j] - margin[j], high[j] + margin[j], resolution) for j in range(2)]
+    return np.meshgrid(*axes)
+
+
+def _predict(model, points, transform):
+    inputs = points if transform is None else np.asarray(transform(points))
+    return np.asarray(model.predict(inputs), dtype=np.float64).reshape(len(points), -1)
+
+
+def _output_kind(model, n_outputs, y):
+    """How to read predictions: "argmax", "threshold" (one probability/score) or "value"."""
+    loss = getattr(getattr(model, "loss", None), "name", None)
+    if n_outputs > 1:
+        if loss == "binary_cross_entropy":
+            raise InvalidInputError(f"decision_boundary: a binary_cross_entropy model with {n_outputs} outputs "
+                                    f"is multi-label; it draws one class map, so give it a single-output model")
+        return "argmax"
+    if loss == "binary_cross_entropy" or y.dtype.kind in "biu":
+        return "threshold"
+    if loss == "softmax_cross_entropy":
+        raise InvalidInputError("decision_boundary: a softmax model needs at least 2 outputs")
+    return "value"
+
+
+def _classes(outputs, kind):
+    return outputs.argmax(axis=1) if kind == "argmax" else (outputs[:, 0] >= 0.5).astype(np.int64)
+
+
+def _class_colors(n_classes):
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if n_classes <= 10 else "tab20"]
+    if n_classes > palette.N:
+        palette = colormaps["turbo"].resampled(n_classes)
+    return np.array([palette(k % palette.N)[:3] for k in range(n_classes)])
+
+
+def _draw_class_map(ax, grid_x, grid_y, grid_classes, X, y, predicted, n_classes):
+    from matplotlib.lines import Line2D
+
+    colors = _class_colors(n_classes)
+    light = 0.3 * colors + 0.7  # the class colour blended with white
+    levels = np.arange(n_classes + 1) - 0.5
+    ax.contourf(grid_x, grid_y, grid_classes, levels=levels, colors=[tuple(c) for c in light])
+    ax.contour(grid_x, grid_y, grid_classes, levels=levels[1:-1], colors="0.25", linewidths=0.8)
+    size = float(np.clip(6000 / len(X), 6, 40))
+    wrong = predicted != y
+    for k in range(n_classes):
+        rows = y == k
+        if rows.any():
+            ax.scatter(X[rows, 0], X[rows, 1], s=size, color=colors[k], edgecolors="k", linewidths=0.3)
+    if wrong.any():
+        ax.scatter(X[wrong, 0], X[wrong, 1], s=size * 3, facecolors="none", edgecolors="k", linewidths=0.9)
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=7, markerfacecolor=tuple(colors[k]),
+                      markeredgecolor="k", markeredgewidth=0.3, label=f"class {k}")
+               for k in range(n_classes) if (y == k).any() or (grid_classes == k).any()]
+    handles.append(Line2D([], [], color="0.25", linewidth=0.8, label="decision boundary"))
+    if wrong.any():
+        handles.append(Line2D([], [], linestyle="", marker="o", markersize=9, markerfacecolor="none",
+                              markeredgecolor="k", label=f"misclassified ({int(wrong.sum())})"))
+    ax.legend(handles=handles, title="true label (dots)\npredicted class (shading)",
+              loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return f"Decision regions - accuracy {1 - wrong.mean():.3f} on these {len(X)} points"
+
+
+def _draw_value_map(figure, ax, grid_x, grid_y, grid_values, X, y, predicted):
+    from matplotlib.colors import Normalize
+
+    y = y.astype(np.float64)
+    norm = Normalize(vmin=min(grid_values.min(), y.min()), vmax=max(grid_values.max(), y.max()))
+    filled = ax.contourf(grid_x, grid_y, grid_values.reshape(grid_x.shape), levels=20, cmap="viridis", norm=norm)
+    size = float(np.clip(6000 / len(X), 6, 40))
+    ax.scatter(X[:, 0], X[:, 1], c=y, cmap="viridis", norm=norm, s=size, edgecolors="w", linewidths=0.4)
+    figure.colorbar(filled, ax=ax, label="predicted value (shading), target (dots)")
+    rmse = math.sqrt(float(np.mean((predicted - y) ** 2)))
+    return f"Predicted value - RMSE {rmse:.4g} on these {len(X)} points"
