@@ -23,16 +23,31 @@ PEERS = ("numpy", "torch", "jax")
 def load(path):
     with open(path) as f:
         data = json.load(f)
-    steps, kernels = defaultdict(dict), defaultdict(dict)
+    steps, kernels, others = defaultdict(dict), defaultdict(dict), defaultdict(dict)
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
         median = bench["stats"]["median"]
-        if "kernel" in info:
+        if "width" not in info and "kernel" not in info and "engine" in info:
+            others[bench["group"]][info["engine"]] = {"median": median, **info}
+        elif "kernel" in info:
             kernels[info["kernel"]][info["engine"]] = median
         elif "width" in info:
             key = (info["device"], info["width"], info["depth"], info["batch"])
             steps[key][info["engine"]] = {"median": median, **info}
-    return data, steps, kernels
+    return data, steps, kernels, others
+
+
+def other_tables(others):
+    """One small table per remaining group (e.g. the scikit-learn comparison): engine, ms, accuracy."""
+    text = []
+    for group in sorted(others):
+        rows = [f"**{group}**", "", "| engine | median ms | accuracy |", "|---|---|---|"]
+        for engine, row in sorted(others[group].items(), key=lambda kv: kv[1]["median"]):
+            accuracy = row.get("accuracy")
+            rows.append(f"| {engine} | {row['median'] * 1e3:.1f} | "
+                        + ("-" if accuracy is None else f"{accuracy:.4f}") + " |")
+        text.append("\n".join(rows))
+    return "\n\n".join(text)
 
 
 def machine_line(data):
@@ -121,10 +136,14 @@ def main(argv=None):
     parser.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR (needs matplotlib)")
     parser.add_argument("--markdown", metavar="FILE", help="write the tables to FILE instead of stdout")
     args = parser.parse_args(argv)
-    data, steps, kernels = load(args.json)
-    text = f"Measured {machine_line(data)}.\n\n{step_table(steps)}\n"
+    data, steps, kernels, others = load(args.json)
+    text = f"Measured {machine_line(data)}.\n"
+    if steps:
+        text += f"\n{step_table(steps)}\n"
     if kernels:
         text += f"\n{kernel_table(kernels)}\n"
+    if others:
+        text += f"\n{other_tables(others)}\n"
     if args.markdown:
         Path(args.markdown).write_text(text)
     else:

@@ -50,17 +50,19 @@ def build_parser():
                            epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = train.add_argument_group("data")
     data.add_argument("--dataset", default="moons",
-                      help="moons, circles, digits, or a .npz (arrays X, y) / .csv file (default: moons)")
+                      help="moons, circles, spirals, xor, digits, regression, or a .npz (arrays X, y) / "
+                           ".csv file (default: moons)")
     data.add_argument("--target", help="label column of a .csv file")
-    data.add_argument("--samples", type=int, default=2000, help="samples of moons/circles (default: 2000)")
-    data.add_argument("--noise", type=float, default=0.2, help="noise of moons/circles (default: 0.2)")
+    data.add_argument("--samples", type=int, default=2000, help="samples of the generated sets (default: 2000)")
+    data.add_argument("--noise", type=float, default=0.2, help="noise of the generated sets (default: 0.2)")
     data.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (default: 0.2)")
     data.add_argument("--no-standardize", action="store_true", help="skip feature standardisation")
     net = train.add_argument_group("model")
     net.add_argument("--hidden", type=_hidden_sizes, default=[32, 32], help="hidden sizes, e.g. 64,64 (default: 32,32)")
     net.add_argument("--activation", default="tanh", help="sigmoid, tanh, relu or linear (default: tanh)")
-    net.add_argument("--loss", default="softmax_cross_entropy",
-                     help="softmax_cross_entropy, binary_cross_entropy or mse (default: softmax_cross_entropy)")
+    net.add_argument("--loss", default=None,
+                     help="softmax_cross_entropy, binary_cross_entropy or mse (default: mse for the "
+                          "regression set and float targets in files, else softmax_cross_entropy)")
     opt = train.add_argument_group("optimisation")
     opt.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "rmsprop"], help="(default: adam)")
     opt.add_argument("--lr", type=float, default=0.01, help="learning rate (default: 0.01)")
@@ -163,6 +165,9 @@ def cmd_train(args):
     from .losses import get_loss
 
     X, y = load_dataset(args.dataset, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
+    if args.loss is None:
+        regression = np.asarray(y).dtype.kind == "f" and not np.all(np.asarray(y) == np.round(y))
+        args.loss = "mse" if regression else "softmax_cross_entropy"
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
     model = _build_model(args, X.shape[1], _n_outputs(get_loss(args.loss).name, y))
     if not args.no_standardize:
