@@ -28,7 +28,8 @@ class Callback:
 
 
 class History(Callback):
-    """Per-epoch metrics: ``history.history["loss"]``, ``["val_loss"]``, ``["val_accuracy"]``,
+    """Per-epoch metrics: ``history.history["loss"]``, ``["accuracy"]`` (with ``metrics=["accuracy"]``),
+    ``["val_loss"]``, ``["val_accuracy"]``,
     ``["epoch_time"]`` (seconds) and ``["samples_per_sec"]``; ``history.epoch`` lists epoch indices."""
 
     def __init__(self):

@@ -149,7 +149,7 @@ def _build_model(args, n_features, n_outputs):
         optimizer = gb.optim.Adam(lr=args.lr, weight_decay=args.weight_decay)
     else:
         optimizer = gb.optim.RMSprop(lr=args.lr, weight_decay=args.weight_decay)
-    model.compile(loss=args.loss, optimizer=optimizer)
+    model.compile(loss=args.loss, optimizer=optimizer, metrics=["accuracy"])
     return model
 
 

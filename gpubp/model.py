@@ -51,6 +51,7 @@ class Sequential:
         self.seed = None if seed is None else int(seed)
         self.input_dim = None
         self.loss = self.optimizer = None
+        self.metrics = []
         self.scaler = None
         self.stop_training = False
         self._plans = {}
@@ -124,8 +125,17 @@ class Sequential:
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- compile
-    def compile(self, loss="softmax_cross_entropy", optimizer="adam"):
-        """Choose the loss (name or Loss) and the optimizer (name or Optimizer)."""
+    def compile(self, loss="softmax_cross_entropy", optimizer="adam", metrics=()):
+        """Choose the loss (name or Loss), the optimizer (name or Optimizer) and extra metrics.
+
+        ``metrics=["accuracy"]`` makes ``fit`` log the training-set accuracy after
+        every epoch (one extra forward pass over the training data per epoch).
+        """
+        metrics = list(metrics)
+        unknown = [m for m in metrics if m != "accuracy"]
+        if unknown:
+            raise InvalidInputError(f"unknown metrics {unknown}; valid: ['accuracy']")
+        self.metrics = metrics
         loss = get_loss(loss)
         last = self.layers[-1].activation
         if loss.name in ("softmax_cross_entropy", "binary_cross_entropy") and last != "linear":

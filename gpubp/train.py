@@ -140,6 +140,10 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
             backend.synchronize()
             elapsed = time.perf_counter() - t0
             logs = {"loss": train_loss}
+            if "accuracy" in model.metrics:
+                accuracy = model._evaluate_on_device(X, y)["accuracy"]
+                if accuracy is not None:
+                    logs["accuracy"] = accuracy
             if X_val is not None:
                 val = model._evaluate_on_device(X_val, y_val)
                 logs["val_loss"] = val["loss"]

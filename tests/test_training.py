@@ -172,3 +172,13 @@ def test_sigmoid_output_with_mse_learns_xor():
     model.compile(loss="mse", optimizer=gb.optim.SGD(lr=2.0, momentum=0.9))
     model.fit(X, y, batch_size=4, epochs=500, verbose=0)
     np.testing.assert_array_equal(model.predict(X).ravel() > 0.5, y > 0.5)
+
+
+def test_accuracy_metric_logs_training_accuracy(moons):
+    Xtr, Xte, ytr, yte = moons
+    model = moons_model("cpu")
+    model.compile(loss="softmax_cross_entropy", optimizer=gb.optim.Adam(lr=0.01), metrics=["accuracy"])
+    history = model.fit(Xtr, ytr, epochs=2, validation_data=(Xte, yte), verbose=0)
+    assert history.history["accuracy"][-1] == pytest.approx(model.evaluate(Xtr, ytr)["accuracy"])
+    with pytest.raises(gb.InvalidInputError, match="unknown metrics"):
+        model.compile(loss="mse", metrics=["f1"])
