@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 
 import numpy as np
 
@@ -68,6 +69,10 @@ class Backend:
         """Block until queued device work has finished (no-op on the CPU)."""
         if self.name == "gpu":
             self.xp.cuda.get_current_stream().synchronize()
+
+    def is_finite(self, scalar):
+        """True when a host float or a 0-d device array is finite (a device sync on the GPU)."""
+        return math.isfinite(float(scalar))
 
     def owns(self, a):
         """True when ``a`` is an array of this backend's library."""

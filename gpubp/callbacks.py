@@ -37,6 +37,8 @@ class History(Callback):
         self.epoch = []
         #: None, or where a Ctrl-C stopped training: {"epoch", "step", "steps_per_epoch"}
         self.interrupted = None
+        #: None, or where training diverged with on_divergence="stop": {"epoch", "step", "reason"}
+        self.diverged = None
 
     def on_epoch_end(self, epoch, logs):
         self.epoch.append(epoch)

@@ -27,3 +27,15 @@ class NotCompiledError(GpubpError, RuntimeError):
 
 class ModelFileError(GpubpError, ValueError):
     """A model file is missing, corrupted or of an unknown format."""
+
+
+class TrainingDiverged(GpubpError, FloatingPointError):
+    """The loss or a gradient became NaN or Inf during training.
+
+    ``epoch`` and ``step`` (0-based epoch, 1-based step within it) say where;
+    the model keeps the weights from before that step.
+    """
+
+    def __init__(self, message, epoch=None, step=None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step

@@ -6,11 +6,15 @@ import numpy as np
 
 from .backend import get_backend, resolve_dtype
 from .buffers import BatchPlan
-from .errors import InvalidInputError, InvalidTypeError, NotCompiledError
+from .errors import InvalidInputError, InvalidTypeError, NotCompiledError, TrainingDiverged
 from .layers import Dense
 from .losses import get_loss
 from .optim import get_optimizer
 from .validation import as_feature_matrix, as_target_array, check_positive_int
+
+class NonFiniteLoss(ArithmeticError):
+    """Raised inside a training step when the batch loss is NaN/Inf (fit turns it into TrainingDiverged)."""
+
 
 #: Rows per chunk in predict/evaluate when no batch size is given.
 INFERENCE_BATCH = 4096
@@ -226,10 +230,17 @@ class Sequential:
 
         Plain SGD updates each weight matrix inside its gradient GEMM; every
         other optimizer reads the full gradient buffer after the backward pass.
+        The loss is checked before anything is updated, and (unless the update
+        is fused into the GEMMs) the gradient norm too; a NaN/Inf raises ArithmeticError
+        (:class:`NonFiniteLoss` / ``NonFiniteGradient``) with the parameters untouched.
         """
         loss = self._forward_loss(plan)
+        if not self.backend.is_finite(loss):
+            raise NonFiniteLoss(f"the loss is {float(loss)}")
         fused = self.optimizer.gemm_update()
         self._backward(plan, plan.x, fused)
+        if fused is None:
+            self.optimizer.check_and_clip_gradients(self.backend.xp)
         self.optimizer.step(self.backend.kernels, biases_only=fused is not None)
         return loss
 
@@ -266,10 +277,15 @@ class Sequential:
         plan = self._plan(x.shape[0], y)
         self.backend.xp.copyto(plan.x, x)
         self.backend.xp.copyto(plan.y, y)
-        return float(self._train_step(plan))
+        try:
+            return float(self._train_step(plan))
+        except ArithmeticError as exc:
+            raise TrainingDiverged(f"training diverged: {exc}; the weights are those from before this batch. "
+                                   f"Try a smaller learning rate (now {self.optimizer.lr:g}) or gradient "
+                                   f"clipping (clip_norm=...)") from None
 
     def fit(self, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
-            shuffle=True, callbacks=None, verbose=1):
+            shuffle=True, callbacks=None, verbose=1, on_divergence="raise"):
         """Train with mini-batch gradient descent; returns a :class:`gpubp.History`.
 
         See :func:`gpubp.train.fit` for the parameters.
@@ -277,7 +293,8 @@ class Sequential:
         from .train import fit
 
         return fit(self, X, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
-                   validation_split=validation_split, shuffle=shuffle, callbacks=callbacks, verbose=verbose)
+                   validation_split=validation_split, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
+                   on_divergence=on_divergence)
 
     # ------------------------------------------------------------- inference
     def _chunks(self, n, batch_size):

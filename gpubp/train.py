@@ -6,11 +6,12 @@ import contextlib
 import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 
 from .callbacks import History
-from .errors import InvalidInputError
+from .errors import InvalidInputError, TrainingDiverged
 from .progress import EpochProgress
 from .validation import check_positive_int
 
@@ -61,7 +62,7 @@ def _split_validation(model, X, y, validation_data, validation_split):
 
 
 def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
-        shuffle=True, callbacks=None, verbose=1):
+        shuffle=True, callbacks=None, verbose=1, on_divergence="raise"):
     """Train ``model`` on (X, y) with mini-batches drawn without replacement.
 
     Parameters
@@ -79,6 +80,11 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
         Draw a new seeded permutation each epoch.
     callbacks : list of gpubp.callbacks.Callback, e.g. ``[EarlyStopping(patience=5)]``
     verbose : {0, 1, 2}
+    on_divergence : {"raise", "stop"}
+        When a step's loss (or, with gradient clipping, its gradient norm) is
+        NaN/Inf: raise :class:`gpubp.TrainingDiverged`, or warn and stop. Either
+        way the model keeps the weights from before that step and
+        ``history.diverged = {"epoch", "step", "reason"}``.
 
     The training set is copied to the device once; each epoch's permutation is
     drawn on the host from the model's seeded generator (so every backend sees
@@ -99,6 +105,8 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     epochs = check_positive_int("epochs", epochs)
     if verbose not in (0, 1, 2, True, False):
         raise InvalidInputError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if on_divergence not in ("raise", "stop"):
+        raise InvalidInputError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
     X, y, X_val, y_val = _split_validation(model, X, y, validation_data, validation_split)
 
     backend = model.backend
@@ -129,12 +137,22 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
                 idx = order[start:start + plan.batch_size]
                 xp.take(X, idx, axis=0, out=plan.x)
                 xp.take(y, idx, axis=0, out=plan.y)
-                step_losses[i] = model._train_step(plan)
+                try:
+                    step_losses[i] = model._train_step(plan)
+                except ArithmeticError as exc:
+                    history.diverged = {"epoch": epoch, "step": i + 1, "reason": str(exc)}
+                    message = (f"training diverged at epoch {epoch + 1}, step {i + 1} of {len(starts)}: {exc}; "
+                               f"the model keeps the weights from before that step. Try a smaller learning "
+                               f"rate (now {model.optimizer.lr:g}) or gradient clipping (clip_norm=...)")
+                    if on_divergence == "raise":
+                        raise TrainingDiverged(message, epoch=epoch, step=i + 1) from None
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                    break
                 progress.step(plan.batch_size)
                 if interrupt.requested:
                     history.interrupted = {"epoch": epoch, "step": i + 1, "steps_per_epoch": len(starts)}
                     break
-            if interrupt.requested:
+            if interrupt.requested or history.diverged:
                 break
             train_loss = float(backend.to_host(step_losses) @ sizes) / n
             backend.synchronize()

@@ -6,6 +6,7 @@ Each check raises an error that names the argument and says what was expected.
 from __future__ import annotations
 
 import numbers
+import re
 
 import numpy as np
 
@@ -16,12 +17,49 @@ def _is_device_array(backend, a):
     return backend.name != "cpu" and backend.owns(a)
 
 
+def as_host_array(a, name):
+    """``np.asarray(a)``, raising an error that names ``name`` when NumPy cannot make an array
+    (ragged nested lists, objects whose ``__array__`` fails)."""
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInputError(f"{name} cannot be converted to a numeric array: {exc}") from None
+
+
+def check_finite_for_dtype(a, dtype, name, n_rows=None):
+    """Raise unless every value of the host array ``a`` is finite and stays finite once cast to ``dtype``.
+
+    Float values beyond ``dtype``'s largest finite value (e.g. 1e39 with float32) would silently
+    become Inf in the cast (with a NumPy overflow warning), so they are rejected here, naming
+    how many rows hold them. ``n_rows`` groups the values by leading axis (default ``a.shape[0]``).
+    """
+    if a.dtype.kind != "f" or a.size == 0:
+        return
+    dtype = np.dtype(dtype)
+    rows = a.reshape(a.shape[0] if n_rows is None else n_rows, -1) if a.ndim else a.reshape(1, 1)
+    n = rows.shape[0]
+    bad = ~np.isfinite(rows).all(axis=1)
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad:
+        raise InvalidInputError(
+            f"{name} holds NaN or Inf values in {n_bad} of {n} rows (first: row {int(np.argmax(bad))})")
+    if dtype.kind == "f" and np.finfo(a.dtype).max > np.finfo(dtype).max:
+        limit = np.finfo(dtype).max
+        big = (np.abs(rows) > limit).any(axis=1)
+        n_big = int(np.count_nonzero(big))
+        if n_big:
+            raise InvalidInputError(
+                f"{name} holds values too large for {dtype.name} (|value| > {float(limit):.4g}, they would "
+                f"become Inf) in {n_big} of {n} rows (first: row {int(np.argmax(big))})")
+
+
 def as_feature_matrix(backend, X, n_features, dtype, name="X"):
     """Validate ``X`` and return it as a C-contiguous (n, n_features) ``dtype`` array on the device."""
-    if not _is_device_array(backend, X):
+    on_device = _is_device_array(backend, X)
+    if not on_device:
         if hasattr(X, "__cuda_array_interface__") and backend.name == "cpu":
             raise InvalidTypeError(f"{name} is a GPU array but the model runs on the CPU backend")
-        X = np.asarray(X)
+        X = as_host_array(X, name)
     if X.dtype.kind not in "biuf":
         raise InvalidTypeError(f"{name} must hold numbers, got an array of dtype {X.dtype}")
     if X.ndim != 2:
@@ -33,6 +71,8 @@ def as_feature_matrix(backend, X, n_features, dtype, name="X"):
         raise InvalidInputError(
             f"{name} has {X.shape[1]} features but the model expects {n_features}"
         )
+    if not on_device:
+        check_finite_for_dtype(X, dtype, name)
     X = backend.asarray(X, dtype=dtype)
     xp = backend.xp
     bad_rows = int(xp.count_nonzero(~xp.isfinite(X).all(axis=1)))
@@ -43,17 +83,23 @@ def as_feature_matrix(backend, X, n_features, dtype, name="X"):
 
 def as_target_array(backend, loss, y, n_samples, n_outputs, dtype, name="y"):
     """Validate ``y`` for ``loss`` and return it on the device in the loss kernel's layout."""
-    y = backend.to_host(y) if _is_device_array(backend, y) else np.asarray(y)
+    y = backend.to_host(y) if _is_device_array(backend, y) else as_host_array(y, name)
     if y.dtype.kind not in "biuf":
         raise InvalidTypeError(f"{name} must hold numbers, got an array of dtype {y.dtype}")
     if y.ndim == 0 or y.shape[0] != n_samples:
         got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} samples"
-        raise InvalidInputError(f"X has {n_samples} samples but {name} has {got}")
-    if y.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(y.reshape(n_samples, -1)).all(axis=1)))
-        if bad:
-            raise InvalidInputError(f"{name} holds NaN or Inf values in {bad} of {n_samples} rows")
-    return backend.asarray(loss.prepare_targets(y, n_outputs, dtype))
+        name_x = name[:-1] + "X" if name.endswith(" y") else "X"
+        raise InvalidInputError(f"{name_x} has {n_samples} samples but {name} has {got}")
+    check_finite_for_dtype(y, dtype, name, n_samples)
+    try:
+        targets = loss.prepare_targets(y, n_outputs, dtype)
+    except InvalidInputError as exc:
+        # the loss names its argument "y" (or not at all): say which array it was
+        message = str(exc)
+        if name != "y" or not re.search(r"(?<![\w\[])y(?!\w)", message):
+            raise InvalidInputError(f"{name}: {message}") from None
+        raise
+    return backend.asarray(targets)
 
 
 def check_positive_int(name, value):

@@ -1,0 +1,298 @@
+"""Training checkpoints (gpubp.checkpoint): round trip, bit-identical resume, rotation,
+crash safety and rejection of bad files. CPU only."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import gpubp as gb
+from gpubp.checkpoint import (latest_checkpoint, load_checkpoint_model, restore_checkpoint,
+                              save_checkpoint)
+from gpubp.data import StandardScaler
+from gpubp.errors import InvalidInputError, ModelFileError
+
+
+def make_moons(n=400, noise=0.2, seed=0):
+    """Two interleaving half circles, numpy only."""
+    rng = np.random.default_rng(seed)
+    n0 = n // 2
+    t0 = rng.uniform(0, np.pi, n0)
+    t1 = rng.uniform(0, np.pi, n - n0)
+    X = np.concatenate([np.c_[np.cos(t0), np.sin(t0)], np.c_[1 - np.cos(t1), 0.5 - np.sin(t1)]])
+    X += rng.normal(scale=noise, size=X.shape)
+    y = np.r_[np.zeros(n0, dtype=np.int64), np.ones(n - n0, dtype=np.int64)]
+    return X, y
+
+
+def make_optimizer(kind):
+    if kind == "adam":
+        return gb.optim.Adam(lr=0.01)
+    return gb.optim.SGD(lr=0.05, momentum=0.9, nesterov=True)
+
+
+def make_model(kind="adam", seed=0, hidden=16):
+    model = gb.Sequential([gb.Dense(hidden, activation="tanh"), gb.Dense(2)], input_dim=2, backend="cpu", seed=seed)
+    model.compile(loss="softmax_cross_entropy", optimizer=make_optimizer(kind))
+    return model
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_moons()
+
+
+def test_round_trip_restores_everything(tmp_path, data):
+    X, y = data
+    model = make_model("adam")
+    model.set_scaler(StandardScaler().fit(X))
+    history = model.fit(X, y, batch_size=32, epochs=2, verbose=0)
+    path = save_checkpoint(tmp_path, model, 2, extra={"history": history.history, "big": 2 ** 100})
+    assert os.path.basename(path) == "ckpt-epoch000002.npz"
+    assert latest_checkpoint(tmp_path) == path
+
+    fresh = make_model("adam", seed=123)  # a different seed: weights and rng are restored anyway
+    assert not np.array_equal(fresh._params, model._params)
+    info = restore_checkpoint(path, fresh)
+    assert info["epoch"] == 2
+    assert info["extra"]["big"] == 2 ** 100
+    assert info["extra"]["history"]["loss"] == history.history["loss"]
+    assert np.array_equal(fresh._params, model._params)
+    for w_fresh, w in zip(fresh.get_weights(), model.get_weights()):
+        assert np.array_equal(w_fresh, w)
+    for name in ("m", "v"):
+        assert np.array_equal(fresh.optimizer.state[name], model.optimizer.state[name])
+    assert fresh.optimizer.iterations == model.optimizer.iterations == 2 * 13
+    assert fresh.shuffle_rng.bit_generator.state == model.shuffle_rng.bit_generator.state
+    assert fresh.shuffle_rng.permutation(50).tolist() == model.shuffle_rng.permutation(50).tolist()
+    assert (fresh.scaler is None) == (model.scaler is None)
+    if model.scaler is not None:
+        assert np.array_equal(fresh.scaler.mean_, model.scaler.mean_)
+    np.testing.assert_array_equal(fresh.predict(X), model.predict(X))
+
+    loaded = load_checkpoint_model(path, backend="cpu")
+    assert np.array_equal(loaded._params, model._params)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert loaded.checkpoint_info["epoch"] == 2
+
+
+def test_extra_arrays_round_trip(tmp_path, data):
+    model = make_model("adam")
+    best = model._params.copy() * 2
+    path = save_checkpoint(tmp_path, model, 0, extra={"early_stopping": {"best": float("inf"), "wait": 1}},
+                           arrays={"best_params": best})
+    info = restore_checkpoint(path, make_model("adam"))
+    assert np.array_equal(info["arrays"]["best_params"], best)
+    assert info["extra"]["early_stopping"] == {"best": float("inf"), "wait": 1}
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd_momentum"])
+def test_resume_is_bit_identical(tmp_path, data, kind):
+    X, y = data
+    straight = make_model(kind, seed=7)
+    straight.fit(X, y, batch_size=32, epochs=4, verbose=0)
+
+    first = make_model(kind, seed=7)
+    first.fit(X, y, batch_size=32, epochs=2, verbose=0)
+    save_checkpoint(tmp_path, first, 2)
+    del first
+    resumed = make_model(kind, seed=99)
+    info = restore_checkpoint(latest_checkpoint(tmp_path), resumed)
+    assert info["epoch"] == 2
+    resumed.fit(X, y, batch_size=32, epochs=2, verbose=0)
+
+    assert np.array_equal(resumed._params, straight._params)
+    for name in straight.optimizer.state_names:
+        assert np.array_equal(resumed.optimizer.state[name], straight.optimizer.state[name])
+    assert resumed.optimizer.iterations == straight.optimizer.iterations
+
+
+def test_without_restore_the_runs_differ(tmp_path, data):
+    """Sanity check of the test above: resuming without the checkpoint does not match."""
+    X, y = data
+    straight = make_model("adam", seed=7)
+    straight.fit(X, y, batch_size=32, epochs=4, verbose=0)
+    first = make_model("adam", seed=7)
+    first.fit(X, y, batch_size=32, epochs=2, verbose=0)
+    resumed = make_model("adam", seed=7)
+    resumed.set_weights(first.get_weights())  # weights only, like a plain model file
+    resumed.fit(X, y, batch_size=32, epochs=2, verbose=0)
+    assert not np.array_equal(resumed._params, straight._params)
+
+
+def test_keep_rotation(tmp_path):
+    model = make_model("adam")
+    paths = [save_checkpoint(tmp_path, model, epoch, keep=3) for epoch in range(1, 7)]
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["ckpt-epoch000004.npz", "ckpt-epoch000005.npz", "ckpt-epoch000006.npz"]
+    assert latest_checkpoint(tmp_path) == paths[-1]
+    # keep=1 keeps only the one just written, even when it is not the highest epoch
+    path = save_checkpoint(tmp_path, model, 2, keep=1)
+    assert os.listdir(tmp_path) == ["ckpt-epoch000002.npz"]
+    assert latest_checkpoint(tmp_path) == path
+    with pytest.raises(InvalidInputError):
+        save_checkpoint(tmp_path, model, 3, keep=0)
+    with pytest.raises(InvalidInputError):
+        save_checkpoint(tmp_path, model, 3, extra={"x": object()})
+
+
+def test_latest_skips_truncated_corrupted_and_temp_files(tmp_path):
+    model = make_model("adam")
+    assert latest_checkpoint(tmp_path / "missing") is None
+    assert latest_checkpoint(tmp_path) is None
+    good = save_checkpoint(tmp_path, model, 1, keep=None)
+    newer = save_checkpoint(tmp_path, model, 2, keep=None)
+    with open(newer, "rb") as f:
+        blob = f.read()
+    with open(newer, "wb") as f:  # truncated newest
+        f.write(blob[: len(blob) // 2])
+    # a stray temp file and a foreign file that sort as newer
+    with open(tmp_path / ".ckpt-tmp-abc.tmp", "wb") as f:
+        f.write(blob)
+    with open(tmp_path / "ckpt-epoch000009.npz", "wb") as f:
+        f.write(b"not a zip file at all")
+    # a flipped byte in the parameters of an otherwise complete archive
+    corrupt = bytearray(blob)
+    start = bytes(corrupt).find(b"params.npy")
+    corrupt[start + 300] ^= 0xFF
+    with open(tmp_path / "ckpt-epoch000003.npz", "wb") as f:
+        f.write(bytes(corrupt))
+    with pytest.raises(ModelFileError):
+        restore_checkpoint(tmp_path / "ckpt-epoch000003.npz", make_model("adam"))
+    with pytest.raises(ModelFileError):
+        restore_checkpoint(newer, make_model("adam"))
+    assert latest_checkpoint(tmp_path) == good
+    # a mismatching model makes latest_checkpoint(model=...) skip everything
+    assert latest_checkpoint(tmp_path, model=make_model("adam", hidden=8)) is None
+    assert latest_checkpoint(tmp_path, model=make_model("adam")) == good
+
+
+CRASH_WRITER = textwrap.dedent("""
+    import sys
+    import gpubp as gb
+    from gpubp.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+
+    model = gb.Sequential([gb.Dense(512, activation="relu"), gb.Dense(4)], input_dim=256, backend="cpu", seed=0)
+    model.compile(loss="softmax_cross_entropy", optimizer="adam")
+    path = latest_checkpoint(sys.argv[1])  # resume like fit(resume=True) would
+    epoch = restore_checkpoint(path, model)["epoch"] if path else 0
+    print("ready", flush=True)
+    while True:
+        epoch += 1
+        model._params[:1] = epoch
+        save_checkpoint(sys.argv[1], model, epoch, extra={"epoch": epoch}, keep=2)
+""")
+
+
+def test_crash_safety_under_sigkill(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(CRASH_WRITER)
+    directory = tmp_path / "ckpts"
+    rnd = random.Random(1234)
+    model = gb.Sequential([gb.Dense(512, activation="relu"), gb.Dense(4)], input_dim=256, backend="cpu", seed=0)
+    model.compile(loss="softmax_cross_entropy", optimizer="adam")
+    seen, last_epoch = 0, 0
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, str(script), str(directory)], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout.readline().strip() == b"ready"  # past the imports
+            time.sleep(rnd.uniform(0.05, 0.5))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+        path = latest_checkpoint(directory)
+        if path is None:  # killed before the first write finished: no checkpoint file at all
+            assert not directory.exists() or not any(n.startswith("ckpt-") for n in os.listdir(directory))
+            continue
+        seen += 1
+        info = restore_checkpoint(path, model)
+        assert info["extra"]["epoch"] == info["epoch"]
+        assert model._params[0] == info["epoch"]
+        assert info["epoch"] >= last_epoch  # every restart resumed from the last good checkpoint
+        last_epoch = info["epoch"]
+    assert seen >= 4
+    assert last_epoch > 8
+
+
+def _rewrite_meta(src, dst, change):
+    with np.load(src, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(bytes(arrays["__meta__"]).decode())
+    change(meta)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def test_rejects_bad_files(tmp_path):
+    model = make_model("adam")
+    path = save_checkpoint(tmp_path / "c", model, 1)
+
+    # a pickled object array, as meta and as params: refused, never unpickled
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, __meta__=np.array([{"format": "gpubp-checkpoint"}], dtype=object))
+    with pytest.raises(ModelFileError, match="metadata"):
+        restore_checkpoint(pickled, model)
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    arrays["params"] = np.array([object()] * 3, dtype=object)
+    np.savez(tmp_path / "pickled2.npz", **arrays)
+    with pytest.raises(ModelFileError):
+        restore_checkpoint(tmp_path / "pickled2.npz", model)
+
+    # a future format version
+    future = _rewrite_meta(path, tmp_path / "future.npz", lambda m: m.update(format_version=99))
+    with pytest.raises(ModelFileError, match="newer"):
+        restore_checkpoint(future, model)
+
+    # a different architecture, dtype or optimizer
+    with pytest.raises(ModelFileError, match="configuration"):
+        restore_checkpoint(path, make_model("adam", hidden=8))
+    with pytest.raises(ModelFileError, match="configuration"):
+        restore_checkpoint(path, make_model("sgd_momentum"))
+    other = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(2)], input_dim=2, backend="cpu",
+                          dtype="float64", seed=0).compile(optimizer=gb.optim.Adam(lr=0.01))
+    with pytest.raises(ModelFileError, match="configuration"):
+        restore_checkpoint(path, other)
+    uncompiled = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(2)], input_dim=2, backend="cpu")
+    with pytest.raises(ModelFileError, match="uncompiled"):
+        restore_checkpoint(path, uncompiled)
+
+    # a plain model file from io.save
+    model_file = model.save(str(tmp_path / "model.npz"))
+    with pytest.raises(ModelFileError, match="model file, not a training checkpoint"):
+        restore_checkpoint(model_file, model)
+
+    # garbage, a missing file, a bare .npy
+    (tmp_path / "junk.npz").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelFileError):
+        restore_checkpoint(tmp_path / "junk.npz", model)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        restore_checkpoint(tmp_path / "nope.npz", model)
+    np.save(tmp_path / "bare.npy", np.zeros(3))
+    with pytest.raises(ModelFileError, match="bare"):
+        restore_checkpoint(tmp_path / "bare.npy", model)
+
+
+def test_failed_restore_leaves_model_untouched(tmp_path, data):
+    X, y = data
+    trained = make_model("adam")
+    trained.fit(X, y, batch_size=32, epochs=1, verbose=0)
+    path = save_checkpoint(tmp_path, trained, 1)
+    bad = _rewrite_meta(path, tmp_path / "bad.npz",
+                        lambda m: m.update(shuffle_rng={"bit_generator": "MT19937", "state": {}}))
+    model = make_model("adam", seed=5)
+    before = model._params.copy(), model.shuffle_rng.bit_generator.state
+    with pytest.raises(ModelFileError, match="shuffle"):
+        restore_checkpoint(bad, model)
+    assert np.array_equal(model._params, before[0])
+    assert model.shuffle_rng.bit_generator.state == before[1]
+    assert model.optimizer.iterations == 0
