@@ -40,6 +40,10 @@ def _labels_from_targets(y, n_outputs, name):
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             raise InvalidInputError(f"y for the {name} loss holds non-integer class labels")
+        if y.size and (y.min() < 0 or y.max() >= n_outputs):
+            raise InvalidInputError(
+                f"class labels must lie in [0, {n_outputs - 1}] for a model with {n_outputs} outputs, "
+                f"got labels from {y.min():g} to {y.max():g}")
     elif y.dtype.kind not in "iub":
         raise InvalidInputError(f"y for the {name} loss must be numeric class labels, got dtype {y.dtype}")
     labels = y.astype(np.int64)

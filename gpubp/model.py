@@ -10,7 +10,8 @@ from .errors import InvalidInputError, InvalidTypeError, NotCompiledError, Train
 from .layers import Dense
 from .losses import get_loss
 from .optim import get_optimizer
-from .validation import as_feature_matrix, as_target_array, check_positive_int
+from .validation import (as_feature_matrix, as_host_array, as_target_array, check_finite_for_dtype,
+                         check_positive_int)
 
 class NonFiniteLoss(ArithmeticError):
     """Raised inside a training step when the batch loss is NaN/Inf (fit turns it into TrainingDiverged)."""
@@ -107,10 +108,12 @@ class Sequential:
 
     def _require_built(self, X):
         if not self.built:
-            X = np.asarray(X) if not hasattr(X, "shape") else X
+            X = as_host_array(X, "X") if not hasattr(X, "shape") else X
             if len(getattr(X, "shape", ())) != 2:
                 raise InvalidInputError(
                     f"X must be 2-D (n_samples, n_features), got shape {getattr(X, 'shape', None)}")
+            if X.shape[1] == 0:
+                raise InvalidInputError("X has 0 features")
             self.build(X.shape[1])
 
     def count_params(self):
@@ -298,7 +301,7 @@ class Sequential:
 
     # ------------------------------------------------------------- inference
     def _chunks(self, n, batch_size):
-        batch_size = check_positive_int("batch_size", batch_size or INFERENCE_BATCH)
+        batch_size = check_positive_int("batch_size", INFERENCE_BATCH if batch_size is None else batch_size)
         for start in range(0, n, batch_size):
             yield start, min(start + batch_size, n)
 
@@ -349,7 +352,10 @@ class Sequential:
 
     def set_weights(self, weights):
         """Load ``[W_1, b_1, ..., W_L, b_L]`` (host or device arrays) into the model."""
-        weights = list(weights)
+        try:
+            weights = list(weights)
+        except TypeError:
+            raise InvalidTypeError("set_weights expects a list of arrays [W_1, b_1, ..., W_L, b_L]") from None
         if not self.built:
             if not weights or np.ndim(weights[0]) != 2:
                 raise InvalidInputError("set_weights on an unbuilt model needs W_1 of shape (input_dim, units) first")
@@ -362,13 +368,12 @@ class Sequential:
         for i, (view, w) in enumerate(zip(self._param_views, weights)):
             kind = "W" if i % 2 == 0 else "b"
             label = f"weights[{i}] ({kind}_{i // 2 + 1})"
-            w = self.backend.to_host(w) if self.backend.owns(w) else np.asarray(w)
+            w = self.backend.to_host(w) if self.backend.owns(w) else as_host_array(w, label)
             if w.dtype.kind not in "biuf":
                 raise InvalidTypeError(f"{label} must hold numbers, got dtype {w.dtype}")
             if w.shape != view.shape:
                 raise InvalidInputError(f"{label} must have shape {view.shape}, got {w.shape}")
-            if not np.all(np.isfinite(w)):
-                raise InvalidInputError(f"{label} holds NaN or Inf values")
+            check_finite_for_dtype(w.reshape(1, -1), self.dtype, label)
             converted.append(w)
         for view, w in zip(self._param_views, converted):
             self.backend.xp.copyto(view, self.backend.asarray(w, self.dtype))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import signal
 import threading
 import time
@@ -43,6 +44,8 @@ def _split_validation(model, X, y, validation_data, validation_split):
     """Validated device arrays ``(X, y, X_val, y_val)``; the validation pair may be None."""
     if validation_data is not None and validation_split:
         raise InvalidInputError("give either validation_data or validation_split, not both")
+    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real):
+        raise InvalidInputError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
     if not 0.0 <= validation_split < 1.0:
         raise InvalidInputError(f"validation_split must lie in [0, 1), got {validation_split!r}")
     X, y = model._prepare(X, y)
@@ -103,7 +106,7 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     model._require_compiled()
     batch_size = check_positive_int("batch_size", batch_size)
     epochs = check_positive_int("epochs", epochs)
-    if verbose not in (0, 1, 2, True, False):
+    if isinstance(verbose, np.ndarray) or verbose not in (0, 1, 2, True, False):
         raise InvalidInputError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if on_divergence not in ("raise", "stop"):
         raise InvalidInputError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")

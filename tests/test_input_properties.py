@@ -266,8 +266,6 @@ def test_fit_rejects_bad_verbose(verbose):
     assert isinstance(exc, gb.InvalidInputError)
 
 
-@pytest.mark.xfail(strict=True, reason="train.fit: `verbose not in (0, 1, 2, True, False)` on a NumPy "
-                   "array raises NumPy's ValueError (ambiguous truth value); check the type first")
 def test_fit_rejects_array_verbose():
     model = model_for("softmax_cross_entropy", "float32")
     _, exc = call(lambda: model.fit(X6, Y6, epochs=1, verbose=np.array([1, 2])), ["verbose"])
@@ -296,8 +294,6 @@ def test_fit_validation_split_valid(split):
     assert exc is None and np.isfinite(history.history["val_loss"][0])
 
 
-@pytest.mark.xfail(strict=True, reason="train._split_validation compares validation_split with floats "
-                   "before checking its type: '0.5' and None raise a bare TypeError")
 @pytest.mark.parametrize("split", ["0.5", None, [0.5]])
 def test_fit_validation_split_wrong_type(split):
     model = model_for("softmax_cross_entropy", "float32")
@@ -344,16 +340,12 @@ def test_huge_regression_targets_are_rejected_for_float32():
     assert isinstance(exc, gb.InvalidInputError) and "too large for float32" in str(exc)
 
 
-@pytest.mark.xfail(strict=True, reason="losses._labels_from_targets casts float labels with astype(int64) "
-                   "before the range check: 1e38 warns 'invalid value encountered in cast'")
 def test_huge_float_labels_are_rejected_without_warning():
     model = model_for("softmax_cross_entropy", "float64")
     _, exc = call(lambda: model.evaluate(X6, np.array([0, 1, 1e38, 0, 1, 2])), ["y"])
     assert isinstance(exc, gb.InvalidInputError)
 
 
-@pytest.mark.xfail(strict=True, reason="Sequential._chunks uses `batch_size or INFERENCE_BATCH`, "
-                   "so predict/evaluate(batch_size=0 or False) silently use the default")
 @pytest.mark.parametrize("method", ["predict", "evaluate"])
 @pytest.mark.parametrize("batch_size", [0, False])
 def test_inference_batch_size_zero_is_rejected(method, batch_size):
@@ -369,9 +361,6 @@ def _unbuilt(loss="softmax_cross_entropy"):
     return m.compile(loss=loss, optimizer="sgd")
 
 
-@pytest.mark.xfail(strict=True, reason="Sequential._require_built calls np.asarray(X) unguarded (ragged "
-                   "lists raise NumPy's ValueError) and builds from X.shape[1] == 0 (the error names "
-                   "input_dim, not X)")
 @pytest.mark.parametrize("X", [[[1.0, 2.0], [3.0]], np.zeros((3, 0))], ids=["ragged", "no-features"])
 def test_unbuilt_model_rejects_bad_X_naming_it(X):
     model = _unbuilt()
@@ -381,7 +370,7 @@ def test_unbuilt_model_rejects_bad_X_naming_it(X):
 
 
 # ---------------------------------------------------------------- set_weights
-# ragged lists and None are covered by the xfail test below
+# ragged lists and None are covered by the test below
 WEIGHT_NON_ARRAYS = st.sampled_from(["abc", 3.0, {"a": 1}, [[1, "x"]], [[0.0, 1.0]] * 3, object()])
 
 
@@ -414,8 +403,6 @@ def test_set_weights_property(loss, dtype, data):
             assert a.shape == np.shape(w) and np.all(np.isfinite(a))
 
 
-@pytest.mark.xfail(strict=True, reason="Sequential.set_weights checks isfinite on the input, not on the "
-                   "cast: 1e39 (float64) becomes Inf in a float32 model, with a NumPy overflow warning")
 def test_set_weights_rejects_values_that_overflow_float32():
     model = model_for("mse", "float32")
     weights = model.get_weights()
@@ -425,8 +412,6 @@ def test_set_weights_rejects_values_that_overflow_float32():
     assert isinstance(exc, gb.InvalidInputError)
 
 
-@pytest.mark.xfail(strict=True, reason="Sequential.set_weights: np.asarray on a ragged weight raises "
-                   "NumPy's ValueError, and a non-iterable (None) raises a bare TypeError from list()")
 @pytest.mark.parametrize("weights", ["ragged", None], ids=["ragged", "none"])
 def test_set_weights_rejects_non_arrays(weights):
     model = model_for("mse", "float32")
