@@ -15,7 +15,7 @@ from . import optim, schedules
 from .backend import Backend, get_backend
 from .callbacks import Callback, EarlyStopping, History
 from .errors import (BackendUnavailableError, GpubpError, InvalidInputError, InvalidTypeError,
-                     ModelFileError, NotCompiledError, TrainingDiverged)
+                     ModelFileError, NotCompiledError, TrainingDiverged, InsufficientMemory)
 from .gradcheck import GradcheckResult, gradcheck
 from .io import load_model as load
 from .layers import Dense
@@ -25,6 +25,6 @@ from .model import Sequential
 __all__ = [
     "__version__", "optim", "schedules", "Backend", "get_backend", "Callback", "EarlyStopping", "History",
     "GpubpError", "InvalidInputError", "InvalidTypeError", "BackendUnavailableError", "NotCompiledError",
-    "ModelFileError", "TrainingDiverged", "GradcheckResult", "gradcheck", "load", "Dense", "BinaryCrossEntropy",
+    "ModelFileError", "TrainingDiverged", "InsufficientMemory", "GradcheckResult", "gradcheck", "load", "Dense", "BinaryCrossEntropy",
     "MeanSquaredError", "SoftmaxCrossEntropy", "Sequential",
 ]

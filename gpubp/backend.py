@@ -70,6 +70,25 @@ class Backend:
         if self.name == "gpu":
             self.xp.cuda.get_current_stream().synchronize()
 
+    def available_memory(self):
+        """Bytes free for new allocations on this device (None when unknown).
+
+        CPU: ``MemAvailable`` from /proc/meminfo; GPU: free device memory plus
+        what CuPy's pool holds but does not use.
+        """
+        if self.name == "gpu":
+            free, _ = self.xp.cuda.runtime.memGetInfo()
+            pool = self.xp.get_default_memory_pool()
+            return free + pool.total_bytes() - pool.used_bytes()
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
+
     def is_finite(self, scalar):
         """True when a host float or a 0-d device array is finite (a device sync on the GPU)."""
         return math.isfinite(float(scalar))

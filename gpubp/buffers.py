@@ -11,6 +11,8 @@ activation backward kernel turns into dL/dz written over that layer's output
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class BatchPlan:
     """Buffers for a batch of ``batch_size`` rows.
@@ -37,3 +39,11 @@ class BatchPlan:
             self.loss_grad = backend.empty((B, widths[-1]), dtype)
             flat = backend.empty(B * max(widths[:-1], default=0), dtype)
             self.scratch = [flat[: B * w].reshape(B, w) for w in widths[:-1]]
+
+
+def plan_bytes(batch_size, n_inputs, widths, itemsize, target_row=(), target_itemsize=8):
+    """Bytes a training :class:`BatchPlan` of ``batch_size`` rows allocates (see its constructor)."""
+    B = batch_size
+    rows = n_inputs + sum(widths) + widths[-1] + max(widths[:-1], default=0)
+    targets = B * int(np.prod(target_row, dtype=np.int64)) * target_itemsize
+    return B * rows * itemsize + targets

@@ -26,13 +26,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 
 import numpy as np
 
 from .errors import InvalidInputError, ModelFileError
 from .io import FORMAT_NAME as MODEL_FORMAT_NAME
+from .io import atomic_savez
 
 FORMAT_NAME = "gpubp-checkpoint"
 FORMAT_VERSION = 1
@@ -56,38 +56,6 @@ def _digest(a):
 def _normalised_config(config):
     """The config as it reads back from JSON (tuples become lists, ...)."""
     return json.loads(json.dumps(config))
-
-
-def _fsync_directory(directory):
-    if os.name == "nt":  # Windows cannot open a directory for fsync
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a directory
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path, arrays):
-    """Write ``arrays`` as an ``.npz`` to ``path`` durably: temp file, fsync, replace, fsync dir."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
 
 
 def _list_checkpoints(directory):
@@ -181,7 +149,7 @@ def save_checkpoint(directory, model, epoch, extra=None, keep=3, arrays=None):
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, checkpoint_name(epoch))
-    _atomic_write(path, host)
+    atomic_savez(path, host, tmp_prefix=_TMP_PREFIX)
 
     # leftovers of writers killed mid-write (one writer per directory is assumed)
     for name in os.listdir(directory):

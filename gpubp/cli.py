@@ -76,7 +76,9 @@ def build_parser():
     run.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
     run.add_argument("--seed", type=int, default=0, help="seed of data split, init and shuffling (default: 0)")
     run.add_argument("--save", metavar="PATH", help="write the trained model to PATH (.npz)")
-    run.add_argument("--checkpoint-dir", metavar="DIR", help="save the model into DIR after every epoch (last 3 kept)")
+    run.add_argument("--checkpoint-dir", metavar="DIR", help="write a full training checkpoint into DIR after every "
+                                                             "epoch (atomic, last 3 kept)")
+    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
     run.add_argument("--plot", metavar="DIR", help="write loss/accuracy curves (and, for 2-D data, the decision "
                                                    "boundary) as PNG files into DIR (needs matplotlib)")
     run.add_argument("--config", metavar="FILE", help="read defaults for these flags from a TOML file")
@@ -160,7 +162,6 @@ def _n_outputs(loss_name, y):
 
 
 def cmd_train(args):
-    from .callbacks import ModelCheckpoint
     from .data import StandardScaler, load_dataset, train_test_split
     from .losses import get_loss
 
@@ -177,10 +178,10 @@ def cmd_train(args):
         print(f"gpubp {__version__}: {args.dataset} ({X_train.shape[0]} train / {X_test.shape[0]} test samples, "
               f"{X.shape[1]} features) on {model.backend.name} ({model.backend.device_name}), {args.dtype}")
         print(model.summary())
-    callbacks = [ModelCheckpoint(args.checkpoint_dir)] if args.checkpoint_dir else []
     t0 = time.perf_counter()
     history = model.fit(X_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-                        validation_data=(X_test, y_test), callbacks=callbacks, verbose=0 if quiet else 1)
+                        validation_data=(X_test, y_test), verbose=0 if quiet else 1,
+                        checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     seconds = time.perf_counter() - t0
     result = model.evaluate(X_test, y_test)
     metrics = {"test_loss": result["loss"], "test_accuracy": result["accuracy"], "train_seconds": seconds,

@@ -39,3 +39,7 @@ class TrainingDiverged(GpubpError, FloatingPointError):
     def __init__(self, message, epoch=None, step=None):
         super().__init__(message)
         self.epoch, self.step = epoch, step
+
+
+class InsufficientMemory(GpubpError, MemoryError):
+    """A run would not fit in the memory available on its device."""

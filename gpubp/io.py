@@ -20,20 +20,42 @@ FORMAT_NAME = "gpubp-model"
 FORMAT_VERSION = 1
 
 
-def _atomic_savez(path, arrays):
-    """Write ``arrays`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+def _fsync_directory(directory):
+    """Make a rename in ``directory`` durable (no-op where directories cannot be fsynced)."""
+    if os.name == "nt":  # Windows cannot open a directory for fsync
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_savez(path, arrays, tmp_prefix=".tmp-"):
+    """Write ``arrays`` as an ``.npz`` to ``path`` durably: a temporary file in the same directory,
+    flush + fsync, ``os.replace``, then fsync of the directory. A crash leaves the old file or the
+    new one, never a truncated one."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_directory(directory)
 
 
 def save_model(model, path):
@@ -51,7 +73,7 @@ def save_model(model, path):
     arrays = {"__meta__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
     for i, w in enumerate(model.get_weights()):
         arrays[("W" if i % 2 == 0 else "b") + str(i // 2)] = w
-    _atomic_savez(path, arrays)
+    atomic_savez(path, arrays)
     return path
 
 

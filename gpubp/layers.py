@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from .activations import DEFAULT_INIT, resolve_activation
 from .errors import InvalidInputError
 from .initializers import get_initializer
+from .optim import NonFiniteGradient
 
 
 class Dense:
@@ -74,11 +76,15 @@ class Dense:
         """
         if dx is not None:
             xp.matmul(delta, self.W.T, out=dx)
+        xp.sum(delta, axis=0, out=self.db)
         if sgd is None:
             kernels.weight_gradient_(x, delta, self.dW)
         else:
+            # the weights change in place next: a NaN/Inf delta (which reaches its column sums)
+            # must stop the step first, so the weights stay finite
+            if not math.isfinite(float(self.db.sum())):
+                raise NonFiniteGradient(f"the gradient of a {self} layer is not finite")
             kernels.weight_gradient_(x, delta, self.W, *sgd)
-        xp.sum(delta, axis=0, out=self.db)
         return dx
 
     def activation_backward_(self, kernels, dy, y):

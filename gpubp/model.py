@@ -288,7 +288,8 @@ class Sequential:
                                    f"clipping (clip_norm=...)") from None
 
     def fit(self, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
-            shuffle=True, callbacks=None, verbose=1, on_divergence="raise"):
+            shuffle=True, callbacks=None, verbose=1, on_divergence="raise", checkpoint_dir=None,
+            checkpoint_every=1, checkpoint_keep=3, resume=False):
         """Train with mini-batch gradient descent; returns a :class:`gpubp.History`.
 
         See :func:`gpubp.train.fit` for the parameters.
@@ -297,7 +298,8 @@ class Sequential:
 
         return fit(self, X, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
                    validation_split=validation_split, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
-                   on_divergence=on_divergence)
+                   on_divergence=on_divergence, checkpoint_dir=checkpoint_dir,
+                   checkpoint_every=checkpoint_every, checkpoint_keep=checkpoint_keep, resume=resume)
 
     # ------------------------------------------------------------- inference
     def _chunks(self, n, batch_size):

@@ -11,8 +11,9 @@ import warnings
 
 import numpy as np
 
-from .callbacks import History
-from .errors import InvalidInputError, TrainingDiverged
+from .callbacks import EarlyStopping, History
+from .buffers import plan_bytes
+from .errors import InsufficientMemory, InvalidInputError, TrainingDiverged
 from .progress import EpochProgress
 from .validation import check_positive_int
 
@@ -40,6 +41,50 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _check_memory(model, batch_sizes, y):
+    """Raise InsufficientMemory before training when the batch buffers would not fit."""
+    widths = [layer.units for layer in model.layers]
+    needed = sum(plan_bytes(b, model.input_dim, widths, model.dtype.itemsize, y.shape[1:], y.dtype.itemsize)
+                 for b in batch_sizes)
+    available = model.backend.available_memory()
+    if available is not None and needed > available:
+        mib = 2.0 ** 20
+        raise InsufficientMemory(
+            f"this run needs {needed / mib:,.0f} MiB for the activations, gradients and batch buffers of "
+            f"batch_size={max(batch_sizes)} (parameters, gradients and optimizer state already take "
+            f"{model._params.nbytes * (2 + len(model.optimizer.state_names)) / mib:,.0f} MiB), but only "
+            f"{available / mib:,.0f} MiB are available on {model.backend.device_name}; lower batch_size")
+
+
+def _checkpoint(model, directory, epochs_done, history, stoppers, keep):
+    from .checkpoint import save_checkpoint
+
+    extra = {"history": history.history, "history_epoch": history.epoch,
+             "early_stopping": [{"best": s.best, "best_epoch": s.best_epoch, "wait": s.wait} for s in stoppers]}
+    arrays = {f"best_params_{i}": model.backend.to_host(s._best_params)
+              for i, s in enumerate(stoppers) if s._best_params is not None}
+    save_checkpoint(directory, model, epochs_done, extra=extra, keep=keep, arrays=arrays or None)
+
+
+def _resume(model, directory, history, stoppers):
+    """Restore the newest complete checkpoint into ``model``; returns the number of epochs done (0 if none)."""
+    from .checkpoint import latest_checkpoint, restore_checkpoint
+
+    path = latest_checkpoint(directory, model=model)
+    if path is None:
+        return 0
+    info = restore_checkpoint(path, model)
+    extra = info["extra"] or {}
+    history.history = {k: list(v) for k, v in extra.get("history", {}).items()}
+    history.epoch = list(extra.get("history_epoch", []))
+    for i, (stopper, state) in enumerate(zip(stoppers, extra.get("early_stopping", []))):
+        stopper.best, stopper.best_epoch, stopper.wait = state["best"], state["best_epoch"], state["wait"]
+        saved = info["arrays"].get(f"best_params_{i}")
+        if saved is not None:
+            stopper._best_params = model.backend.asarray(saved, model.dtype)
+    return info["epoch"]
+
+
 def _split_validation(model, X, y, validation_data, validation_split):
     """Validated device arrays ``(X, y, X_val, y_val)``; the validation pair may be None."""
     if validation_data is not None and validation_split:
@@ -65,7 +110,8 @@ def _split_validation(model, X, y, validation_data, validation_split):
 
 
 def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
-        shuffle=True, callbacks=None, verbose=1, on_divergence="raise"):
+        shuffle=True, callbacks=None, verbose=1, on_divergence="raise", checkpoint_dir=None,
+        checkpoint_every=1, checkpoint_keep=3, resume=False):
     """Train ``model`` on (X, y) with mini-batches drawn without replacement.
 
     Parameters
@@ -88,6 +134,15 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
         NaN/Inf: raise :class:`gpubp.TrainingDiverged`, or warn and stop. Either
         way the model keeps the weights from before that step and
         ``history.diverged = {"epoch", "step", "reason"}``.
+    checkpoint_dir : path, optional
+        Write a full training checkpoint (weights, optimizer state and step
+        count, shuffling RNG state, epoch, history, early-stopping state,
+        scaler) atomically every ``checkpoint_every`` epochs, keeping the
+        newest ``checkpoint_keep`` (see :mod:`gpubp.checkpoint`).
+    resume : bool
+        Continue from the newest complete checkpoint in ``checkpoint_dir`` up to
+        ``epochs`` in total; on the CPU the result is bit-identical to an
+        uninterrupted run.
 
     The training set is copied to the device once; each epoch's permutation is
     drawn on the host from the model's seeded generator (so every backend sees
@@ -108,6 +163,10 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     epochs = check_positive_int("epochs", epochs)
     if isinstance(verbose, np.ndarray) or verbose not in (0, 1, 2, True, False):
         raise InvalidInputError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if resume and checkpoint_dir is None:
+        raise InvalidInputError("resume=True needs checkpoint_dir")
+    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
+    checkpoint_keep = check_positive_int("checkpoint_keep", checkpoint_keep)
     if on_divergence not in ("raise", "stop"):
         raise InvalidInputError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
     X, y, X_val, y_val = _split_validation(model, X, y, validation_data, validation_split)
@@ -118,6 +177,7 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     batch_size = min(batch_size, n)
     starts = list(range(0, n, batch_size))
     sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
+    _check_memory(model, sorted(set(sizes.astype(int))), y)
     step_losses = xp.empty(len(starts), dtype=np.float64)
     plans = {b: model._plan(int(b), y) for b in set(sizes.astype(int))}
 
@@ -126,11 +186,13 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     for callback in callbacks:
         callback.set_model(model)
         callback.on_train_begin()
+    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
+    start_epoch = _resume(model, checkpoint_dir, history, stoppers) if resume else 0
     progress = EpochProgress(int(verbose), epochs, len(starts))
     model.stop_training = False
     order = xp.arange(n)
     with _StopOnInterrupt() as interrupt, contextlib.closing(progress):
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             progress.start_epoch(epoch)
             t0 = time.perf_counter()
             if shuffle:
@@ -175,6 +237,8 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
             progress.end_epoch(epoch, logs)
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs)
+            if checkpoint_dir is not None and (epoch + 1) % checkpoint_every == 0:
+                _checkpoint(model, checkpoint_dir, epoch + 1, history, stoppers, checkpoint_keep)
             if model.stop_training:
                 break
     for callback in callbacks:

@@ -122,10 +122,20 @@ def test_checkpoints_and_plots(tmp_path):
     gpubp("train", "--epochs", "5", "--backend", "cpu", "--quiet", "--checkpoint-dir", str(tmp_path / "ckpt"),
           "--plot", str(tmp_path / "plots"))
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "model-epoch0003.npz", "model-epoch0004.npz", "model-epoch0005.npz"]
-    gb.load(tmp_path / "ckpt" / "model-epoch0005.npz", backend="cpu")
+        "ckpt-epoch000003.npz", "ckpt-epoch000004.npz", "ckpt-epoch000005.npz"]
+    from gpubp.checkpoint import load_checkpoint_model
+
+    load_checkpoint_model(tmp_path / "ckpt" / "ckpt-epoch000005.npz", backend="cpu")
     for name in ("history.png", "decision_boundary.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 10_000
+
+
+def test_resume_from_checkpoints_matches_an_uninterrupted_run(tmp_path):
+    straight = json.loads(gpubp("train", "--epochs", "6", "--backend", "cpu", "--json").stdout)
+    gpubp("train", "--epochs", "3", "--backend", "cpu", "--quiet", "--checkpoint-dir", str(tmp_path))
+    resumed = json.loads(gpubp("train", "--epochs", "6", "--backend", "cpu", "--json", "--checkpoint-dir",
+                               str(tmp_path), "--resume").stdout)
+    assert resumed["test_loss"] == straight["test_loss"] and resumed["epochs"] == 6
 
 
 def test_ctrl_c_stops_after_the_step_and_saves(tmp_path):

@@ -1,0 +1,57 @@
+"""fit(checkpoint_dir=..., resume=True): a run stopped after k epochs and resumed ends bit-identical."""
+
+import numpy as np
+import pytest
+
+import gpubp as gb
+
+
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    return X, (X[:, 0] * X[:, 1] > 0).astype(int)
+
+
+def model(seed, optimizer):
+    m = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(2)], input_dim=4, backend="cpu", seed=seed)
+    return m.compile(loss="softmax_cross_entropy", optimizer=optimizer())
+
+
+@pytest.mark.parametrize("optimizer", [lambda: gb.optim.Adam(lr=0.01),
+                                       lambda: gb.optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
+                                       lambda: gb.optim.SGD(lr=gb.schedules.Cosine(0.1, total_steps=50))])
+def test_resumed_run_is_bit_identical(tmp_path, optimizer):
+    X, y = data()
+    straight = model(1, optimizer)
+    h_straight = straight.fit(X, y, batch_size=32, epochs=5, validation_split=0.2, verbose=0)
+
+    first = model(1, optimizer)
+    first.fit(X, y, batch_size=32, epochs=2, validation_split=0.2, verbose=0, checkpoint_dir=tmp_path)
+    resumed = model(99, optimizer)  # a fresh process would build a fresh model; the seed does not matter
+    h_resumed = resumed.fit(X, y, batch_size=32, epochs=5, validation_split=0.2, verbose=0,
+                            checkpoint_dir=tmp_path, resume=True)
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        assert np.array_equal(a, b)
+    assert h_resumed.epoch == h_straight.epoch == [0, 1, 2, 3, 4]
+    assert h_resumed.history["loss"] == h_straight.history["loss"]
+    assert resumed.optimizer.iterations == straight.optimizer.iterations
+
+
+def test_resume_keeps_early_stopping_state(tmp_path):
+    X, y = data()
+    adam = lambda: gb.optim.Adam(lr=0.01)  # noqa: E731
+    first = model(1, adam)
+    stopper = gb.EarlyStopping(patience=50)
+    first.fit(X, y, epochs=3, validation_split=0.2, verbose=0, callbacks=[stopper], checkpoint_dir=tmp_path)
+    again = gb.EarlyStopping(patience=50)
+    model(1, adam).fit(X, y, epochs=3, validation_split=0.2, verbose=0, callbacks=[again],
+                       checkpoint_dir=tmp_path, resume=True)  # nothing left to run: state restored only
+    assert (again.best, again.best_epoch, again.wait) == (stopper.best, stopper.best_epoch, stopper.wait)
+
+
+def test_resume_without_checkpoint_starts_fresh_and_needs_a_directory(tmp_path):
+    X, y = data()
+    h = model(1, lambda: gb.optim.Adam()).fit(X, y, epochs=1, verbose=0, checkpoint_dir=tmp_path, resume=True)
+    assert h.epoch == [0]
+    with pytest.raises(gb.InvalidInputError, match="checkpoint_dir"):
+        model(1, lambda: gb.optim.Adam()).fit(X, y, verbose=0, resume=True)
