@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import InvalidInputError, ModelFileError
 from .io import FORMAT_NAME as MODEL_FORMAT_NAME
-from .io import atomic_savez
+from .io import atomic_savez, open_npz
 
 FORMAT_NAME = "gpubp-checkpoint"
 FORMAT_VERSION = 1
@@ -171,14 +171,7 @@ def save_checkpoint(directory, model, epoch, extra=None, keep=3, arrays=None):
 def _read_checkpoint(path):
     """``(meta, arrays)`` of a checkpoint file, fully read and checked; raises ModelFileError."""
     path = os.fspath(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ModelFileError(f"checkpoint {path!r} does not exist") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelFileError(f"{path!r} is not a readable gpubp checkpoint ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ModelFileError(f"{path!r} is a bare .npy array, not a gpubp checkpoint")
+    archive = open_npz(path, "checkpoint")
     with archive:
         try:
             raw = archive["__meta__"]

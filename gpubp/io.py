@@ -77,16 +77,23 @@ def save_model(model, path):
     return path
 
 
-def read_model_file(path):
-    """Return ``(meta, weights)`` from a model file, rejecting anything unexpected."""
+def open_npz(path, what):
+    """``np.load(path, allow_pickle=False)`` as an ``NpzFile``; ModelFileError (naming ``what``)
+    for a missing, unreadable or bare ``.npy`` file."""
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise ModelFileError(f"model file {path!r} does not exist") from None
+        raise ModelFileError(f"{what} {path!r} does not exist") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelFileError(f"{path!r} is not a readable gpubp model file ({exc})") from None
+        raise ModelFileError(f"{path!r} is not a readable gpubp {what} ({exc})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ModelFileError(f"{path!r} is a bare .npy array, not a gpubp model archive")
+        raise ModelFileError(f"{path!r} is a bare .npy array, not a gpubp {what}")
+    return archive
+
+
+def read_model_file(path):
+    """Return ``(meta, weights)`` from a model file, rejecting anything unexpected."""
+    archive = open_npz(path, "model file")
     with archive:
         try:
             meta = json.loads(bytes(archive["__meta__"]).decode("utf-8"))
