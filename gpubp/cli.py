@@ -61,8 +61,8 @@ def build_parser():
     net.add_argument("--hidden", type=_hidden_sizes, default=[32, 32], help="hidden sizes, e.g. 64,64 (default: 32,32)")
     net.add_argument("--activation", default="tanh", help="sigmoid, tanh, relu or linear (default: tanh)")
     net.add_argument("--loss", default=None,
-                     help="softmax_cross_entropy, binary_cross_entropy or mse (default: mse for the "
-                          "regression set and float targets in files, else softmax_cross_entropy)")
+                     help="softmax_cross_entropy, binary_cross_entropy or mse (default: mse when the "
+                          "targets are not all whole numbers, else softmax_cross_entropy)")
     opt = train.add_argument_group("optimisation")
     opt.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "rmsprop"], help="(default: adam)")
     opt.add_argument("--lr", type=float, default=0.01, help="learning rate (default: 0.01)")
@@ -129,11 +129,19 @@ def _apply_config(parser, argv):
         if dest not in known:
             parser.error(f"--config: unknown key {key!r} in {args.config}; valid keys: "
                          + ", ".join(sorted(k.replace("_", "-") for k in known)))
-        if dest == "hidden" and isinstance(value, list):
-            value = ",".join(str(v) for v in value)
         action = known[dest]
-        if action.type is not None and isinstance(value, str):
-            value = action.type(value)
+        if action.nargs == 0:  # on/off flags
+            if not isinstance(value, bool):
+                parser.error(f"--config: {key} must be true or false, got {value!r}")
+        else:
+            if dest == "hidden" and isinstance(value, list):
+                value = ",".join(str(v) for v in value)
+            try:
+                value = action.type(str(value)) if action.type is not None else str(value)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"--config: bad value for {key}: {value!r} ({exc})")
+            if action.choices is not None and value not in action.choices:
+                parser.error(f"--config: {key} must be one of {list(action.choices)}, got {value!r}")
         defaults[dest] = value
     train.set_defaults(**defaults)
     return parser.parse_args(argv)
@@ -228,7 +236,9 @@ def _read_features(path):
     from .data import load_csv_features
 
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as archive:
+        from .io import open_npz
+
+        with open_npz(path, "input file") as archive:
             if "X" not in archive.files:
                 raise InvalidInputError(f"{path} must hold an array named X")
             return archive["X"]

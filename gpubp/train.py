@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 import signal
 import threading
 import time
@@ -169,6 +170,24 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     checkpoint_keep = check_positive_int("checkpoint_keep", checkpoint_keep)
     if on_divergence not in ("raise", "stop"):
         raise InvalidInputError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
+    if checkpoint_dir is not None and not resume:
+        from .checkpoint import latest_checkpoint
+
+        if latest_checkpoint(checkpoint_dir) is not None:
+            raise InvalidInputError(
+                f"checkpoint_dir {os.fspath(checkpoint_dir)!r} already holds checkpoints of an earlier run: "
+                f"pass resume=True to continue it, or choose an empty directory")
+
+    history = History()
+    callbacks = [history] + list(callbacks or [])
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.on_train_begin()
+    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
+    start_epoch = 0
+    if resume:  # before the data is prepared: the checkpoint's scaler applies to it
+        model._require_built(X)
+        start_epoch = _resume(model, checkpoint_dir, history, stoppers)
     X, y, X_val, y_val = _split_validation(model, X, y, validation_data, validation_split)
 
     backend = model.backend
@@ -181,13 +200,6 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     step_losses = xp.empty(len(starts), dtype=np.float64)
     plans = {b: model._plan(int(b), y) for b in set(sizes.astype(int))}
 
-    history = History()
-    callbacks = [history] + list(callbacks or [])
-    for callback in callbacks:
-        callback.set_model(model)
-        callback.on_train_begin()
-    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
-    start_epoch = _resume(model, checkpoint_dir, history, stoppers) if resume else 0
     progress = EpochProgress(int(verbose), epochs, len(starts))
     model.stop_training = False
     order = xp.arange(n)

@@ -115,6 +115,11 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     (tmp_path / "bad.toml").write_text("learning_rate = 0.1\n")
     proc = gpubp("train", "--config", str(tmp_path / "bad.toml"), check=False)
     assert proc.returncode == 2 and "unknown key 'learning_rate'" in proc.stderr
+    (tmp_path / "choice.toml").write_text('optimizer = "Adam"\n')
+    proc = gpubp("train", "--config", str(tmp_path / "choice.toml"), check=False)
+    assert proc.returncode == 2 and "optimizer must be one of ['sgd', 'adam', 'rmsprop']" in proc.stderr
+    (tmp_path / "int.toml").write_text("hidden = 16\nepochs = 2\nquiet = true\n")
+    assert "test accuracy" in gpubp("train", "--config", str(tmp_path / "int.toml"), "--backend", "cpu").stdout
 
 
 def test_checkpoints_and_plots(tmp_path):

@@ -55,3 +55,26 @@ def test_resume_without_checkpoint_starts_fresh_and_needs_a_directory(tmp_path):
     assert h.epoch == [0]
     with pytest.raises(gb.InvalidInputError, match="checkpoint_dir"):
         model(1, lambda: gb.optim.Adam()).fit(X, y, verbose=0, resume=True)
+
+
+def test_resume_restores_the_scaler_before_the_data_is_prepared(tmp_path):
+    from gpubp.data import StandardScaler
+
+    X, y = data()
+    X = X * 5 + 3
+    adam = lambda: gb.optim.Adam(lr=0.01)  # noqa: E731
+    straight = model(1, adam).set_scaler(StandardScaler().fit(X))
+    straight.fit(X, y, epochs=4, verbose=0)
+    first = model(1, adam).set_scaler(StandardScaler().fit(X))
+    first.fit(X, y, epochs=2, verbose=0, checkpoint_dir=tmp_path)
+    resumed = model(1, adam)  # no scaler set: it comes from the checkpoint
+    resumed.fit(X, y, epochs=4, verbose=0, checkpoint_dir=tmp_path, resume=True)
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        assert np.array_equal(a, b)
+
+
+def test_a_fresh_run_refuses_a_directory_with_older_checkpoints(tmp_path):
+    X, y = data()
+    model(1, lambda: gb.optim.Adam()).fit(X, y, epochs=2, verbose=0, checkpoint_dir=tmp_path)
+    with pytest.raises(gb.InvalidInputError, match="already holds checkpoints.*resume=True"):
+        model(2, lambda: gb.optim.Adam()).fit(X, y, epochs=2, verbose=0, checkpoint_dir=tmp_path)
