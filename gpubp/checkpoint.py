@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import InvalidInputError, ModelFileError
 from .io import FORMAT_NAME as MODEL_FORMAT_NAME
-from .io import atomic_savez, open_npz
+from .io import atomic_savez, model_from_config, open_npz
 
 FORMAT_NAME = "gpubp-checkpoint"
 FORMAT_VERSION = 1
@@ -339,20 +339,8 @@ def load_checkpoint_model(path, backend="auto"):
     Like :func:`gpubp.load`, for a checkpoint: the number of completed epochs and the
     ``extra`` data are available from :func:`restore_checkpoint` or ``model.checkpoint_info``.
     """
-    from .layers import Dense
-    from .model import Sequential
-    from .optim import optimizer_from_config
-
     path = os.fspath(path)
     meta, _ = _read_checkpoint(path)
-    config = meta["config"]
-    try:
-        layers = [Dense(**layer) for layer in config["layers"]]
-        model = Sequential(layers, input_dim=config["input_dim"], backend=backend,
-                           dtype=config["dtype"], seed=config["seed"])
-        model.compile(loss=config["loss"], optimizer=optimizer_from_config(config["optimizer"]),
-                      metrics=meta.get("metrics") or ())
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path!r} has an invalid model configuration ({exc})") from None
+    model = model_from_config(meta["config"], backend, path, metrics=meta.get("metrics"))
     model.checkpoint_info = restore_checkpoint(path, model)
     return model

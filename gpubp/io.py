@@ -120,23 +120,28 @@ def read_model_file(path):
     return meta, weights
 
 
-def load_model(path, backend="auto"):
-    """Rebuild a saved model on ``backend``, compiled again when it was compiled when saved."""
+def model_from_config(config, backend, path, metrics=()):
+    """Rebuild a (compiled, when it was) Sequential from a saved ``config``; ModelFileError when invalid."""
     from .layers import Dense
     from .model import Sequential
     from .optim import optimizer_from_config
 
-    meta, weights = read_model_file(path)
-    config = meta["config"]
     try:
         layers = [Dense(**layer) for layer in config["layers"]]
         model = Sequential(layers, input_dim=config["input_dim"], backend=backend,
                            dtype=config["dtype"], seed=config["seed"])
         if config.get("loss"):
             optimizer = optimizer_from_config(config["optimizer"]) if config.get("optimizer") else "adam"
-            model.compile(loss=config["loss"], optimizer=optimizer)
-    except (KeyError, TypeError) as exc:
+            model.compile(loss=config["loss"], optimizer=optimizer, metrics=metrics or ())
+    except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path!r} has an invalid model configuration ({exc})") from None
+    return model
+
+
+def load_model(path, backend="auto"):
+    """Rebuild a saved model on ``backend``, compiled again when it was compiled when saved."""
+    meta, weights = read_model_file(path)
+    model = model_from_config(meta["config"], backend, path)
     try:
         model.set_weights(weights)
         if meta.get("scaler"):
