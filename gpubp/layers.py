@@ -75,7 +75,7 @@ class Dense:
         is why dx is taken first, while W still holds its old value.
         """
         if dx is not None:
-            xp.matmul(delta, self.W.T, out=dx)
+            kernels.input_gradient_(delta, self.W, dx)
         xp.sum(delta, axis=0, out=self.db)
         if sgd is None:
             kernels.weight_gradient_(x, delta, self.dW)

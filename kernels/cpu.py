@@ -37,6 +37,7 @@ __all__ = [
     "adam_update_",
     "rmsprop_update_",
     "weight_gradient_",
+    "input_gradient_",
 ]
 
 #: Arrays with at least this many elements use the multithreaded kernels.
@@ -570,4 +571,43 @@ def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
     out *= out.dtype.type(beta)
     product *= product.dtype.type(alpha)
     out += product
+    return out
+
+
+# --------------------------------------------------------------------------
+# Input-gradient GEMM
+# --------------------------------------------------------------------------
+
+_transposed_scratch = {}
+
+
+def transposed_input_gradient_is_faster(batch, fan_in, fan_out):
+    """Whether ``(W delta^T)^T`` beats ``delta W^T`` for this shape.
+
+    OpenBLAS splits a GEMM with only a few dozen rows poorly between its
+    threads; the same product computed as ``W delta^T`` (a (fan_in, B) result)
+    and transposed back runs 1.2x to 2x faster for small batches and wide
+    layers (measured with OpenBLAS 0.3.31's SkylakeX kernels on a 2-core AMD
+    EPYC, where the two cross near 128 rows).
+    """
+    narrow = min(fan_in, fan_out)
+    return (batch <= 32 and narrow >= 256) or (batch <= 64 and narrow >= 512)
+
+
+def input_gradient_(delta, W, out):
+    """``out = delta @ W^T``; delta (B, fan_out), W (fan_in, fan_out), out (B, fan_in).
+
+    For small batches of wide layers the product is taken in the transposed
+    layout, into a buffer cached per shape (allocated on first use only), and
+    copied back transposed.
+    """
+    batch, fan_in = out.shape
+    if not transposed_input_gradient_is_faster(batch, fan_in, W.shape[1]):
+        return np.matmul(delta, W.T, out=out)
+    key = (fan_in, batch, out.dtype)
+    product = _transposed_scratch.get(key)
+    if product is None:
+        product = _transposed_scratch[key] = np.empty((fan_in, batch), out.dtype)
+    np.matmul(W, delta.T, out=product)
+    np.copyto(out, product.T)
     return out

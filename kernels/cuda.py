@@ -222,3 +222,8 @@ def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
     from cupy import cublas
 
     return cublas.gemm("T", "N", x, delta, out=out, alpha=alpha, beta=beta)
+
+
+def input_gradient_(delta, W, out):
+    """``out = delta @ W^T``; delta (B, fan_out), W (fan_in, fan_out), out (B, fan_in)."""
+    return cp.matmul(delta, W.T, out=out)

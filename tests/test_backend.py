@@ -57,3 +57,19 @@ def test_dtype_resolution():
     assert backend_module.resolve_dtype(np.float32) == np.float32
     with pytest.raises(gb.InvalidInputError, match="dtype"):
         backend_module.resolve_dtype("int8")
+
+
+def test_cuda_kernels_define_every_cpu_kernel():
+    """The layer code calls ``backend.kernels.<name>`` on either device, so both modules
+    must define the same kernels (read from the source: CuPy is not needed)."""
+    import ast
+    from pathlib import Path
+
+    from gpubp.kernels import cpu
+
+    tree = ast.parse(Path(cpu.__file__).with_name("cuda.py").read_text())
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    defined |= {target.id for node in tree.body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)}
+    missing = set(cpu.__all__) - {"PARALLEL_THRESHOLD"} - defined
+    assert not missing, f"kernels/cuda.py lacks {sorted(missing)}"

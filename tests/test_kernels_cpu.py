@@ -447,6 +447,30 @@ def test_rmsprop_matches_reference(dtype, size, weight_decay):
 
 
 # --------------------------------------------------------------------------
+# Input-gradient GEMM
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch, fan_in, fan_out", [(16, 512, 300), (64, 600, 512), (128, 512, 512), (8, 40, 10)])
+def test_input_gradient_matches_reference(dtype, batch, fan_in, fan_out):
+    """Both layouts (transposed for small batches of wide layers, direct otherwise) give delta W^T."""
+    delta = _normal((batch, fan_out), dtype, scale=1.0, seed=40)
+    W = _normal((fan_in, fan_out), dtype, scale=0.05, seed=41)
+    out = np.full((batch, fan_in), np.nan, dtype)
+    assert cpu.input_gradient_(delta, W, out) is out
+    reference = delta.astype(np.float64) @ W.astype(np.float64).T
+    # float32 GEMM rounding grows with the inner dimension
+    tolerance = {np.float32: 1e-5, np.float64: 1e-12}[dtype] * np.sqrt(fan_out)
+    assert np.max(np.abs(out - reference)) <= tolerance
+
+
+def test_transposed_input_gradient_only_for_small_batches_of_wide_layers():
+    assert cpu.transposed_input_gradient_is_faster(32, 1024, 1024)
+    assert not cpu.transposed_input_gradient_is_faster(256, 1024, 1024)
+    assert not cpu.transposed_input_gradient_is_faster(32, 1024, 10)
+
+
+# --------------------------------------------------------------------------
 # No allocation in steady state
 # --------------------------------------------------------------------------
 
@@ -463,6 +487,10 @@ def test_kernels_do_not_allocate(shape):
     g = delta.reshape(-1).copy() * 1e-3
     m = np.zeros_like(p)
     v = np.zeros_like(p)
+    wide_W = _normal((512, 512), dtype, scale=0.1, seed=35)
+    wide_delta = _normal((16, 512), dtype, scale=1.0, seed=36)
+    wide_dx = np.empty((16, 512), dtype)
+    assert cpu.transposed_input_gradient_is_faster(16, 512, 512)
     calls = [
         lambda: cpu.bias_activation_(z, b, "sigmoid"),
         lambda: cpu.bias_activation_(z, b, "tanh"),
@@ -475,6 +503,7 @@ def test_kernels_do_not_allocate(shape):
         lambda: cpu.sgd_update_(p, g, v, 0.01, 0.9, True, 1e-4),
         lambda: cpu.adam_update_(p, g, m, v, 1e-3, 0.1, 0.9, 0.999, 1e-8, 1e-4),
         lambda: cpu.rmsprop_update_(p, g, v, 1e-3, 0.99, 1e-8, 1e-4),
+        lambda: cpu.input_gradient_(wide_delta, wide_W, wide_dx),
     ]
     for call in calls:  # warm-up (compilation, caches)
         call()
