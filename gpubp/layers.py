@@ -64,7 +64,7 @@ class Dense:
         kernels.bias_activation_(out, self.b, self.activation)
         return out
 
-    def backward(self, xp, kernels, delta, x, dx=None, sgd=None):
+    def backward(self, kernels, delta, x, dx=None, sgd=None):
         """Write ``dx = delta W^T``, then ``dW = x^T delta`` and ``db = sum_b delta``.
 
         ``delta`` (B, units) is dL/dz of this layer (the activation derivative
@@ -76,7 +76,7 @@ class Dense:
         """
         if dx is not None:
             kernels.input_gradient_(delta, self.W, dx)
-        xp.sum(delta, axis=0, out=self.db)
+        kernels.bias_gradient_(delta, self.db)
         if sgd is None:
             kernels.weight_gradient_(x, delta, self.dW)
         else:

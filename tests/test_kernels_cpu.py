@@ -284,7 +284,7 @@ def test_softmax_huge_logits_rows_sum_to_one(dtype):
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("label_dtype", (np.int32, np.int64))
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + ((1001, 10), (1, 3)))  # row counts off the 32-row log blocks
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_cross_entropy_matches_reference(dtype, shape, label_dtype):
     logits = _normal(shape, dtype, seed=9)
@@ -314,6 +314,13 @@ def test_softmax_cross_entropy_huge_logits(dtype):
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
     assert abs(loss - ref_loss) <= 1e-6 * ref_loss
     _assert_close(grad, ref_grad, dtype)
+
+
+def test_softmax_cross_entropy_nan_logit_gives_nan_loss():
+    logits = _normal((100, 10), np.float32, seed=12)
+    logits[77, 3] = np.nan
+    grad = np.empty_like(logits)
+    assert np.isnan(cpu.softmax_cross_entropy(logits, np.zeros(100, np.int64), grad))
 
 
 def test_softmax_cross_entropy_rejects_out_of_range_labels():
@@ -447,6 +454,29 @@ def test_rmsprop_matches_reference(dtype, size, weight_decay):
 
 
 # --------------------------------------------------------------------------
+# Bias gradient
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + ((1001, 7), (3, 5), (8, 1)))
+def test_bias_gradient_matches_reference(dtype, shape):
+    delta = _normal(shape, dtype, scale=1.0, seed=42)
+    out = np.full(shape[1], np.nan, dtype)
+    assert cpu.bias_gradient_(delta, out) is out
+    reference = delta.astype(np.float64).sum(axis=0)
+    # float32 summation error grows with the number of rows
+    tolerance = {np.float32: 1e-6, np.float64: 1e-12}[dtype] * np.sqrt(shape[0]) * 3.0
+    assert np.max(np.abs(out - reference)) <= tolerance
+
+
+def test_bias_gradient_propagates_nan():
+    delta = np.ones((20, 4), np.float32)
+    delta[13, 2] = np.nan
+    out = cpu.bias_gradient_(delta, np.empty(4, np.float32))
+    assert np.isnan(out[2]) and np.all(out[[0, 1, 3]] == 20.0)
+
+
+# --------------------------------------------------------------------------
 # Input-gradient GEMM
 # --------------------------------------------------------------------------
 
@@ -504,6 +534,7 @@ def test_kernels_do_not_allocate(shape):
         lambda: cpu.adam_update_(p, g, m, v, 1e-3, 0.1, 0.9, 0.999, 1e-8, 1e-4),
         lambda: cpu.rmsprop_update_(p, g, v, 1e-3, 0.99, 1e-8, 1e-4),
         lambda: cpu.input_gradient_(wide_delta, wide_W, wide_dx),
+        lambda: cpu.bias_gradient_(delta, b),
     ]
     for call in calls:  # warm-up (compilation, caches)
         call()
