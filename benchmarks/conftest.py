@@ -1,4 +1,5 @@
-"""Shared machinery of the benchmark suite: engine parameters, adaptive rounds, the in-run GEMM peak."""
+"""Shared machinery of the benchmark suite: engine parameters, adaptive rounds, round-robin timing,
+the in-run GEMM peak."""
 
 import sys
 import time
@@ -34,26 +35,59 @@ def _jax_gpu():
         return False
 
 
+ENGINES = (("gpubp", "cpu"), ("numpy", "cpu"), ("torch", "cpu"), ("jax", "cpu"),
+           ("gpubp", "gpu"), ("torch", "gpu"), ("jax", "gpu"))
+
+
+def missing(engine, device):
+    """Why ``engine`` cannot run on ``device`` here, or None when it can."""
+    if engine in ("torch", "jax") and not has(engine):
+        return f"{'PyTorch' if engine == 'torch' else 'JAX'} not installed (pip install 'gpubp[bench]')"
+    if device == "cpu":
+        return None
+    if engine == "gpubp":
+        return None if _cupy is not None else f"no GPU backend: {_GPU_MISSING}"
+    if engine == "torch":
+        return None if _torch_cuda() else "PyTorch has no CUDA device"
+    if engine == "jax":
+        return None if _jax_gpu() else "JAX has no GPU device"
+    return f"{engine} runs on the CPU only"
+
+
 def engine_params(include_gpu=True):
     """pytest params ``(engine, device)`` with skip marks that say why a peer is absent."""
-    no_torch = pytest.mark.skipif(not has("torch"), reason="PyTorch not installed (pip install 'gpubp[bench]')")
-    no_jax = pytest.mark.skipif(not has("jax"), reason="JAX not installed (pip install 'gpubp[bench]')")
-    no_gpu = pytest.mark.skipif(_cupy is None, reason=f"no GPU backend: {_GPU_MISSING}")
-    params = [
-        pytest.param(("gpubp", "cpu"), id="gpubp-cpu"),
-        pytest.param(("numpy", "cpu"), id="numpy-cpu"),
-        pytest.param(("torch", "cpu"), id="torch-cpu", marks=no_torch),
-        pytest.param(("jax", "cpu"), id="jax-cpu", marks=no_jax),
-    ]
-    if include_gpu:
-        params += [
-            pytest.param(("gpubp", "gpu"), id="gpubp-gpu", marks=no_gpu),
-            pytest.param(("torch", "gpu"), id="torch-gpu",
-                         marks=pytest.mark.skipif(not _torch_cuda(), reason="PyTorch has no CUDA device")),
-            pytest.param(("jax", "gpu"), id="jax-gpu",
-                         marks=pytest.mark.skipif(not _jax_gpu(), reason="JAX has no GPU device")),
-        ]
+    params = []
+    for engine, device in ENGINES:
+        if device == "gpu" and not include_gpu:
+            continue
+        reason = missing(engine, device)
+        params.append(pytest.param((engine, device), id=f"{engine}-{device}",
+                                   marks=pytest.mark.skipif(reason is not None, reason=reason or "")))
     return params
+
+
+def interleaved_seconds(engines, budget_seconds=4.0, min_rounds=3, max_rounds=15):
+    """Median seconds per call of each ``{name: Engine}``, timed round-robin (A B C A B C ...).
+
+    On a shared machine a burst of load from other processes slows whichever
+    engine is being timed at that moment; in alternation every engine sees the
+    same bursts, so their ratios hold even when absolute times wander. Each
+    round times every engine over at least 20 ms (sub-millisecond steps are
+    repeated); the number of rounds fits ``budget_seconds``.
+    """
+    per_call = {name: _seconds_per_call(e.step, e.sync, min_time=0.05) for name, e in engines.items()}
+    calls = {name: max(1, int(0.02 / t)) for name, t in per_call.items()}
+    round_seconds = sum(per_call[name] * calls[name] for name in engines)
+    rounds = int(min(max_rounds, max(min_rounds, budget_seconds / round_seconds)))
+    samples = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                engine.step()
+            engine.sync()
+            samples[name].append((time.perf_counter() - t0) / calls[name])
+    return {name: sorted(times)[len(times) // 2] for name, times in samples.items()}
 
 
 def _seconds_per_call(fn, sync, min_time=0.2, min_calls=3):

@@ -3,7 +3,8 @@
     python benchmarks/report.py benchmarks/results/cpu-2core-epyc.json [--plots DIR] [--markdown FILE]
 
 Step table: one row per (width, depth, batch) cell with each engine's median ms
-per step, gpubp's ratio to the fastest peer (<= 1.00 means gpubp wins), and
+per step, gpubp's ratio to the fastest peer (<= 1.00 means gpubp wins), the
+same ratio and gpubp / NumPy from the round-robin timing of the cell, and
 gpubp's achieved fraction of the sgemm throughput measured in the same run.
 Kernel table: fused kernels against the NumPy expressions. Plots (needs
 matplotlib): samples/s against batch size, one panel per width and depth, one
@@ -58,11 +59,24 @@ def machine_line(data):
             f"Python {m.get('python_version', '?')}")
 
 
+def _ratio(value):
+    return "-" if value != value else f"{value:.2f}" + ("" if value <= 1.0 else " ✗")
+
+
+def _round_robin_ratios(ms):
+    """(gpubp / fastest peer, gpubp / numpy) from one cell's round-robin ms per engine."""
+    peers = [ms[p] for p in PEERS if p in ms]
+    if "gpubp" not in ms or not peers:
+        return "-", "-"
+    return _ratio(ms["gpubp"] / min(peers)), f"{ms['gpubp'] / ms['numpy']:.2f}" if "numpy" in ms else "-"
+
+
 def step_table(steps):
     engines_seen = {e for cell in steps.values() for e in cell}
     peers = [p for p in PEERS if p in engines_seen]
     head = ["device", "width", "depth", "batch", "gpubp ms"] + [f"{p} ms" for p in peers]
-    head += ["gpubp / fastest peer", "gpubp GFLOP/s", "sgemm GFLOP/s", "of sgemm"]
+    head += ["gpubp / fastest peer", "round-robin: gpubp / fastest peer", "round-robin: gpubp / numpy",
+             "gpubp GFLOP/s", "sgemm GFLOP/s", "of sgemm"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(steps):
         cell = steps[key]
@@ -73,8 +87,8 @@ def step_table(steps):
         ratio = g["median"] / min(peer_times) if peer_times else float("nan")
         row = [key[0], key[1], key[2], key[3], f"{g['median'] * 1e3:.3f}"]
         row += [f"{cell[p]['median'] * 1e3:.3f}" if p in cell else "-" for p in peers]
-        mark = "" if ratio <= 1.0 else " ✗"
-        row += [f"{ratio:.2f}{mark}", f"{g['gflops']:.0f}", f"{g['sgemm_gflops']:.0f}", f"{g['gemm_fraction']:.0%}"]
+        row += [_ratio(ratio)] + list(_round_robin_ratios(g.get("interleaved_ms", {})))
+        row += [f"{g['gflops']:.0f}", f"{g['sgemm_gflops']:.0f}", f"{g['gemm_fraction']:.0%}"]
         rows.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(rows)
 

@@ -1,11 +1,16 @@
 """One SGD training step of a 784 -> [width]*depth -> 10 ReLU MLP (softmax cross-entropy, float32)
-across batch sizes and depths, gpubp beside plain NumPy, PyTorch eager and JAX jit."""
+across batch sizes and depths, gpubp beside plain NumPy, PyTorch eager and JAX jit.
+
+Each cell is timed twice: by pytest-benchmark, one engine after another, and
+round-robin across all engines of the device at once (``interleaved_ms`` in
+every test's ``extra_info``), which is the fairer comparison on a shared machine.
+"""
 
 import math
 
 import pytest
 
-from conftest import engine_params, run_timed
+from conftest import ENGINES, engine_params, interleaved_seconds, missing, run_timed
 from engines import flops_per_step, gpubp_engine, jax_engine, numpy_engine, torch_engine
 
 N_IN, N_OUT = 784, 10
@@ -21,6 +26,20 @@ def build(engine, device, batch, width, depth):
     if engine == "torch":
         return torch_engine(device, batch, N_IN, width, depth, N_OUT)
     return jax_engine(device, batch, N_IN, width, depth, N_OUT)
+
+
+_INTERLEAVED = {}
+
+
+def interleaved_ms(device, width, depth, batch):
+    """ms per step of every engine available on ``device`` for one cell, timed round-robin
+    (see ``interleaved_seconds``); measured once per cell, at its first timed test."""
+    key = (device, width, depth, batch)
+    if key not in _INTERLEAVED:
+        engines = {name: build(name, dev, batch, width, depth)
+                   for name, dev in ENGINES if dev == device and missing(name, dev) is None}
+        _INTERLEAVED[key] = {name: s * 1e3 for name, s in interleaved_seconds(engines).items()}
+    return _INTERLEAVED[key]
 
 
 @pytest.mark.parametrize("engine_device", engine_params())
@@ -39,4 +58,5 @@ def test_sgd_step(benchmark, sgemm_gflops, engine_device, width, depth, batch):
         "engine": engine_name, "device": device, "width": width, "depth": depth, "batch": batch,
         "flops_per_step": flops, "gflops": flops / seconds / 1e9, "samples_per_s": batch / seconds,
         "sgemm_gflops": peak, "gemm_fraction": flops / seconds / 1e9 / peak,
+        "interleaved_ms": interleaved_ms(device, width, depth, batch),
     })
