@@ -66,22 +66,28 @@ def engine_params(include_gpu=True):
     return params
 
 
-def interleaved_seconds(engines, budget_seconds=4.0, min_rounds=3, max_rounds=15):
+def interleaved_seconds(engines, budget_seconds=3.0, min_rounds=3, max_rounds=7, settle_seconds=0.25):
     """Median seconds per call of each ``{name: Engine}``, timed round-robin (A B C A B C ...).
 
     On a shared machine a burst of load from other processes slows whichever
     engine is being timed at that moment; in alternation every engine sees the
-    same bursts, so their ratios hold even when absolute times wander. Each
-    round times every engine over at least 20 ms (sub-millisecond steps are
-    repeated); the number of rounds fits ``budget_seconds``.
+    same bursts, so their ratios hold even when absolute times wander. Before
+    each engine's turn the process sleeps ``settle_seconds`` and runs one
+    untimed step: the worker threads of the engine that ran before (OpenBLAS's
+    spin for about 0.1 s after a call, PyTorch's OpenMP and XLA's pools too)
+    would otherwise steal the cores from the next one. A turn then times at
+    least 50 ms of steps; the number of rounds fits ``budget_seconds`` of timing.
     """
     per_call = {name: _seconds_per_call(e.step, e.sync, min_time=0.05) for name, e in engines.items()}
-    calls = {name: max(1, int(0.02 / t)) for name, t in per_call.items()}
+    calls = {name: max(1, int(0.05 / t)) for name, t in per_call.items()}
     round_seconds = sum(per_call[name] * calls[name] for name in engines)
     rounds = int(min(max_rounds, max(min_rounds, budget_seconds / round_seconds)))
     samples = {name: [] for name in engines}
     for _ in range(rounds):
         for name, engine in engines.items():
+            time.sleep(settle_seconds)
+            engine.step()
+            engine.sync()
             t0 = time.perf_counter()
             for _ in range(calls[name]):
                 engine.step()
