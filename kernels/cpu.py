@@ -14,6 +14,7 @@ see below).
 
 import math
 import os
+import threading
 import types as _pytypes
 
 import numba
@@ -619,7 +620,7 @@ def bias_gradient_(delta, out):
 # Input-gradient GEMM
 # --------------------------------------------------------------------------
 
-_transposed_scratch = {}
+_per_thread = threading.local()  # transposed-product buffers, one set per thread
 
 
 def transposed_input_gradient_is_faster(batch, fan_in, fan_out):
@@ -639,16 +640,19 @@ def input_gradient_(delta, W, out):
     """``out = delta @ W^T``; delta (B, fan_out), W (fan_in, fan_out), out (B, fan_in).
 
     For small batches of wide layers the product is taken in the transposed
-    layout, into a buffer cached per shape (allocated on first use only), and
-    copied back transposed.
+    layout, into a buffer cached per shape and thread (allocated on first use
+    only, at most 64 x fan_in values), and copied back transposed.
     """
     batch, fan_in = out.shape
     if not transposed_input_gradient_is_faster(batch, fan_in, W.shape[1]):
         return np.matmul(delta, W.T, out=out)
+    buffers = getattr(_per_thread, "buffers", None)
+    if buffers is None:
+        buffers = _per_thread.buffers = {}
     key = (fan_in, batch, out.dtype)
-    product = _transposed_scratch.get(key)
+    product = buffers.get(key)
     if product is None:
-        product = _transposed_scratch[key] = np.empty((fan_in, batch), out.dtype)
+        product = buffers[key] = np.empty((fan_in, batch), out.dtype)
     np.matmul(W, delta.T, out=product)
     np.copyto(out, product.T)
     return out

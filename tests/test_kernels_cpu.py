@@ -494,6 +494,26 @@ def test_input_gradient_matches_reference(dtype, batch, fan_in, fan_out):
     assert np.max(np.abs(out - reference)) <= tolerance
 
 
+def test_input_gradient_from_two_threads_at_once():
+    """The transposed layout's cached buffer is per thread: concurrent calls of one shape do not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    W = _normal((512, 512), np.float32, scale=0.05, seed=43)
+    deltas = [_normal((32, 512), np.float32, scale=1.0, seed=44 + k) for k in range(2)]
+    expected = [d @ W.T for d in deltas]
+
+    def many(k):
+        out = np.empty((32, 512), np.float32)
+        for _ in range(200):
+            cpu.input_gradient_(deltas[k], W, out)
+            if not np.allclose(out, expected[k], atol=1e-4):
+                return False
+        return True
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(many, range(2)))
+
+
 def test_transposed_input_gradient_only_for_small_batches_of_wide_layers():
     assert cpu.transposed_input_gradient_is_faster(32, 1024, 1024)
     assert not cpu.transposed_input_gradient_is_faster(256, 1024, 1024)
