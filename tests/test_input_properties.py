@@ -196,13 +196,18 @@ def test_predict_property(loss, dtype, data):
             np.testing.assert_allclose(result.sum(axis=1), 1, rtol=1e-3)
 
 
+def draw_batch(data, loss):
+    """A drawn (X, y) pair of 1 to 5 rows, valid or not, for ``loss``."""
+    n = data.draw(st.integers(1, 5))
+    return data.draw(features(n)), data.draw(targets(n, loss))
+
+
 @MODEL_PARAMS
 @SETTINGS
 @given(data=st.data())
 def test_evaluate_and_train_on_batch_property(loss, dtype, data):
     model = model_for(loss, dtype)
-    n = data.draw(st.integers(1, 5))
-    X, y = data.draw(features(n)), data.draw(targets(n, loss))
+    X, y = draw_batch(data, loss)
     extreme = _numeric_magnitude(X, y) > MODERATE
     result, exc = call(lambda: model.evaluate(X, y), ["X", "y"], extreme)
     if exc is None:
@@ -220,8 +225,7 @@ def test_evaluate_and_train_on_batch_property(loss, dtype, data):
 @given(data=st.data())
 def test_fit_property(loss, dtype, data):
     model = model_for(loss, dtype)
-    n = data.draw(st.integers(1, 5))
-    X, y = data.draw(features(n)), data.draw(targets(n, loss))
+    X, y = draw_batch(data, loss)
     kwargs = {}
     if data.draw(st.booleans()):
         m = data.draw(st.integers(1, 3))
