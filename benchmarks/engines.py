@@ -64,12 +64,11 @@ def gpubp_engine(backend, batch, n_in, width, depth, n_out):
     model.set_weights([w for pair in initial_weights(n_in, width, depth, n_out) for w in pair])
     model.compile(loss="softmax_cross_entropy", optimizer=gb.optim.SGD(lr=LR))
     X, y = make_batch(batch, n_in, n_out)
-    X, y = model._prepare(X, y)
-    plan = model._plan(batch, y)
-    model.backend.xp.copyto(plan.x, X)
-    model.backend.xp.copyto(plan.y, y)
+    X, y, _ = model.prepare(X, y)
+    plan = model.batch_plan(batch, y)
+    plan.load(X, y)
     # the step fit() runs on each gathered batch
-    return Engine("gpubp", model.backend.name, lambda: model._train_step(plan), model.backend.synchronize)
+    return Engine("gpubp", model.backend.name, lambda: model.train_step(plan), model.backend.synchronize)
 
 
 # ----------------------------------------------------------------------------- plain NumPy

@@ -37,7 +37,7 @@ def test_bias_sigmoid_forward(benchmark, parallel_threshold):
         # in place over the GEMM output, as in the training step; repeated rounds stay in a
         # normal range (sigmoid(z + b) with z in (0, 1)), so no round hits denormals
         def run():
-            return cpu.bias_activation_(z, b, "sigmoid")
+            cpu.bias_activation_(z, b, "sigmoid")
     _record(benchmark, parallel_threshold, "bias+sigmoid forward")
     benchmark(run)
 
@@ -51,14 +51,16 @@ def test_sigmoid_backward(benchmark, parallel_threshold):
     if parallel_threshold == "numpy":
         benchmark(lambda: dout * s * (1 - s))
         return
-    # in place over delta, as in the training step; the untimed setup restores delta before each
+    # in place over the output y, as in the training step; the untimed setup restores y before each
     # round (repeated in-place rounds would shrink it into denormals)
-    benchmark.pedantic(cpu.activation_backward_, args=(work, s, "sigmoid"), setup=lambda: np.copyto(work, dout),
+    benchmark.pedantic(cpu.activation_backward_, args=(dout, work, "sigmoid"), setup=lambda: np.copyto(work, s),
                        rounds=200, warmup_rounds=2)
 
 
 @pytest.mark.parametrize("parallel_threshold", IMPLS, indirect=True)
 def test_adam_update(benchmark, parallel_threshold):
+    """The guarded update: a checking pass, then the writing pass (see the kernel contract)."""
+    status = np.zeros(4, np.int64)
     p, g, m, v = (a.ravel() for a in arrays(4))
     v = np.abs(v)
     lr, b1, b2, eps, t = 1e-3, 0.9, 0.999, 1e-8, 10
@@ -69,13 +71,14 @@ def test_adam_update(benchmark, parallel_threshold):
             p[:] = p - lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
     else:
         def run():
-            cpu.adam_update_(p, g, m, v, lr / (1 - b1**t), np.sqrt(1 - b2**t), b1, b2, eps, 0.0)
+            cpu.adam_update_(p, g, m, v, lr / (1 - b1**t), np.sqrt(1 - b2**t), b1, b2, eps, 0.0, 0, status, t)
     _record(benchmark, parallel_threshold, "Adam update")
     benchmark(run)
 
 
 @pytest.mark.parametrize("parallel_threshold", IMPLS, indirect=True)
 def test_sgd_momentum_update(benchmark, parallel_threshold):
+    status = np.zeros(4, np.int64)
     p, g, v = (a.ravel() for a in arrays(3))
     lr, mu = 1e-2, 0.9
     if parallel_threshold == "numpy":
@@ -84,6 +87,6 @@ def test_sgd_momentum_update(benchmark, parallel_threshold):
             p[:] = p - lr * v
     else:
         def run():
-            cpu.sgd_update_(p, g, v, lr, mu, False, 0.0)
+            cpu.sgd_update_(p, g, v, lr, mu, False, 0.0, 0, status, 0)
     _record(benchmark, parallel_threshold, "SGD momentum update")
     benchmark(run)

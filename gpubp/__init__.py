@@ -9,21 +9,21 @@ or CuPy (CUDA GPU, fused elementwise kernels)::
     history = model.fit(X, y, batch_size=256, epochs=20, validation_data=(Xv, yv))
 """
 
-__version__ = "0.1.0"
-
 from . import optim, schedules
 from .backend import Backend, get_backend
-from .callbacks import Callback, EarlyStopping, History
+from .callbacks import Callback, CallbackList, EarlyStopping, History
+from .divergence import Divergence
 from .errors import (BackendUnavailableError, GpubpError, InvalidInputError, InvalidTypeError,
                      ModelFileError, NotCompiledError, TrainingDiverged, InsufficientMemory)
 from .gradcheck import GradcheckResult, gradcheck
-from .io import load_model as load
+from .loading import load_model as load
 from .layers import Dense
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
+from .version import __version__
 
 __all__ = [
-    "__version__", "optim", "schedules", "Backend", "get_backend", "Callback", "EarlyStopping", "History",
+    "__version__", "optim", "schedules", "Backend", "get_backend", "Callback", "CallbackList", "EarlyStopping", "History", "Divergence",
     "GpubpError", "InvalidInputError", "InvalidTypeError", "BackendUnavailableError", "NotCompiledError",
     "ModelFileError", "TrainingDiverged", "InsufficientMemory", "GradcheckResult", "gradcheck", "load", "Dense", "BinaryCrossEntropy",
     "MeanSquaredError", "SoftmaxCrossEntropy", "Sequential",

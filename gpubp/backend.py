@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 
 import numpy as np
 
@@ -89,9 +88,14 @@ class Backend:
             pass
         return None
 
-    def is_finite(self, scalar):
-        """True when a host float or a 0-d device array is finite (a device sync on the GPU)."""
-        return math.isfinite(float(scalar))
+    def copy_into(self, target, source):
+        """Copy a host or device array into the device array ``target`` (same shape), cast to its dtype."""
+        self.xp.copyto(target, self.asarray(source, target.dtype))
+
+    @property
+    def reads_are_free(self):
+        """True where reading a device value on the host costs no sync (the CPU)."""
+        return self.name == "cpu"
 
     def owns(self, a):
         """True when ``a`` is an array of this backend's library."""

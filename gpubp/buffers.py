@@ -24,6 +24,7 @@ class BatchPlan:
     outputs : list of (B, units_l) arrays, the activations y_l of each layer;
         after a backward pass they hold dL/dz_l instead
     loss_grad : (B, n_outputs) array, dL/d(logits); None for inference plans
+    loss : (1,) float64 array, the batch loss the loss kernel writes; None for inference plans
     scratch : list of (B, units_l) views of one flat buffer, for dL/dy_l;
         None for inference plans
     """
@@ -33,12 +34,26 @@ class BatchPlan:
         self.batch_size = B
         self.x = backend.empty((B, n_inputs), dtype)
         self.outputs = [backend.empty((B, w), dtype) for w in widths]
-        self.y = self.loss_grad = self.scratch = None
+        self.xp = backend.xp
+        self.y = self.loss_grad = self.loss = self.scratch = None
         if target_shape is not None:
             self.y = backend.empty((B,) + tuple(target_shape), target_dtype)
             self.loss_grad = backend.empty((B, widths[-1]), dtype)
+            self.loss = backend.zeros(1, np.float64)
             flat = backend.empty(B * max(widths[:-1], default=0), dtype)
             self.scratch = [flat[: B * w].reshape(B, w) for w in widths[:-1]]
+
+
+    def gather(self, X, y, rows):
+        """Copy rows ``rows`` (a (B,) device index array) of the device arrays X and y into x and y."""
+        self.xp.take(X, rows, axis=0, out=self.x)
+        self.xp.take(y, rows, axis=0, out=self.y)
+
+    def load(self, x, y=None):
+        """Copy a whole batch (device arrays of B rows) into x (and y)."""
+        self.xp.copyto(self.x, x)
+        if y is not None:
+            self.xp.copyto(self.y, y)
 
 
 def plan_bytes(batch_size, n_inputs, widths, itemsize, target_row=(), target_itemsize=8):

@@ -1,4 +1,4 @@
-"""Training callbacks (Keras-shaped): :class:`History` and :class:`EarlyStopping`."""
+"""Training callbacks (Keras-shaped): the hooks, :class:`History`, :class:`EarlyStopping`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from .errors import InvalidInputError
 
 
 class Callback:
-    """Hooks called by ``fit``; ``self.model`` is set before training starts."""
+    """Hooks called by ``fit`` (Keras' names); ``self.model`` is set before training starts.
+
+    Batch-level hooks get ``logs = {"batch": index, "size": rows, "loss": the
+    batch loss as a (1,) device array}``: reading the loss on the host waits
+    for the device, so a GPU run that reads it every batch runs slower.
+    Stateful callbacks return their state from :meth:`state_dict` (JSON values
+    and host arrays), which checkpoints save and :meth:`load_state_dict` restores.
+    """
 
     model = None
 
@@ -20,11 +27,72 @@ class Callback:
     def on_train_begin(self, logs=None):
         pass
 
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
     def on_epoch_end(self, epoch, logs):
         pass
 
     def on_train_end(self, logs=None):
         pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class CallbackList:
+    """Calls every callback's hook in order; ``fit`` talks to this alone."""
+
+    def __init__(self, callbacks, model):
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            callback.set_model(model)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def on_train_begin(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_begin(epoch, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        for callback in self.callbacks:
+            callback.on_batch_begin(batch, logs)
+
+    def on_batch_end(self, batch, logs=None):
+        for callback in self.callbacks:
+            callback.on_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs):
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_end(logs)
+
+    def state_dict(self):
+        """``{key: state}`` of every stateful callback, keyed by class name and position."""
+        return {f"{type(c).__name__}_{i}": c.state_dict() for i, c in enumerate(self.callbacks) if c.state_dict()}
+
+    def load_state_dict(self, states):
+        for i, callback in enumerate(self.callbacks):
+            state = states.get(f"{type(callback).__name__}_{i}")
+            if state is not None:
+                callback.load_state_dict(state)
 
 
 class History(Callback):
@@ -44,6 +112,13 @@ class History(Callback):
         self.epoch.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+
+    def state_dict(self):
+        return {"history": self.history, "epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.epoch = list(state["epoch"])
 
     def __repr__(self):
         return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
@@ -94,7 +169,7 @@ class EarlyStopping(Callback):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
-                params = self.model._params
+                params = self.model.params
                 if self._best_params is None:
                     self._best_params = params.copy()
                 else:
@@ -107,7 +182,18 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch is not None and self.restore_best_weights and self._best_params is not None:
-            self.model.backend.xp.copyto(self.model._params, self._best_params)
+            self.model.backend.xp.copyto(self.model.params, self._best_params)
+
+    def state_dict(self):
+        state = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        if self._best_params is not None:
+            state["best_params"] = self.model.backend.to_host(self._best_params).copy()
+        return state
+
+    def load_state_dict(self, state):
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        if state.get("best_params") is not None:
+            self._best_params = self.model.backend.asarray(state["best_params"], self.model.dtype)
 
 
 class ModelCheckpoint(Callback):

@@ -1,61 +1,45 @@
 """Training checkpoints: everything needed to resume ``fit`` bit-identically.
 
-A checkpoint is an ``.npz`` archive (loaded with ``allow_pickle=False``) named
-``ckpt-epochNNNNNN.npz`` holding
+A checkpoint is a state file (see :mod:`gpubp.io`) named
+``ckpt-epochNNNNNN.npz`` whose tree is the training state::
 
-* ``__meta__``: uint8 bytes of UTF-8 JSON: format name ``"gpubp-checkpoint"`` and
-  version, the model config (architecture, dtype, seed, loss, optimizer settings
-  including the learning-rate schedule), the scaler, the compile metrics, the
-  number of completed epochs, ``optimizer.iterations``, the state of the
-  model's shuffle generator (``bit_generator.state``, big ints are fine in JSON),
-  the caller's JSON-able ``extra`` dict and a SHA-256 digest of every array;
-* ``params``: the flat parameter buffer (weights then biases);
-* ``state__<name>``: every optimizer state buffer (``m``, ``v``, ``velocity``, ...);
-* ``array__<name>``: optional extra numeric arrays given by the caller (e.g. the
-  best weights an ``EarlyStopping`` callback keeps).
+    {"model": model.state_dict(),          # parameters, shuffle generator, scaler
+     "optimizer": optimizer.state_dict(),  # step count (the schedule's position), m, v, velocity ...
+     "callbacks": {name: state}}           # History, EarlyStopping (with its best weights), ...
 
-Files are written atomically (temporary file in the same directory, fsync,
-``os.replace``, fsync of the directory), so a crash leaves either the previous
-set of checkpoints or the new one, never a truncated newest file; and
-:func:`latest_checkpoint` skips any file that does not read back completely.
+and whose metadata holds the model config, the compile metrics and the
+number of completed epochs. Files are written atomically (temporary file in
+the same directory, fsync, ``os.replace``, fsync of the directory), so a crash
+leaves either the previous set of checkpoints or the new one, never a
+truncated newest file; :func:`latest_checkpoint` skips any file that does not
+read back completely.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import zipfile
 
 import numpy as np
 
+from .callbacks import Callback
+from .data import StandardScaler
 from .errors import InvalidInputError, ModelFileError
 from .io import FORMAT_NAME as MODEL_FORMAT_NAME
-from .io import atomic_savez, model_from_config, open_npz
+from .io import read_state_file, read_state_tree, write_state_file
 
 FORMAT_NAME = "gpubp-checkpoint"
-FORMAT_VERSION = 1
+#: 2: the state-tree layout (version 1 checkpoints are refused with a clear message)
+FORMAT_VERSION = 2
 
 _NAME_RE = re.compile(r"^ckpt-epoch(\d{6,})\.npz$")
 _TMP_PREFIX = ".ckpt-tmp-"
-_STATE_PREFIX = "state__"
-_ARRAY_PREFIX = "array__"
-_NUMERIC_KINDS = "biufc"
 
 
 def checkpoint_name(epoch):
     """The file name of the checkpoint after ``epoch`` completed epochs."""
     return f"ckpt-epoch{epoch:06d}.npz"
-
-
-def _digest(a):
-    return hashlib.sha256(np.ascontiguousarray(a).view(np.uint8).reshape(-1).data).hexdigest()
-
-
-def _normalised_config(config):
-    """The config as it reads back from JSON (tuples become lists, ...)."""
-    return json.loads(json.dumps(config))
 
 
 def _list_checkpoints(directory):
@@ -64,16 +48,12 @@ def _list_checkpoints(directory):
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    found = []
-    for name in names:
-        m = _NAME_RE.match(name)
-        if m:
-            found.append((int(m.group(1)), os.path.join(directory, name)))
+    found = [(int(m.group(1)), os.path.join(directory, name)) for name in names if (m := _NAME_RE.match(name))]
     found.sort(reverse=True)
     return found
 
 
-def save_checkpoint(directory, model, epoch, extra=None, keep=3, arrays=None):
+def save_checkpoint(directory, model, epoch, callbacks=None, keep=3):
     """Write the training state of ``model`` after ``epoch`` completed epochs; returns the path.
 
     Parameters
@@ -84,72 +64,33 @@ def save_checkpoint(directory, model, epoch, extra=None, keep=3, arrays=None):
         Built and compiled.
     epoch : int
         Number of completed epochs (>= 0).
-    extra : dict, optional
-        JSON-able data of the caller (history so far, early-stopping counters, ...),
-        returned as is by :func:`restore_checkpoint` (tuples read back as lists).
+    callbacks : dict, optional
+        The callbacks' state (``CallbackList.state_dict()``: JSON values and
+        host arrays), returned by :func:`restore_checkpoint`.
     keep : int or None
         Keep only the newest ``keep`` checkpoints (by epoch number) in ``directory``;
         the one just written is never deleted. None keeps all.
-    arrays : dict of str -> array, optional
-        Extra numeric arrays (host or device), returned as host arrays under
-        ``"arrays"`` by :func:`restore_checkpoint`.
     """
-    from . import __version__
-
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
         raise InvalidInputError(f"epoch must be an integer >= 0, got {epoch!r}")
-    epoch = int(epoch)
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise InvalidInputError(f"keep must be an integer >= 1 or None, got {keep!r}")
     if not model.built:
         raise InvalidInputError("cannot checkpoint a model without weights: build or fit it first")
     if model.loss is None or model.optimizer is None:
         raise InvalidInputError("cannot checkpoint an uncompiled model: call compile() first")
-    extra = {} if extra is None else extra
-    if not isinstance(extra, dict):
-        raise InvalidInputError(f"extra must be a dict, got {type(extra).__name__}")
-    try:
-        extra = json.loads(json.dumps(extra))
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"extra must be JSON-able: {exc}") from None
-
-    backend = model.backend
-    optimizer = model.optimizer
-    host = {"params": np.ascontiguousarray(backend.to_host(model._params))}
-    state_names = list(optimizer.state_names)
-    for name in state_names:
-        host[_STATE_PREFIX + name] = np.ascontiguousarray(backend.to_host(optimizer.state[name]))
-    extra_array_names = []
-    for name, a in (arrays or {}).items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise InvalidInputError(f"array names must be non-empty [A-Za-z0-9_.-] strings, got {name!r}")
-        a = np.ascontiguousarray(backend.to_host(a) if hasattr(a, "__cuda_array_interface__") else np.asarray(a))
-        if a.dtype.kind not in _NUMERIC_KINDS:
-            raise InvalidInputError(f"extra array {name!r} must be numeric, got dtype {a.dtype}")
-        host[_ARRAY_PREFIX + name] = a
-        extra_array_names.append(name)
-
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "gpubp_version": __version__,
-        "config": model.get_config(),
-        "scaler": None if model.scaler is None else model.scaler.to_dict(),
-        "metrics": list(model.metrics),
-        "epoch": epoch,
-        "iterations": int(optimizer.iterations),
-        "state_names": state_names,
-        "array_names": extra_array_names,
-        "shuffle_rng": model.shuffle_rng.bit_generator.state,
-        "extra": extra,
-        "sha256": {key: _digest(a) for key, a in host.items()},
-    }
-    host["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-
+    callbacks = {} if callbacks is None else callbacks
+    if not isinstance(callbacks, dict):
+        raise InvalidInputError(f"callbacks must be a dict of callback states, got {type(callbacks).__name__}")
+    state = {"model": model.state_dict(), "optimizer": model.optimizer.state_dict(), "callbacks": callbacks}
+    meta = {"config": model.get_config(), "metrics": list(model.metrics), "epoch": int(epoch)}
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, checkpoint_name(epoch))
-    atomic_savez(path, host, tmp_prefix=_TMP_PREFIX)
+    path = os.path.join(directory, checkpoint_name(int(epoch)))
+    try:
+        write_state_file(path, FORMAT_NAME, FORMAT_VERSION, meta, state, tmp_prefix=_TMP_PREFIX)
+    except ModelFileError as exc:
+        raise InvalidInputError(f"cannot checkpoint this state: {exc}") from None
 
     # leftovers of writers killed mid-write (one writer per directory is assumed)
     for name in os.listdir(directory):
@@ -168,87 +109,44 @@ def save_checkpoint(directory, model, epoch, extra=None, keep=3, arrays=None):
     return path
 
 
-def _read_checkpoint(path):
-    """``(meta, arrays)`` of a checkpoint file, fully read and checked; raises ModelFileError."""
+def read_checkpoint(path):
+    """``(meta, state)`` of a checkpoint file, fully read and checked; raises ModelFileError."""
     path = os.fspath(path)
-    archive = open_npz(path, "checkpoint")
-    with archive:
-        try:
-            raw = archive["__meta__"]
-            if raw.dtype != np.uint8 or raw.ndim != 1:
-                raise TypeError("__meta__ is not a uint8 vector")
-            meta = json.loads(bytes(raw).decode("utf-8"))
-            if not isinstance(meta, dict):
-                raise TypeError("metadata is not a JSON object")
-            fmt, version = meta.get("format"), meta["format_version"]
-        except KeyError:
-            raise ModelFileError(f"{path!r} is not a gpubp checkpoint (no valid __meta__ record)") from None
-        except (ValueError, TypeError, UnicodeDecodeError, OSError, zipfile.BadZipFile, EOFError) as exc:
-            # ValueError includes pickled object arrays refused by allow_pickle=False
-            raise ModelFileError(f"{path!r} has unreadable checkpoint metadata ({exc})") from None
-        if fmt == MODEL_FORMAT_NAME:
-            raise ModelFileError(f"{path!r} is a gpubp model file, not a training checkpoint; "
-                                 "load it with gpubp.load()")
-        if fmt != FORMAT_NAME:
-            raise ModelFileError(f"{path!r} is not a gpubp checkpoint (format {fmt!r})")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ModelFileError(f"{path!r} has an invalid checkpoint format version {version!r}")
-        if version > FORMAT_VERSION:
-            raise ModelFileError(
-                f"{path!r} has checkpoint format version {version}, newer than this gpubp understands "
-                f"({FORMAT_VERSION}); upgrade gpubp")
-        try:
-            state_names = [str(n) for n in meta["state_names"]]
-            array_names = [str(n) for n in meta["array_names"]]
-            digests = dict(meta["sha256"])
-            for key in ("config", "epoch", "iterations", "shuffle_rng", "extra", "scaler"):
-                meta[key]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path!r} has incomplete checkpoint metadata ({exc!r})") from None
-        expected = ["params"] + [_STATE_PREFIX + n for n in state_names] + [_ARRAY_PREFIX + n for n in array_names]
-        unexpected = sorted(set(archive.files) - set(expected) - {"__meta__"})
-        if unexpected:
-            raise ModelFileError(f"{path!r} holds unexpected arrays {unexpected}")
-        arrays = {}
-        for key in expected:
-            try:
-                a = archive[key]
-            except KeyError:
-                raise ModelFileError(f"{path!r} lacks the array {key!r}") from None
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise ModelFileError(f"{path!r} holds a corrupted or non-numeric array {key!r} ({exc})") from None
-            if a.dtype.kind not in _NUMERIC_KINDS:
-                raise ModelFileError(f"{path!r}: array {key!r} has non-numeric dtype {a.dtype}")
-            if digests.get(key) != _digest(a):
-                raise ModelFileError(f"{path!r}: array {key!r} does not match its checksum (corrupted file)")
-            arrays[key] = a
-    epoch, iterations = meta["epoch"], meta["iterations"]
+    meta, arrays = read_state_file(path, "checkpoint", {FORMAT_NAME: FORMAT_VERSION, MODEL_FORMAT_NAME: 99})
+    if meta["format"] == MODEL_FORMAT_NAME:
+        raise ModelFileError(f"{path!r} is a gpubp model file, not a training checkpoint; "
+                             "load it with gpubp.load()")
+    if meta["format_version"] < FORMAT_VERSION:
+        raise ModelFileError(f"{path!r} is a checkpoint of format {meta['format_version']}, written by an "
+                             f"older gpubp; this gpubp resumes format {FORMAT_VERSION} only")
+    state = read_state_tree(path, meta, arrays)
+    epoch = meta.get("epoch")
+    try:
+        model_state, optimizer_state = state["model"], state["optimizer"]
+        iterations = optimizer_state["iterations"]
+        params = model_state["params"]
+        model_state["shuffle_rng"], optimizer_state["state"], state["callbacks"]
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"{path!r} has an incomplete checkpoint state ({exc!r})") from None
     for name, value in (("epoch", epoch), ("iterations", iterations)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ModelFileError(f"{path!r} has an invalid {name} {value!r}")
-    params = arrays["params"]
-    if params.ndim != 1:
-        raise ModelFileError(f"{path!r}: params must be a flat vector, got shape {params.shape}")
-    for name in state_names:
-        a = arrays[_STATE_PREFIX + name]
-        if a.shape != params.shape or a.dtype != params.dtype:
-            raise ModelFileError(f"{path!r}: optimizer state {name!r} has shape {a.shape} dtype {a.dtype}, "
-                                 f"expected {params.shape} {params.dtype}")
-    if not isinstance(meta["extra"], dict) or not isinstance(meta["config"], dict):
-        raise ModelFileError(f"{path!r} has invalid checkpoint metadata (config/extra must be objects)")
-    return meta, arrays
+    if not isinstance(params, np.ndarray) or params.ndim != 1:
+        raise ModelFileError(f"{path!r}: params must be a flat vector")
+    if not isinstance(meta.get("config"), dict) or not isinstance(state["callbacks"], dict):
+        raise ModelFileError(f"{path!r} has invalid checkpoint metadata (config/callbacks must be objects)")
+    return meta, state
 
 
-def _check_compatible(path, meta, arrays, model):
-    """Raise ModelFileError unless the checkpoint fits ``model``; returns the restored pieces
-    that need building (rng state, scaler) without touching the model."""
+def _check_compatible(path, meta, state, model):
+    """Raise ModelFileError unless the checkpoint fits ``model``; returns the scaler to restore."""
     if not model.built:
         raise ModelFileError("cannot restore a checkpoint into a model without weights: "
                              "build it (input_dim=...) and compile it first")
     if model.loss is None or model.optimizer is None:
         raise ModelFileError("cannot restore a checkpoint into an uncompiled model: call compile() first")
     saved = dict(meta["config"])
-    current = _normalised_config(model.get_config())
+    current = json.loads(json.dumps(model.get_config()))
     # the seed only chose the initial weights and the shuffle stream, both restored
     saved.pop("seed", None)
     current.pop("seed", None)
@@ -256,63 +154,54 @@ def _check_compatible(path, meta, arrays, model):
         diffs = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs model {current.get(k)!r}" for k in diffs)
         raise ModelFileError(f"checkpoint {path!r} does not match the model's configuration ({details})")
-    params = arrays["params"]
-    if params.shape != tuple(model._params.shape) or params.dtype != model.dtype:
+    params = state["model"]["params"]
+    if params.shape != tuple(model.params.shape) or params.dtype != model.dtype:
         raise ModelFileError(f"checkpoint {path!r} holds {params.shape} {params.dtype} parameters, "
-                             f"the model has {tuple(model._params.shape)} {model.dtype}")
-    if list(meta["state_names"]) != list(model.optimizer.state_names):
-        raise ModelFileError(f"checkpoint {path!r} holds optimizer state {meta['state_names']}, "
-                             f"the model's optimizer keeps {list(model.optimizer.state_names)}")
-    for name in model.optimizer.state_names:
-        if name not in model.optimizer.state:
-            raise ModelFileError("the model's optimizer has no state buffers yet (compile the built model)")
-    # try the RNG state on a scratch generator of the same kind first
-    rng_state = meta["shuffle_rng"]
+                             f"the model has {tuple(model.params.shape)} {model.dtype}")
+    arrays = state["optimizer"]["state"]
+    if not isinstance(arrays, dict) or sorted(arrays) != sorted(model.optimizer.state_names):
+        raise ModelFileError(f"checkpoint {path!r} holds optimizer state {sorted(arrays)}, "
+                             f"the model's optimizer keeps {sorted(model.optimizer.state_names)}")
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.shape != params.shape or a.dtype != params.dtype:
+            raise ModelFileError(f"{path!r}: optimizer state {name!r} does not match the parameters")
+    rng = type(model.shuffle_rng.bit_generator)()
     try:
-        scratch = type(model.shuffle_rng.bit_generator)()
-        scratch.state = rng_state
+        rng.state = state["model"]["shuffle_rng"]
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(f"checkpoint {path!r} holds an invalid shuffle generator state ({exc})") from None
-    scaler = None
-    if meta["scaler"] is not None:
-        from .data import StandardScaler
-
-        try:
-            scaler = StandardScaler.from_dict(meta["scaler"])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ModelFileError(f"checkpoint {path!r} holds an invalid scaler ({exc})") from None
-        if len(scaler.mean_) != model.input_dim:
-            raise ModelFileError(f"checkpoint {path!r} holds a scaler for {len(scaler.mean_)} features, "
-                                 f"the model expects {model.input_dim}")
-    return rng_state, scaler
+    scaler = state["model"].get("scaler")
+    if scaler is None:
+        return None
+    try:
+        scaler = StandardScaler.from_dict(scaler)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelFileError(f"checkpoint {path!r} holds an invalid scaler ({exc})") from None
+    if len(scaler.mean_) != model.input_dim:
+        raise ModelFileError(f"checkpoint {path!r} holds a scaler for {len(scaler.mean_)} features, "
+                             f"the model expects {model.input_dim}")
+    return scaler
 
 
 def restore_checkpoint(path, model):
     """Restore the training state saved in ``path`` into ``model`` (built and compiled with the
     same architecture, dtype, loss and optimizer settings; the seed may differ).
 
-    Restores the parameters, the optimizer state buffers and ``iterations``, the shuffle
-    generator state and the scaler. Everything is read and checked before the model is
-    touched, so a failed restore leaves the model as it was.
+    Restores the parameters, the shuffle generator, the scaler, the optimizer's
+    state buffers and step count. Everything is read and checked before the
+    model is touched, so a failed restore leaves the model as it was.
 
-    Returns ``{"epoch": completed epochs, "extra": dict, "arrays": dict of host arrays}``.
+    Returns ``{"epoch": completed epochs, "callbacks": the callbacks' state}``.
     Raises :class:`gpubp.errors.ModelFileError` for missing, corrupted, foreign, pickled,
     future-version or mismatching files.
     """
     path = os.fspath(path)
-    meta, arrays = _read_checkpoint(path)
-    rng_state, scaler = _check_compatible(path, meta, arrays, model)
-    backend = model.backend
-    xp = backend.xp
-    xp.copyto(model._params, backend.asarray(arrays["params"], model.dtype))
-    for name in model.optimizer.state_names:
-        xp.copyto(model.optimizer.state[name], backend.asarray(arrays[_STATE_PREFIX + name], model.dtype))
-    model.optimizer.iterations = meta["iterations"]
-    model.shuffle_rng.bit_generator.state = rng_state
-    model.set_scaler(scaler)
-    backend.synchronize()
-    extra_arrays = {name: arrays[_ARRAY_PREFIX + name] for name in meta["array_names"]}
-    return {"epoch": meta["epoch"], "extra": meta["extra"], "arrays": extra_arrays}
+    meta, state = read_checkpoint(path)
+    scaler = _check_compatible(path, meta, state, model)
+    model.load_state_dict(state["model"], scaler=scaler)
+    model.optimizer.load_state_dict(state["optimizer"])
+    model.backend.synchronize()
+    return {"epoch": meta["epoch"], "callbacks": state["callbacks"], "metrics": meta.get("metrics") or []}
 
 
 def latest_checkpoint(directory, model=None):
@@ -324,23 +213,39 @@ def latest_checkpoint(directory, model=None):
     """
     for _, path in _list_checkpoints(os.fspath(directory)):
         try:
-            meta, arrays = _read_checkpoint(path)
+            meta, state = read_checkpoint(path)
             if model is not None:
-                _check_compatible(path, meta, arrays, model)
+                _check_compatible(path, meta, state, model)
         except ModelFileError:
             continue
         return path
     return None
 
 
-def load_checkpoint_model(path, backend="auto"):
-    """A new compiled model built from the checkpoint's configuration, with its state restored.
+def resume_from_latest(directory, model):
+    """Restore the newest checkpoint in ``directory`` that fits ``model``; None when the directory holds none.
 
-    Like :func:`gpubp.load`, for a checkpoint: the number of completed epochs and the
-    ``extra`` data are available from :func:`restore_checkpoint` or ``model.checkpoint_info``.
+    A directory that holds readable checkpoints of which none fits the model is
+    refused (ModelFileError naming what differs), so a resume never silently
+    starts over and overwrites another run's checkpoints.
     """
-    path = os.fspath(path)
-    meta, _ = _read_checkpoint(path)
-    model = model_from_config(meta["config"], backend, path, metrics=meta.get("metrics"))
-    model.checkpoint_info = restore_checkpoint(path, model)
-    return model
+    path = latest_checkpoint(directory, model=model)
+    if path is not None:
+        return restore_checkpoint(path, model)
+    newest = latest_checkpoint(directory)
+    if newest is not None:
+        restore_checkpoint(newest, model)  # raises, naming the mismatch
+    return None
+
+
+class TrainingCheckpoint(Callback):
+    """Writes a checkpoint of the model, its optimizer and ``callbacks`` every ``every`` epochs (``fit``'s
+    ``checkpoint_dir``); runs after the other callbacks so their end-of-epoch state is saved."""
+
+    def __init__(self, directory, every, keep, callbacks):
+        self.directory, self.every, self.keep, self.callbacks = directory, every, keep, callbacks
+
+    def on_epoch_end(self, epoch, logs):
+        if (epoch + 1) % self.every == 0:
+            save_checkpoint(self.directory, self.model, epoch + 1, callbacks=self.callbacks.state_dict(),
+                            keep=self.keep)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .errors import GpubpError, InvalidInputError
 
 PREDICT_EXAMPLES = """examples:
@@ -248,7 +248,7 @@ def _read_features(path):
 
 
 def cmd_predict(args):
-    from .io import load_model
+    from .loading import load_model
 
     model = load_model(args.model, backend=args.backend)
     X = _read_features(args.input)
@@ -286,7 +286,7 @@ def confusion_matrix(y_true, y_pred, n_classes):
 
 def cmd_evaluate(args):
     from .data import load_dataset
-    from .io import load_model
+    from .loading import load_model
 
     model = load_model(args.model, backend=args.backend)
     if model.loss is None:

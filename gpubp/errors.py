@@ -30,15 +30,17 @@ class ModelFileError(GpubpError, ValueError):
 
 
 class TrainingDiverged(GpubpError, FloatingPointError):
-    """The loss or a gradient became NaN or Inf during training.
+    """The loss, the gradient or the update of a training step was NaN or Inf.
 
-    ``epoch`` and ``step`` (0-based epoch, 1-based step within it) say where;
-    the model keeps the weights from before that step.
+    ``epoch`` and ``step`` (0-based epoch, 1-based step within it; None outside
+    ``fit``) say which step first went bad, ``iteration`` its optimizer step
+    count and ``reason`` what was not finite. The parameters and the optimizer
+    state are those from before that step.
     """
 
-    def __init__(self, message, epoch=None, step=None):
+    def __init__(self, message, epoch=None, step=None, iteration=None, reason=None):
         super().__init__(message)
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step, self.iteration, self.reason = epoch, step, iteration, reason
 
 
 class InsufficientMemory(GpubpError, MemoryError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layers import Dense
+from .model import Sequential
 
 
 #: Gradient magnitude below which errors are measured in absolute terms.
@@ -44,8 +45,6 @@ class GradcheckResult:
 
 
 def _float64_clone(model):
-    from .model import Sequential
-
     clone = Sequential([Dense(**layer.get_config()) for layer in model.layers],
                        input_dim=model.input_dim, backend="cpu", dtype="float64", seed=0)
     clone.set_weights(model.get_weights())
@@ -71,23 +70,22 @@ def gradcheck(model, X, y, eps=1e-6, tolerance=1e-6, max_entries=None, seed=0):
     -------
     GradcheckResult (truthy when every parameter passes)
     """
-    model._require_compiled()
+    if model.loss is None:
+        model.prepare(X, y)  # raises NotCompiledError
     clone = _float64_clone(model)
-    X, y = clone._prepare(X, y)
-    plan = clone._plan(X.shape[0], y)
-    np.copyto(plan.x, X)
-    np.copyto(plan.y, y)
-    clone._loss_and_gradients(plan)
-    analytic = clone._grads.copy()
+    X, y, _ = clone.prepare(X, y)
+    plan = clone.batch_plan(X.shape[0], y)
+    plan.load(X, y)
+    grads, _ = clone.compute_gradients(plan)
+    analytic = grads.copy()
 
     def loss_at():
-        logits = clone._forward(plan.x, plan.outputs)
-        return clone.loss.forward_backward(clone.backend.kernels, logits, plan.y, plan.loss_grad)
+        return float(clone.test_step(plan)[0])
 
     rng = np.random.default_rng(seed)
     result = GradcheckResult(tolerance=tolerance)
-    flat = clone._params
-    for i, (start, stop) in enumerate(clone._param_ranges):
+    flat = clone.params
+    for i, (start, stop) in enumerate(clone.param_ranges):
         indices = np.arange(start, stop)
         if max_entries is not None and indices.size > max_entries:
             indices = rng.choice(indices, size=max_entries, replace=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
@@ -10,7 +9,6 @@ import numpy as np
 from .activations import DEFAULT_INIT, resolve_activation
 from .errors import InvalidInputError
 from .initializers import get_initializer
-from .optim import NonFiniteGradient
 
 
 class Dense:
@@ -64,29 +62,20 @@ class Dense:
         kernels.bias_activation_(out, self.b, self.activation)
         return out
 
-    def backward(self, kernels, delta, x, dx=None, sgd=None):
-        """Write ``dx = delta W^T``, then ``dW = x^T delta`` and ``db = sum_b delta``.
+    def backward(self, kernels, delta, x, dx=None):
+        """Write ``dx = delta W^T``, ``dW = x^T delta`` and ``db = sum_b delta``.
 
         ``delta`` (B, units) is dL/dz of this layer (the activation derivative
         already applied). ``dx`` (B, fan_in) receives dL/dx, the previous
-        layer's dL/dy; it is skipped for the first layer. With ``sgd=(alpha,
-        beta)`` the weight gradient goes straight into the weights instead,
-        ``W = beta W + alpha x^T delta`` (plain SGD fused into the GEMM), which
-        is why dx is taken first, while W still holds its old value.
+        layer's dL/dy; it is skipped for the first layer. The gradients go into
+        the views bound by :meth:`bind`; the layer never updates its weights.
         """
         if dx is not None:
             kernels.input_gradient_(delta, self.W, dx)
         kernels.bias_gradient_(delta, self.db)
-        if sgd is None:
-            kernels.weight_gradient_(x, delta, self.dW)
-        else:
-            # the weights change in place next: a NaN/Inf delta (which reaches its column sums)
-            # must stop the step first, so the weights stay finite
-            if not math.isfinite(float(self.db.sum())):
-                raise NonFiniteGradient(f"the gradient of a {self} layer is not finite")
-            kernels.weight_gradient_(x, delta, self.W, *sgd)
-        return dx
+        kernels.weight_gradient_(x, delta, self.dW)
 
     def activation_backward_(self, kernels, dy, y):
         """dL/dz = dL/dy * f'(z), written with this layer's output ``y`` and over it; returns it."""
-        return kernels.activation_backward_(dy, y, self.activation, out=y)
+        kernels.activation_backward_(dy, y, self.activation)
+        return y

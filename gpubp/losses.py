@@ -3,7 +3,8 @@
 A loss object turns user targets into the device-side form its kernel wants
 (:meth:`prepare_targets`), computes the batch loss and writes dL/d(output)
 into a preallocated buffer in one call (:meth:`forward_backward`), and maps
-raw outputs to predictions (:meth:`output_activation_`).
+raw outputs to predictions (:meth:`output_activation_`). Losses keep no state
+between calls: whatever depends on the targets is decided from the targets.
 """
 
 from __future__ import annotations
@@ -68,8 +69,12 @@ class Loss:
         """Host targets -> NumPy array in the layout the kernel expects."""
         raise NotImplementedError
 
-    def forward_backward(self, kernels, outputs, targets, grad):
-        """Return the batch loss; write dL/d(outputs) into ``grad`` (same shape)."""
+    def reports_accuracy(self, y, n_outputs):
+        """Whether accuracy means something for the user's targets ``y`` (host array)."""
+        return self.is_classification
+
+    def forward_backward(self, kernels, outputs, targets, grad, loss):
+        """Write the batch loss into ``loss`` ((1,) float64, on the device) and dL/d(outputs) into ``grad``."""
         raise NotImplementedError
 
     def output_activation_(self, kernels, outputs):
@@ -81,6 +86,12 @@ class Loss:
         raise NotImplementedError
 
 
+def _labels_given(y, n_outputs):
+    """True when ``y`` holds integer class labels for a model with several outputs."""
+    y = np.asarray(y)
+    return y.ndim == 1 and n_outputs > 1 and y.dtype.kind in "iub"
+
+
 class MeanSquaredError(Loss):
     """``L = 1/(2B) * sum_b sum_k (o_bk - t_bk)^2``, so ``dL/do = (o - t) / B``.
 
@@ -90,26 +101,22 @@ class MeanSquaredError(Loss):
 
     name = "mse"
 
-    def __init__(self):
-        #: True once targets arrived as class labels (then accuracy is reported)
-        self.targets_are_labels = False
+    def reports_accuracy(self, y, n_outputs):
+        return _labels_given(y, n_outputs)
 
     def prepare_targets(self, y, n_outputs, dtype):
         y = np.asarray(y)
-        if y.ndim == 1 and n_outputs > 1 and y.dtype.kind in "iub":
-            self.targets_are_labels = True
+        if _labels_given(y, n_outputs):
             labels = _labels_from_targets(y, n_outputs, self.name)
             onehot = np.zeros((labels.size, n_outputs), dtype=dtype)
             onehot[np.arange(labels.size), labels] = 1
             return onehot
         return _as_2d_targets(y, n_outputs, self.name).astype(dtype, copy=False)
 
-    def forward_backward(self, kernels, outputs, targets, grad):
-        return kernels.mse(outputs, targets, grad)
+    def forward_backward(self, kernels, outputs, targets, grad, loss):
+        kernels.mse(outputs, targets, grad, loss)
 
     def correct(self, xp, outputs, targets):
-        if not self.targets_are_labels:
-            return None
         return xp.count_nonzero(xp.argmax(outputs, axis=1) == xp.argmax(targets, axis=1))
 
 
@@ -130,11 +137,12 @@ class BinaryCrossEntropy(Loss):
             raise InvalidInputError("targets of the binary_cross_entropy loss must lie in [0, 1]")
         return y
 
-    def forward_backward(self, kernels, outputs, targets, grad):
-        return kernels.binary_cross_entropy(outputs, targets, grad)
+    def forward_backward(self, kernels, outputs, targets, grad, loss):
+        kernels.binary_cross_entropy(outputs, targets, grad, loss)
 
     def output_activation_(self, kernels, outputs):
-        return kernels.sigmoid_(outputs)
+        kernels.sigmoid_(outputs)
+        return outputs
 
     def correct(self, xp, outputs, targets):
         # outputs are logits: sigmoid(z) > 0.5 <=> z > 0
@@ -154,11 +162,12 @@ class SoftmaxCrossEntropy(Loss):
     def prepare_targets(self, y, n_outputs, dtype):
         return _labels_from_targets(y, n_outputs, self.name)
 
-    def forward_backward(self, kernels, outputs, targets, grad):
-        return kernels.softmax_cross_entropy(outputs, targets, grad)
+    def forward_backward(self, kernels, outputs, targets, grad, loss):
+        kernels.softmax_cross_entropy(outputs, targets, grad, loss)
 
     def output_activation_(self, kernels, outputs):
-        return kernels.softmax_(outputs)
+        kernels.softmax_(outputs)
+        return outputs
 
     def correct(self, xp, outputs, targets):
         return xp.count_nonzero(xp.argmax(outputs, axis=1) == targets)

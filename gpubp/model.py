@@ -1,24 +1,30 @@
-"""The :class:`Sequential` model: a stack of Dense layers over flat parameter buffers."""
+"""The :class:`Sequential` model: a stack of Dense layers over flat parameter buffers, and its training step."""
 
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
 from .backend import get_backend, resolve_dtype
 from .buffers import BatchPlan
+from .divergence import DivergenceStatus
 from .errors import InvalidInputError, InvalidTypeError, NotCompiledError, TrainingDiverged
+from .io import save_model
+from .kernels.contract import STATUS_LOSS
 from .layers import Dense
 from .losses import get_loss
 from .optim import get_optimizer
+from .train import fit
 from .validation import (as_feature_matrix, as_host_array, as_target_array, check_finite_for_dtype,
                          check_positive_int)
 
-class NonFiniteLoss(ArithmeticError):
-    """Raised inside a training step when the batch loss is NaN/Inf (fit turns it into TrainingDiverged)."""
-
-
 #: Rows per chunk in predict/evaluate when no batch size is given.
 INFERENCE_BATCH = 4096
+#: Training plans kept per model (fit uses at most two batch sizes), and inference plans per thread.
+MAX_TRAINING_PLANS = 8
+MAX_INFERENCE_PLANS = 4
 
 
 class Sequential:
@@ -59,7 +65,9 @@ class Sequential:
         self.metrics = []
         self.scaler = None
         self.stop_training = False
-        self._plans = {}
+        self.status = DivergenceStatus(self.backend)
+        self._plans = OrderedDict()
+        self._per_thread = threading.local()
         if input_dim is not None:
             self.build(input_dim)
 
@@ -88,6 +96,8 @@ class Sequential:
         self._params = self.backend.zeros(int(offsets[-1]), self.dtype)
         self._grads = self.backend.zeros(int(offsets[-1]), self.dtype)
         self.n_weights = int(offsets[len(self.layers)])
+        #: the flat parameter buffer ``[W_1, ..., W_L, b_1, ..., b_L]`` on the device
+        self.params = self._params
 
         def views(flat):
             return [flat[offsets[i]:offsets[i + 1]].reshape(s) for i, s in enumerate(shapes)]
@@ -98,23 +108,13 @@ class Sequential:
             layer.bind(p[i], p[L + i], g[i], g[L + i])
         self._param_views = [v for i in range(L) for v in (p[i], p[L + i])]
         #: (start, stop) of each of W_1, b_1, ..., W_L, b_L in the flat buffers
-        self._param_ranges = [(int(offsets[j]), int(offsets[j + 1])) for i in range(L) for j in (i, L + i)]
+        self.param_ranges = [(int(offsets[j]), int(offsets[j + 1])) for i in range(L) for j in (i, L + i)]
         for view, (W, b) in zip(self._param_views[0::2], initial):
             xp.copyto(view, self.backend.asarray(W, self.dtype))
-        self._plans = {}
+        self._clear_plans()
         if self.optimizer is not None:
             self._bind_optimizer()
         return self
-
-    def _require_built(self, X):
-        if not self.built:
-            X = as_host_array(X, "X") if not hasattr(X, "shape") else X
-            if len(getattr(X, "shape", ())) != 2:
-                raise InvalidInputError(
-                    f"X must be 2-D (n_samples, n_features), got shape {getattr(X, 'shape', None)}")
-            if X.shape[1] == 0:
-                raise InvalidInputError("X has 0 features")
-            self.build(X.shape[1])
 
     def count_params(self):
         """Total number of trainable scalars."""
@@ -153,7 +153,7 @@ class Sequential:
             )
         self.loss = loss
         self.optimizer = get_optimizer(optimizer)
-        self._plans = {}
+        self._clear_plans()
         if self.built:
             self._bind_optimizer()
         return self
@@ -165,28 +165,49 @@ class Sequential:
         if self.loss is None:
             raise NotCompiledError("call model.compile(loss=..., optimizer=...) before training")
 
-    # ---------------------------------------------------------- the training step
-    def _plan(self, batch_size, targets=None, purpose="train"):
-        """The cached :class:`BatchPlan` for ``batch_size`` rows.
+    # ------------------------------------------------------------- batch plans
+    def _clear_plans(self):
+        self._plans = OrderedDict()
+        self._per_thread = threading.local()
 
-        With ``targets`` (the prepared target array, for its row shape and
-        dtype) the plan also holds the target and gradient buffers that
-        training and evaluation need. ``purpose`` is "train" (kept for the
-        whole fit) or "eval"/"predict" (odd chunk sizes; the cache drops them
-        first when it grows).
+    def batch_plan(self, batch_size, targets=None):
+        """The cached :class:`~gpubp.buffers.BatchPlan` for training on ``batch_size`` rows.
+
+        ``targets`` is the prepared target array (for its row shape and dtype).
+        The newest :data:`MAX_TRAINING_PLANS` plans are kept. Training plans are
+        shared: train one model from one thread at a time.
         """
-        key = (batch_size, purpose, None if targets is None else (targets.shape[1:], targets.dtype.str))
+        key = (int(batch_size), targets.shape[1:], targets.dtype.str)
         plan = self._plans.get(key)
         if plan is None:
-            if len(self._plans) >= 16:
-                self._plans = {k: v for k, v in self._plans.items() if k[1] == "train"}
-            widths = [layer.units for layer in self.layers]
-            plan = BatchPlan(self.backend, batch_size, self.input_dim, widths, self.dtype,
-                             None if targets is None else targets.shape[1:],
-                             None if targets is None else targets.dtype)
+            plan = self._new_plan(batch_size, targets)
             self._plans[key] = plan
+            while len(self._plans) > MAX_TRAINING_PLANS:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
         return plan
 
+    def _inference_plan(self, batch_size, targets=None):
+        """A plan for predict/evaluate, cached per thread (so concurrent callers never share buffers)."""
+        plans = getattr(self._per_thread, "plans", None)
+        if plans is None:
+            plans = self._per_thread.plans = OrderedDict()
+        key = (int(batch_size), None if targets is None else (targets.shape[1:], targets.dtype.str))
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = self._new_plan(batch_size, targets)
+            while len(plans) > MAX_INFERENCE_PLANS:
+                plans.popitem(last=False)
+        return plan
+
+    def _new_plan(self, batch_size, targets):
+        widths = [layer.units for layer in self.layers]
+        return BatchPlan(self.backend, batch_size, self.input_dim, widths, self.dtype,
+                         None if targets is None else targets.shape[1:],
+                         None if targets is None else targets.dtype)
+
+    # ------------------------------------------------------ the training step
     def _forward(self, x, outputs):
         """Run every layer on ``x``; returns the last layer's output (raw logits)."""
         xp, kernels = self.backend.xp, self.backend.kernels
@@ -194,59 +215,83 @@ class Sequential:
             x = layer.forward(xp, kernels, x, out)
         return x
 
-    def _backward(self, plan, x, sgd=None):
-        """Backpropagate ``plan.loss_grad`` = dL/d(logits), filling the flat gradient buffer.
+    def _backward(self, plan):
+        """Backpropagate ``plan.loss_grad`` = dL/d(logits) into the flat gradient buffer.
 
         ``delta_l = (delta_{l+1} W_{l+1}^T) * f'(z_l)``: the GEMM writes dL/dy_l
         into scratch, and the activation kernel writes delta_l over y_l once
-        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``. With ``sgd=(alpha,
-        beta)`` each weight matrix is updated in its gradient GEMM (see
-        :meth:`Dense.backward`) and only the bias gradients are stored.
+        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``.
         """
-        kernels = self.backend.kernels
-        layers, outputs = self.layers, plan.outputs
+        kernels, layers, outputs = self.backend.kernels, self.layers, plan.outputs
         delta = plan.loss_grad
         if layers[-1].activation != "linear":  # only with MSE: cross-entropy losses take logits
             delta = layers[-1].activation_backward_(kernels, delta, outputs[-1])
         for l in range(len(layers) - 1, 0, -1):
-            dy = plan.scratch[l - 1]
-            layers[l].backward(kernels, delta, outputs[l - 1], dy, sgd)
-            delta = layers[l - 1].activation_backward_(kernels, dy, outputs[l - 1])
-        layers[0].backward(kernels, delta, x, None, sgd)
+            layers[l].backward(kernels, delta, outputs[l - 1], plan.scratch[l - 1])
+            delta = layers[l - 1].activation_backward_(kernels, plan.scratch[l - 1], outputs[l - 1])
+        layers[0].backward(kernels, delta, plan.x, None)
 
-    def _forward_loss(self, plan):
-        """Forward and loss on the plan's batch; writes dL/d(logits) into ``plan.loss_grad``."""
+    def gradient_hooks(self):
+        """``[(name, hook)]`` run on the flat gradient between the backward pass and the update, in order.
+
+        The optimizer's clip_value and clip_norm; the finiteness check is part
+        of the guarded update that follows (see ``gpubp.kernels.contract``).
+        """
+        return self.optimizer.gradient_hooks()
+
+    def train_step(self, plan, loss_out=None):
+        """One optimizer step on the batch already in ``plan`` (see :meth:`batch_plan`).
+
+        gather (done) -> forward -> loss -> backward -> gradient hooks -> guarded update.
+        Nothing is read back to the host: the loss lands in ``loss_out`` (a (1,)
+        float64 device array, default ``plan.loss``), which is returned, and a
+        NaN/Inf loss, gradient or update is recorded in :attr:`status`, after
+        which no update is applied until :meth:`read_divergence` reports it.
+        """
+        kernels, status, step = self.backend.kernels, self.status.array, self.optimizer.iterations
+        loss = plan.loss if loss_out is None else loss_out
+        self.loss.forward_backward(kernels, self._forward(plan.x, plan.outputs), plan.y, plan.loss_grad, loss)
+        kernels.check_finite_(loss, status, STATUS_LOSS, step)
+        self._backward(plan)
+        for _, hook in self.gradient_hooks():
+            hook(kernels, self._grads)
+        self.optimizer.update(kernels, status)
+        return loss
+
+    def test_step(self, plan, loss_out=None):
+        """Forward and loss on the batch in ``plan``, no update; returns the (1,) device loss array.
+
+        The logits stay in ``plan.outputs[-1]``.
+        """
+        loss = plan.loss if loss_out is None else loss_out
         logits = self._forward(plan.x, plan.outputs)
-        return self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.loss_grad)
-
-    def _loss_and_gradients(self, plan):
-        """Forward, loss and backward on the plan's batch; returns the loss (host float or device scalar).
-
-        The backward pass overwrites ``plan.outputs`` with the deltas.
-        """
-        loss = self._forward_loss(plan)
-        self._backward(plan, plan.x)
+        self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.loss_grad, loss)
         return loss
 
-    def _train_step(self, plan):
-        """One SGD step on the batch already gathered into ``plan``.
+    def compute_gradients(self, plan):
+        """Forward, loss and backward on ``plan`` without an update; returns the flat gradient and the loss."""
+        loss = self.test_step(plan)
+        self._backward(plan)
+        return self._grads, loss
 
-        Plain SGD updates each weight matrix inside its gradient GEMM; every
-        other optimizer reads the full gradient buffer after the backward pass.
-        The loss is checked before anything is updated, and (unless the update
-        is fused into the GEMMs) the gradient norm too; a NaN/Inf raises ArithmeticError
-        (:class:`NonFiniteLoss` / ``NonFiniteGradient``) with the parameters untouched.
+    def read_divergence(self):
+        """Read :attr:`status` (one host read); None while every step was finite.
+
+        Otherwise returns the :class:`~gpubp.divergence.Divergence` and resets
+        the optimizer's step count to that step, clearing the status: the
+        parameters and optimizer state are those from before it.
         """
-        loss = self._forward_loss(plan)
-        if not self.backend.is_finite(loss):
-            raise NonFiniteLoss(f"the loss is {float(loss)}")
-        fused = self.optimizer.gemm_update()
-        self._backward(plan, plan.x, fused)
-        if fused is None:
-            self.optimizer.check_and_clip_gradients(self.backend.xp)
-        self.optimizer.step(self.backend.kernels, biases_only=fused is not None)
-        return loss
+        divergence = self.status.read()
+        if divergence is not None:
+            self.optimizer.iterations = divergence.iteration
+            self.status.clear()
+        return divergence
 
+    def divergence_advice(self):
+        return (f"Try a smaller learning rate (now {self.optimizer.lr:g}) or gradient clipping "
+                f"(clip_norm=...)")
+
+    # ---------------------------------------------------------------- data
     def set_scaler(self, scaler):
         """Standardise every input of fit/predict/evaluate with ``scaler`` (a fitted
         ``gpubp.data.StandardScaler``, or None); it is saved with the model."""
@@ -266,40 +311,60 @@ class Sequential:
             X = (X - self._scaler_shift) / self._scaler_scale
         return X
 
-    def _prepare(self, X, y, name_x="X", name_y="y"):
-        """Validate (X, y) and move them to the device once."""
-        self._require_built(X)
+    def build_for(self, X):
+        """Build the model from the width of ``X`` when it has no weights yet."""
+        if not self.built:
+            X = as_host_array(X, "X") if not hasattr(X, "shape") else X
+            if len(getattr(X, "shape", ())) != 2:
+                raise InvalidInputError(
+                    f"X must be 2-D (n_samples, n_features), got shape {getattr(X, 'shape', None)}")
+            if X.shape[1] == 0:
+                raise InvalidInputError("X has 0 features")
+            self.build(X.shape[1])
+        return self
+
+    def prepare(self, X, y, name_x="X", name_y="y"):
+        """Validate (X, y), move them to the device once and apply the scaler.
+
+        Returns ``(X, y, with_accuracy)``: device arrays in the layout of the
+        loss kernel, and whether accuracy means something for these targets.
+        """
+        self._require_compiled()
+        self.build_for(X)
         X = self._features(X, name_x)
-        y = as_target_array(self.backend, self.loss, y, X.shape[0], self.n_outputs, self.dtype, name_y)
-        return X, y
+        y_device = as_target_array(self.backend, self.loss, y, X.shape[0], self.n_outputs, self.dtype, name_y)
+        return X, y_device, self.loss.reports_accuracy(y, self.n_outputs)
 
     def train_on_batch(self, x, y):
-        """One optimizer step on (x, y); returns the batch loss computed before the update."""
-        self._require_compiled()
-        x, y = self._prepare(x, y)
-        plan = self._plan(x.shape[0], y)
-        self.backend.xp.copyto(plan.x, x)
-        self.backend.xp.copyto(plan.y, y)
-        try:
-            return float(self._train_step(plan))
-        except ArithmeticError as exc:
-            raise TrainingDiverged(f"training diverged: {exc}; the weights are those from before this batch. "
-                                   f"Try a smaller learning rate (now {self.optimizer.lr:g}) or gradient "
-                                   f"clipping (clip_norm=...)") from None
+        """One optimizer step on (x, y); returns the batch loss (before the update) as a host float.
+
+        Raises :class:`gpubp.TrainingDiverged` when the loss, the gradient or
+        the update is not finite; the weights are then those from before the batch.
+        """
+        x, y, _ = self.prepare(x, y)
+        plan = self.batch_plan(x.shape[0], y)
+        plan.load(x, y)
+        loss = float(self.backend.to_host(self.train_step(plan))[0])
+        divergence = self.read_divergence()
+        if divergence is not None:
+            raise TrainingDiverged(
+                f"training diverged: {divergence.reason}; the weights and optimizer state are those from "
+                f"before this batch. {self.divergence_advice()}",
+                iteration=divergence.iteration, reason=divergence.reason)
+        return loss
 
     def fit(self, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
             shuffle=True, callbacks=None, verbose=1, on_divergence="raise", checkpoint_dir=None,
-            checkpoint_every=1, checkpoint_keep=3, resume=False):
+            checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None):
         """Train with mini-batch gradient descent; returns a :class:`gpubp.History`.
 
         See :func:`gpubp.train.fit` for the parameters.
         """
-        from .train import fit
-
         return fit(self, X, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
                    validation_split=validation_split, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
                    on_divergence=on_divergence, checkpoint_dir=checkpoint_dir,
-                   checkpoint_every=checkpoint_every, checkpoint_keep=checkpoint_keep, resume=resume)
+                   checkpoint_every=checkpoint_every, checkpoint_keep=checkpoint_keep, resume=resume,
+                   check_every=check_every)
 
     # ------------------------------------------------------------- inference
     def _chunks(self, n, batch_size):
@@ -311,14 +376,14 @@ class Sequential:
         """Predictions for X as a NumPy array on the host, shape (n_samples, n_outputs).
 
         Probabilities for the cross-entropy losses (softmax rows, or sigmoids),
-        raw outputs otherwise.
+        raw outputs otherwise. Safe to call from several threads at once.
         """
         if not self.built:
             raise NotCompiledError("the model has no weights yet: build it (input_dim=...) or fit it first")
         X = self._features(X)
         result = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         for start, stop in self._chunks(X.shape[0], batch_size):
-            plan = self._plan(stop - start, purpose="predict")
+            plan = self._inference_plan(stop - start)
             out = self._forward(X[start:stop], plan.outputs)
             if self.loss is not None:
                 self.loss.output_activation_(self.backend.kernels, out)
@@ -326,24 +391,66 @@ class Sequential:
         return result
 
     def evaluate(self, X, y, batch_size=None):
-        """Mean loss and accuracy (None for regression) on (X, y) as host floats."""
-        self._require_compiled()
-        X, y = self._prepare(X, y)
-        return self._evaluate_on_device(X, y, batch_size)
+        """Mean loss and accuracy (None for regression) on (X, y) as host floats. Thread-safe."""
+        X, y, with_accuracy = self.prepare(X, y)
+        return self.evaluate_prepared(X, y, with_accuracy, batch_size)
 
-    def _evaluate_on_device(self, X, y, batch_size=None):
+    def evaluate_prepared(self, X, y, with_accuracy, batch_size=None):
+        """:meth:`evaluate` on arrays from :meth:`prepare`: one host read at the end."""
+        xp = self.backend.xp
+        chunks = list(self._chunks(X.shape[0], batch_size))
+        losses = xp.empty(len(chunks), dtype=np.float64)
+        hits = xp.zeros(len(chunks), dtype=np.int64)
+        for i, (start, stop) in enumerate(chunks):
+            plan = self._inference_plan(stop - start, y)
+            plan.load(X[start:stop], y[start:stop])
+            self.test_step(plan, loss_out=losses[i:i + 1])
+            if with_accuracy:
+                hits[i] = self.loss.correct(xp, plan.outputs[-1], plan.y)
+        sizes = np.array([stop - start for start, stop in chunks], dtype=np.float64)
         n = X.shape[0]
-        total_loss = 0.0
-        correct = 0
-        for start, stop in self._chunks(n, batch_size):
-            plan = self._plan(stop - start, y, purpose="eval")
-            logits = self._forward(X[start:stop], plan.outputs)
-            targets = y[start:stop]
-            total_loss += float(self.loss.forward_backward(self.backend.kernels, logits, targets, plan.loss_grad)) * (stop - start)
-            hits = self.loss.correct(self.backend.xp, logits, targets)
-            correct = None if hits is None else correct + int(hits)
+        loss = float(self.backend.to_host(losses) @ sizes) / n
+        if not with_accuracy:
+            return {"loss": loss, "accuracy": None}
         denominator = n * (self.n_outputs if self.loss.accuracy_per_element else 1)
-        return {"loss": total_loss / n, "accuracy": None if correct is None else correct / denominator}
+        return {"loss": loss, "accuracy": int(self.backend.to_host(hits).sum()) / denominator}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self):
+        """The model's training state as host values: ``{"params", "shuffle_rng", "scaler"}``.
+
+        ``params`` is a copy of the flat parameter buffer; the architecture is
+        :meth:`get_config`. A model file holds this; a checkpoint adds the
+        optimizer's and the callbacks' state.
+        """
+        return {"params": self.backend.to_host(self._params).copy(),
+                "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                "scaler": None if self.scaler is None else self.scaler.to_dict()}
+
+    def load_state_dict(self, state, scaler=None):
+        """Restore :meth:`state_dict` output into this built model; ``scaler`` is the rebuilt scaler object.
+
+        ``shuffle_rng`` may be absent (a model file keeps none). Everything is
+        checked before anything changes.
+        """
+        params = np.asarray(state["params"])
+        if params.shape != tuple(self._params.shape):
+            raise InvalidInputError(f"the state holds {params.shape} parameters, the model has "
+                                    f"{tuple(self._params.shape)}")
+        check_finite_for_dtype(params.reshape(1, -1), self.dtype, "the saved parameters")
+        rng_state = state.get("shuffle_rng")
+        if rng_state is not None:
+            try:
+                type(self.shuffle_rng.bit_generator)().state = rng_state
+            except (TypeError, ValueError, KeyError) as exc:
+                raise InvalidInputError(f"the state holds an invalid shuffle generator state ({exc})") from None
+        if scaler is not None and len(scaler.mean_) != self.input_dim:
+            raise InvalidInputError(f"the state holds a scaler for {len(scaler.mean_)} features, "
+                                    f"the model expects {self.input_dim}")
+        self.backend.copy_into(self._params, params)
+        if rng_state is not None:
+            self.shuffle_rng.bit_generator.state = rng_state
+        self.set_scaler(scaler)
 
     # --------------------------------------------------------------- weights
     def get_weights(self):
@@ -393,6 +500,4 @@ class Sequential:
 
     def save(self, path):
         """Write the architecture, weights and compile settings to an ``.npz`` file (no pickle)."""
-        from .io import save_model
-
         return save_model(self, path)

@@ -1,10 +1,12 @@
-"""Optimizers: each step is one fused kernel pass over the flat parameter buffer.
+"""Optimizers: each owns the update of the flat parameter buffer, one guarded kernel call per step.
 
 The model keeps every weight and bias in one flat array (weights first, then
 biases) and every gradient in a twin array. An optimizer allocates its state
 (momenta, moments) as flat twins too, so an update is a single in-place kernel
-call over all parameters; with ``weight_decay`` it is two calls, because L2
-decay applies to the weights only, not to the biases (as in scikit-learn).
+call over all parameters (weight decay applies to the first ``n_weights``
+entries, the weights, inside the same call). The optimizer also names the
+gradient hooks that run between "gradients are complete" and the update
+(clip_value, then clip_norm); layers never know which optimizer runs.
 """
 
 from __future__ import annotations
@@ -12,12 +14,10 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from .errors import InvalidInputError
 from .schedules import as_schedule, check_positive, schedule_from_config
-
-
-class NonFiniteGradient(ArithmeticError):
-    """Raised inside a training step when the gradient holds NaN/Inf (fit turns it into TrainingDiverged)."""
 
 
 def _check_fraction(name, value, *, allow_zero=True):
@@ -34,25 +34,33 @@ def _check_nonnegative(name, value):
     return float(value)
 
 
+def _check_eps(value):
+    """eps must be > 0: with eps = 0, an exactly-zero gradient (a dead ReLU, a constant feature) gives 0/0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise InvalidInputError(
+            f"eps must be a finite number > 0, got {value!r}: it keeps m / (sqrt(v) + eps) finite where a "
+            f"gradient entry is exactly 0 (a dead ReLU unit, a constant feature), which would be 0/0 with eps = 0")
+    return float(value)
+
+
 class Optimizer:
-    """Base class.
+    """Base class: owns the update of the flat parameter buffer and the gradient hooks before it.
 
     Parameters
     ----------
     lr : float or gpubp.schedules.Schedule
         Learning rate, or a schedule ``step -> lr``.
     weight_decay : float
-        L2 penalty coefficient added to the weight gradients (``g + wd * W``).
+        L2 penalty coefficient added to the weight gradients (``g + wd * W``),
+        not to the biases (as in scikit-learn).
     clip_norm : float, optional
         Rescale the whole gradient so its global L2 norm is at most this.
     clip_value : float, optional
         Clip every gradient entry to [-clip_value, clip_value].
 
-    Before every update the gradient's global norm is computed (one BLAS dot
-    over the flat gradient, about 0.3 ms per 4M parameters on a 2-core CPU): a
-    NaN/Inf norm raises :class:`NonFiniteGradient` and leaves the parameters as
-    they were. (Plain SGD without clipping has no gradient buffer: its update
-    is fused into the GEMMs, so only the loss is checked there.)
+    Every update is guarded (see ``gpubp.kernels.contract``): when the
+    gradient or any new parameter or state value would be NaN/Inf, nothing is
+    written and the model's divergence status records the step.
     """
 
     #: Names of the flat state buffers, each shaped like the parameters.
@@ -63,10 +71,10 @@ class Optimizer:
         self.weight_decay = _check_nonnegative("weight_decay", weight_decay)
         self.clip_norm = None if clip_norm is None else check_positive("clip_norm", clip_norm)
         self.clip_value = None if clip_value is None else check_positive("clip_value", clip_value)
-        self._grads = None
         self.iterations = 0
         self.state = {}
-        self._segments = []
+        self._backend = self._params = self._grads = None
+        self._n_decayed = 0
 
     @property
     def lr(self):
@@ -75,48 +83,58 @@ class Optimizer:
 
     def bind(self, backend, params, grads, n_weights):
         """Allocate state for flat ``params``/``grads`` whose first ``n_weights`` entries are weights."""
+        self._check_dtype(params.dtype)
         self.state = {name: backend.zeros(params.shape, params.dtype) for name in self.state_names}
-        if self.weight_decay > 0 and n_weights < params.size:
-            cuts = [(slice(0, n_weights), self.weight_decay), (slice(n_weights, params.size), 0.0)]
-        else:
-            cuts = [(slice(0, params.size), self.weight_decay)]
-        self._grads = grads
+        self._backend, self._params, self._grads = backend, params, grads
+        self._n_decayed = n_weights if self.weight_decay > 0 else 0
 
-        def segment(s, wd):
-            return params[s], grads[s], tuple(self.state[name][s] for name in self.state_names), wd
+    def _check_dtype(self, dtype):
+        """Raise when a hyperparameter cannot be represented in the parameters' dtype."""
 
-        self._segments = [segment(s, wd) for s, wd in cuts]
-        self._bias_segments = [segment(slice(n_weights, params.size), 0.0)]
-
-    def gemm_update(self):
-        """``(alpha, beta)`` when this step can be fused into the weight-gradient GEMMs as
-        ``W = beta W + alpha x^T delta``, else None (the default: the update needs the gradient)."""
-        return None
-
-    def check_and_clip_gradients(self, xp):
-        """Raise NonFiniteGradient when the flat gradient holds NaN/Inf; apply clip_value / clip_norm in place."""
-        g = self._grads
+    def gradient_hooks(self):
+        """``[(name, hook)]`` run in this order on the flat gradient before the update; ``hook(kernels, g)``."""
+        hooks = []
         if self.clip_value is not None:
-            xp.clip(g, -self.clip_value, self.clip_value, out=g)
-        norm = math.sqrt(float(xp.dot(g, g)))
-        if not math.isfinite(norm):
-            raise NonFiniteGradient(f"the gradient norm is {norm}")
-        if self.clip_norm is not None and norm > self.clip_norm:
-            g *= g.dtype.type(self.clip_norm / norm)
+            hooks.append(("clip_value", lambda kernels, g: kernels.clip_by_value_(g, self.clip_value)))
+        if self.clip_norm is not None:
+            hooks.append(("clip_norm", lambda kernels, g: kernels.clip_by_norm_(g, self.clip_norm)))
+        return hooks
 
-    @property
-    def clips(self):
-        return self.clip_norm is not None or self.clip_value is not None
-
-    def step(self, kernels, biases_only=False):
-        """Apply one update with the current gradients (only to the biases after a fused GEMM update)."""
-        lr = self.schedule(self.iterations)
+    def update(self, kernels, status):
+        """Apply one guarded update with the current gradients (no host read); advance the step count."""
+        step = self.iterations
+        lr = self.schedule(step)
         self.iterations += 1
-        for p, g, state, wd in (self._bias_segments if biases_only else self._segments):
-            self._update(kernels, p, g, state, lr, wd)
+        self._update(kernels, self._params, self._grads, [self.state[n] for n in self.state_names], lr,
+                     status, step)
 
-    def _update(self, kernels, p, g, state, lr, wd):
+    def _update(self, kernels, p, g, state, lr, status, step):
         raise NotImplementedError
+
+    def state_dict(self):
+        """``{"iterations": int, "state": {name: host array}}``; the schedule's position is ``iterations``."""
+        return {"iterations": int(self.iterations),
+                "state": {name: self._backend.to_host(self.state[name]).copy() for name in self.state_names}}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict` output (after :meth:`bind`); checks names, shapes and step count."""
+        iterations = state.get("iterations")
+        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
+            raise InvalidInputError(f"optimizer iterations must be an integer >= 0, got {iterations!r}")
+        arrays = dict(state.get("state", {}))
+        if sorted(arrays) != sorted(self.state_names):
+            raise InvalidInputError(f"optimizer state holds {sorted(arrays)}, {type(self).__name__} keeps "
+                                    f"{sorted(self.state_names)}")
+        for name in self.state_names:
+            target = self.state.get(name)
+            if target is None:
+                raise InvalidInputError("the optimizer has no state buffers yet: compile a built model first")
+            if tuple(arrays[name].shape) != tuple(target.shape):
+                raise InvalidInputError(f"optimizer state {name!r} has shape {tuple(arrays[name].shape)}, "
+                                        f"expected {tuple(target.shape)}")
+        for name in self.state_names:
+            self._backend.copy_into(self.state[name], arrays[name])
+        self.iterations = int(iterations)
 
     def get_config(self):
         config = {"name": type(self).__name__, "lr": self.schedule.get_config(), "weight_decay": self.weight_decay,
@@ -145,16 +163,9 @@ class SGD(Optimizer):
         if self.momentum == 0:
             self.state_names = ()  # plain SGD keeps no velocity
 
-    def gemm_update(self):
-        """Plain SGD folds into the weight-gradient GEMM: ``W = (1 - lr wd) W - lr x^T delta``
-        (not with clipping, which needs the whole gradient first)."""
-        if self.momentum or self.clips:
-            return None
-        lr = self.schedule(self.iterations)
-        return -lr, 1.0 - lr * self.weight_decay
-
-    def _update(self, kernels, p, g, state, lr, wd):
-        kernels.sgd_update_(p, g, state[0] if state else g, lr, self.momentum, self.nesterov, wd)
+    def _update(self, kernels, p, g, state, lr, status, step):
+        kernels.sgd_update_(p, g, state[0] if state else None, lr, self.momentum, self.nesterov,
+                            self.weight_decay, self._n_decayed, status, step)
 
     def _hyperparameters(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -174,14 +185,17 @@ class Adam(Optimizer):
         super().__init__(lr, weight_decay, clip_norm, clip_value)
         self.beta1 = _check_fraction("beta1", beta1)
         self.beta2 = _check_fraction("beta2", beta2)
-        self.eps = _check_nonnegative("eps", eps)
+        self.eps = _check_eps(eps)
 
-    def _update(self, kernels, p, g, state, lr, wd):
-        t = self.iterations
+    def _check_dtype(self, dtype):
+        _check_eps_fits(self.eps, dtype)
+
+    def _update(self, kernels, p, g, state, lr, status, step):
+        t = step + 1
         step_size = lr / (1.0 - self.beta1 ** t)
         bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** t)
-        kernels.adam_update_(p, g, state[0], state[1], step_size, bias_correction2_sqrt,
-                             self.beta1, self.beta2, self.eps, wd)
+        kernels.adam_update_(p, g, state[0], state[1], step_size, bias_correction2_sqrt, self.beta1, self.beta2,
+                             self.eps, self.weight_decay, self._n_decayed, status, step)
 
     def _hyperparameters(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
@@ -195,13 +209,24 @@ class RMSprop(Optimizer):
     def __init__(self, lr=1e-3, rho=0.9, eps=1e-8, weight_decay=0.0, clip_norm=None, clip_value=None):
         super().__init__(lr, weight_decay, clip_norm, clip_value)
         self.rho = _check_fraction("rho", rho)
-        self.eps = _check_nonnegative("eps", eps)
+        self.eps = _check_eps(eps)
 
-    def _update(self, kernels, p, g, state, lr, wd):
-        kernels.rmsprop_update_(p, g, state[0], lr, self.rho, self.eps, wd)
+    def _check_dtype(self, dtype):
+        _check_eps_fits(self.eps, dtype)
+
+    def _update(self, kernels, p, g, state, lr, status, step):
+        kernels.rmsprop_update_(p, g, state[0], lr, self.rho, self.eps, self.weight_decay, self._n_decayed,
+                                status, step)
 
     def _hyperparameters(self):
         return {"rho": self.rho, "eps": self.eps}
+
+
+def _check_eps_fits(eps, dtype):
+    tiny = float(np.finfo(dtype).tiny)
+    if eps < tiny:
+        raise InvalidInputError(f"eps={eps!r} is below the smallest normal {np.dtype(dtype).name} "
+                                f"({tiny:g}): it would round to 0 or a denormal in the update; use eps >= {tiny:g}")
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from .callbacks import Callback
+
 
 def _format_logs(logs):
     parts = []
@@ -61,3 +63,22 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class ProgressLogger(Callback):
+    """The progress display of ``fit`` as a callback (Keras' ``add_progbar``)."""
+
+    def __init__(self, verbose, epochs, steps_per_epoch, stream=None):
+        self.progress = EpochProgress(verbose, epochs, steps_per_epoch, stream)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.progress.start_epoch(epoch)
+
+    def on_batch_end(self, batch, logs=None):
+        self.progress.step(logs["size"])
+
+    def on_epoch_end(self, epoch, logs):
+        self.progress.end_epoch(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self.progress.close()

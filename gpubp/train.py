@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 import os
 import signal
@@ -12,10 +11,11 @@ import warnings
 
 import numpy as np
 
-from .callbacks import EarlyStopping, History
 from .buffers import plan_bytes
+from .callbacks import CallbackList, History
+from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
 from .errors import InsufficientMemory, InvalidInputError, TrainingDiverged
-from .progress import EpochProgress
+from .progress import ProgressLogger
 from .validation import check_positive_int
 
 
@@ -53,66 +53,58 @@ def _check_memory(model, batch_sizes, y):
         raise InsufficientMemory(
             f"this run needs {needed / mib:,.0f} MiB for the activations, gradients and batch buffers of "
             f"batch_size={max(batch_sizes)} (parameters, gradients and optimizer state already take "
-            f"{model._params.nbytes * (2 + len(model.optimizer.state_names)) / mib:,.0f} MiB), but only "
+            f"{model.params.nbytes * (2 + len(model.optimizer.state_names)) / mib:,.0f} MiB), but only "
             f"{available / mib:,.0f} MiB are available on {model.backend.device_name}; lower batch_size")
 
 
-def _checkpoint(model, directory, epochs_done, history, stoppers, keep):
-    from .checkpoint import save_checkpoint
-
-    extra = {"history": history.history, "history_epoch": history.epoch,
-             "early_stopping": [{"best": s.best, "best_epoch": s.best_epoch, "wait": s.wait} for s in stoppers]}
-    arrays = {f"best_params_{i}": model.backend.to_host(s._best_params)
-              for i, s in enumerate(stoppers) if s._best_params is not None}
-    save_checkpoint(directory, model, epochs_done, extra=extra, keep=keep, arrays=arrays or None)
-
-
-def _resume(model, directory, history, stoppers):
-    """Restore the newest complete checkpoint into ``model``; returns the number of epochs done (0 if none)."""
-    from .checkpoint import latest_checkpoint, restore_checkpoint
-
-    path = latest_checkpoint(directory, model=model)
-    if path is None:
-        return 0
-    info = restore_checkpoint(path, model)
-    extra = info["extra"] or {}
-    history.history = {k: list(v) for k, v in extra.get("history", {}).items()}
-    history.epoch = list(extra.get("history_epoch", []))
-    for i, (stopper, state) in enumerate(zip(stoppers, extra.get("early_stopping", []))):
-        stopper.best, stopper.best_epoch, stopper.wait = state["best"], state["best_epoch"], state["wait"]
-        saved = info["arrays"].get(f"best_params_{i}")
-        if saved is not None:
-            stopper._best_params = model.backend.asarray(saved, model.dtype)
-    return info["epoch"]
-
-
 def _split_validation(model, X, y, validation_data, validation_split):
-    """Validated device arrays ``(X, y, X_val, y_val)``; the validation pair may be None."""
+    """Validated device arrays ``(X, y, X_val, y_val, with_accuracy)``; the validation pair may be None."""
     if validation_data is not None and validation_split:
         raise InvalidInputError("give either validation_data or validation_split, not both")
     if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real):
         raise InvalidInputError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
     if not 0.0 <= validation_split < 1.0:
         raise InvalidInputError(f"validation_split must lie in [0, 1), got {validation_split!r}")
-    X, y = model._prepare(X, y)
+    X, y, with_accuracy = model.prepare(X, y)
     if validation_split:
         # like Keras: the last fraction of the samples, before any shuffling
         n_val = int(round(X.shape[0] * validation_split))
         if n_val < 1 or n_val >= X.shape[0]:
             raise InvalidInputError(
                 f"validation_split={validation_split} leaves {n_val} of {X.shape[0]} samples for validation")
-        return X[:-n_val], y[:-n_val], X[-n_val:], y[-n_val:]
+        return X[:-n_val], y[:-n_val], X[-n_val:], y[-n_val:], with_accuracy
     if validation_data is None:
-        return X, y, None, None
+        return X, y, None, None, with_accuracy
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise InvalidInputError("validation_data must be a pair (X_val, y_val)")
-    X_val, y_val = model._prepare(*validation_data, name_x="validation_data X", name_y="validation_data y")
-    return X, y, X_val, y_val
+    X_val, y_val, _ = model.prepare(*validation_data, name_x="validation_data X", name_y="validation_data y")
+    return X, y, X_val, y_val, with_accuracy
+
+
+def _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkpoint_every, checkpoint_keep,
+                     on_divergence, check_every):
+    batch_size = check_positive_int("batch_size", batch_size)
+    epochs = check_positive_int("epochs", epochs)
+    if isinstance(verbose, np.ndarray) or verbose not in (0, 1, 2, True, False):
+        raise InvalidInputError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if resume and checkpoint_dir is None:
+        raise InvalidInputError("resume=True needs checkpoint_dir")
+    check_positive_int("checkpoint_every", checkpoint_every)
+    check_positive_int("checkpoint_keep", checkpoint_keep)
+    if on_divergence not in ("raise", "stop"):
+        raise InvalidInputError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
+    if check_every is not None:
+        check_positive_int("check_every", check_every)
+    if checkpoint_dir is not None and not resume and latest_checkpoint(checkpoint_dir) is not None:
+        raise InvalidInputError(
+            f"checkpoint_dir {os.fspath(checkpoint_dir)!r} already holds checkpoints of an earlier run: "
+            f"pass resume=True to continue it, or choose an empty directory")
+    return batch_size, epochs
 
 
 def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
         shuffle=True, callbacks=None, verbose=1, on_divergence="raise", checkpoint_dir=None,
-        checkpoint_every=1, checkpoint_keep=3, resume=False):
+        checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None):
     """Train ``model`` on (X, y) with mini-batches drawn without replacement.
 
     Parameters
@@ -131,15 +123,19 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     callbacks : list of gpubp.callbacks.Callback, e.g. ``[EarlyStopping(patience=5)]``
     verbose : {0, 1, 2}
     on_divergence : {"raise", "stop"}
-        When a step's loss (or, with gradient clipping, its gradient norm) is
-        NaN/Inf: raise :class:`gpubp.TrainingDiverged`, or warn and stop. Either
-        way the model keeps the weights from before that step and
-        ``history.diverged = {"epoch", "step", "reason"}``.
+        When a step's loss, gradient or update is NaN/Inf: raise
+        :class:`gpubp.TrainingDiverged`, or warn and stop. Either way every
+        parameter and optimizer state is that from before the step that first
+        went bad, and ``history.diverged = {"epoch", "step", "reason"}``.
+    check_every : int, optional
+        Read the device's divergence record every this many steps (it is
+        always read at the end of an epoch). Default: every step on the CPU,
+        where the read is free; once per epoch on a GPU, so that steps never
+        wait for the host. Steps after the one that went bad change nothing.
     checkpoint_dir : path, optional
-        Write a full training checkpoint (weights, optimizer state and step
-        count, shuffling RNG state, epoch, history, early-stopping state,
-        scaler) atomically every ``checkpoint_every`` epochs, keeping the
-        newest ``checkpoint_keep`` (see :mod:`gpubp.checkpoint`).
+        Write a full training checkpoint (the model's, the optimizer's and the
+        callbacks' state, the epoch) atomically every ``checkpoint_every``
+        epochs, keeping the newest ``checkpoint_keep`` (see :mod:`gpubp.checkpoint`).
     resume : bool
         Continue from the newest complete checkpoint in ``checkpoint_dir`` up to
         ``epochs`` in total; on the CPU the result is bit-identical to an
@@ -160,99 +156,112 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     History
     """
     model._require_compiled()
-    batch_size = check_positive_int("batch_size", batch_size)
-    epochs = check_positive_int("epochs", epochs)
-    if isinstance(verbose, np.ndarray) or verbose not in (0, 1, 2, True, False):
-        raise InvalidInputError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    if resume and checkpoint_dir is None:
-        raise InvalidInputError("resume=True needs checkpoint_dir")
-    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
-    checkpoint_keep = check_positive_int("checkpoint_keep", checkpoint_keep)
-    if on_divergence not in ("raise", "stop"):
-        raise InvalidInputError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
-    if checkpoint_dir is not None and not resume:
-        from .checkpoint import latest_checkpoint
-
-        if latest_checkpoint(checkpoint_dir) is not None:
-            raise InvalidInputError(
-                f"checkpoint_dir {os.fspath(checkpoint_dir)!r} already holds checkpoints of an earlier run: "
-                f"pass resume=True to continue it, or choose an empty directory")
-
-    history = History()
-    callbacks = [history] + list(callbacks or [])
-    for callback in callbacks:
-        callback.set_model(model)
-        callback.on_train_begin()
-    stoppers = [c for c in callbacks if isinstance(c, EarlyStopping)]
-    start_epoch = 0
+    batch_size, epochs = _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkpoint_every,
+                                          checkpoint_keep, on_divergence, check_every)
+    restored = None
     if resume:  # before the data is prepared: the checkpoint's scaler applies to it
-        model._require_built(X)
-        start_epoch = _resume(model, checkpoint_dir, history, stoppers)
-    X, y, X_val, y_val = _split_validation(model, X, y, validation_data, validation_split)
+        model.build_for(X)
+        restored = resume_from_latest(checkpoint_dir, model)
+    X, y, X_val, y_val, with_accuracy = _split_validation(model, X, y, validation_data, validation_split)
 
-    backend = model.backend
-    xp = backend.xp
     n = X.shape[0]
     batch_size = min(batch_size, n)
     starts = list(range(0, n, batch_size))
     sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
     _check_memory(model, sorted(set(sizes.astype(int))), y)
-    step_losses = xp.empty(len(starts), dtype=np.float64)
-    plans = {b: model._plan(int(b), y) for b in set(sizes.astype(int))}
+    plans = {b: model.batch_plan(int(b), y) for b in set(sizes.astype(int))}
+    if check_every is None:
+        check_every = 1 if model.backend.reads_are_free else len(starts)
 
-    progress = EpochProgress(int(verbose), epochs, len(starts))
+    history = History()
+    callbacks = CallbackList([history] + list(callbacks or []) +
+                             [ProgressLogger(int(verbose), epochs, len(starts))], model)
+    if checkpoint_dir is not None:
+        callbacks.callbacks.append(TrainingCheckpoint(checkpoint_dir, checkpoint_every, checkpoint_keep, callbacks))
+        callbacks.callbacks[-1].set_model(model)
     model.stop_training = False
-    order = xp.arange(n)
-    with _StopOnInterrupt() as interrupt, contextlib.closing(progress):
-        for epoch in range(start_epoch, epochs):
-            progress.start_epoch(epoch)
-            t0 = time.perf_counter()
-            if shuffle:
-                order = backend.asarray(model.shuffle_rng.permutation(n))
-            for i, start in enumerate(starts):
-                plan = plans[int(sizes[i])]
-                idx = order[start:start + plan.batch_size]
-                xp.take(X, idx, axis=0, out=plan.x)
-                xp.take(y, idx, axis=0, out=plan.y)
-                try:
-                    step_losses[i] = model._train_step(plan)
-                except ArithmeticError as exc:
-                    history.diverged = {"epoch": epoch, "step": i + 1, "reason": str(exc)}
-                    message = (f"training diverged at epoch {epoch + 1}, step {i + 1} of {len(starts)}: {exc}; "
-                               f"the model keeps the weights from before that step. Try a smaller learning "
-                               f"rate (now {model.optimizer.lr:g}) or gradient clipping (clip_norm=...)")
-                    if on_divergence == "raise":
-                        raise TrainingDiverged(message, epoch=epoch, step=i + 1) from None
-                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+    model.status.clear()
+    try:
+        callbacks.on_train_begin()
+        if restored is not None:
+            callbacks.load_state_dict(restored["callbacks"])
+        loop = _EpochLoop(model, X, y, starts, sizes, plans, shuffle, check_every, callbacks)
+        with _StopOnInterrupt() as interrupt:
+            for epoch in range(0 if restored is None else restored["epoch"], epochs):
+                callbacks.on_epoch_begin(epoch)
+                t0 = time.perf_counter()
+                divergence, steps_done = loop.run(interrupt)
+                if divergence is not None:
+                    _diverged(model, history, epoch, divergence, loop, on_divergence, len(starts))
                     break
-                progress.step(plan.batch_size)
                 if interrupt.requested:
-                    history.interrupted = {"epoch": epoch, "step": i + 1, "steps_per_epoch": len(starts)}
+                    history.interrupted = {"epoch": epoch, "step": steps_done, "steps_per_epoch": len(starts)}
                     break
-            if interrupt.requested or history.diverged:
-                break
-            train_loss = float(backend.to_host(step_losses) @ sizes) / n
-            backend.synchronize()
-            elapsed = time.perf_counter() - t0
-            logs = {"loss": train_loss}
-            if "accuracy" in model.metrics:
-                accuracy = model._evaluate_on_device(X, y)["accuracy"]
-                if accuracy is not None:
-                    logs["accuracy"] = accuracy
-            if X_val is not None:
-                val = model._evaluate_on_device(X_val, y_val)
-                logs["val_loss"] = val["loss"]
-                if val["accuracy"] is not None:
-                    logs["val_accuracy"] = val["accuracy"]
-            logs["epoch_time"] = elapsed
-            logs["samples_per_sec"] = n / elapsed if elapsed > 0 else float("inf")
-            progress.end_epoch(epoch, logs)
-            for callback in callbacks:
-                callback.on_epoch_end(epoch, logs)
-            if checkpoint_dir is not None and (epoch + 1) % checkpoint_every == 0:
-                _checkpoint(model, checkpoint_dir, epoch + 1, history, stoppers, checkpoint_keep)
-            if model.stop_training:
-                break
-    for callback in callbacks:
-        callback.on_train_end()
+                logs = {"loss": loop.mean_loss()}
+                model.backend.synchronize()
+                elapsed = time.perf_counter() - t0
+                if "accuracy" in model.metrics and with_accuracy:
+                    logs["accuracy"] = model.evaluate_prepared(X, y, with_accuracy)["accuracy"]
+                if X_val is not None:
+                    val = model.evaluate_prepared(X_val, y_val, with_accuracy)
+                    logs["val_loss"] = val["loss"]
+                    if val["accuracy"] is not None:
+                        logs["val_accuracy"] = val["accuracy"]
+                logs["epoch_time"] = elapsed
+                logs["samples_per_sec"] = n / elapsed if elapsed > 0 else float("inf")
+                callbacks.on_epoch_end(epoch, logs)
+                if model.stop_training:
+                    break
+    finally:
+        callbacks.on_train_end()
     return history
+
+
+class _EpochLoop:
+    """One epoch of steps over the device data; reads the divergence record every ``check_every`` steps."""
+
+    def __init__(self, model, X, y, starts, sizes, plans, shuffle, check_every, callbacks):
+        self.model, self.X, self.y = model, X, y
+        self.starts, self.sizes, self.plans = starts, sizes, plans
+        self.shuffle, self.check_every, self.callbacks = shuffle, check_every, callbacks
+        xp = model.backend.xp
+        self.order = xp.arange(X.shape[0])
+        self.step_losses = xp.zeros(len(starts), dtype=np.float64)
+        self.first_iteration = 0
+
+    def run(self, interrupt):
+        """Run the epoch's steps; returns ``(divergence or None, steps run)``."""
+        model, n = self.model, self.X.shape[0]
+        if self.shuffle:
+            self.order = model.backend.asarray(model.shuffle_rng.permutation(n))
+        self.first_iteration = model.optimizer.iterations
+        last = len(self.starts) - 1
+        for i, start in enumerate(self.starts):
+            plan = self.plans[int(self.sizes[i])]
+            self.callbacks.on_batch_begin(i)
+            plan.gather(self.X, self.y, self.order[start:start + plan.batch_size])
+            loss = model.train_step(plan, loss_out=self.step_losses[i:i + 1])
+            self.callbacks.on_batch_end(i, {"batch": i, "size": plan.batch_size, "loss": loss})
+            if (i + 1) % self.check_every == 0 or i == last or interrupt.requested:
+                divergence = model.read_divergence()
+                if divergence is not None:
+                    return divergence, i + 1
+            if interrupt.requested:
+                return None, i + 1
+        return None, len(self.starts)
+
+    def mean_loss(self):
+        """The epoch's training loss, weighted by batch size (one host read)."""
+        return float(self.model.backend.to_host(self.step_losses) @ self.sizes) / self.X.shape[0]
+
+
+def _diverged(model, history, epoch, divergence, loop, on_divergence, steps_per_epoch):
+    step = divergence.iteration - loop.first_iteration + 1
+    history.diverged = {"epoch": epoch, "step": step, "reason": divergence.reason}
+    message = (f"training diverged at epoch {epoch + 1}, step {step} of {steps_per_epoch}: {divergence.reason}; "
+               f"the model keeps the weights and optimizer state from before that step. "
+               f"{model.divergence_advice()}")
+    if on_divergence == "raise":
+        raise TrainingDiverged(message, epoch=epoch, step=step, iteration=divergence.iteration,
+                               reason=divergence.reason)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -22,11 +22,11 @@ import numpy as np
 from numba import prange
 
 from . import blas
+from .contract import ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, unknown_activation
 from .fastmath import as_dtype_of, fast_exp, fast_tanh
 
 __all__ = [
     "PARALLEL_THRESHOLD",
-    "ACTIVATIONS",
     "bias_activation_",
     "activation_backward_",
     "softmax_cross_entropy",
@@ -34,6 +34,9 @@ __all__ = [
     "sigmoid_",
     "binary_cross_entropy",
     "mse",
+    "check_finite_",
+    "clip_by_value_",
+    "clip_by_norm_",
     "sgd_update_",
     "adam_update_",
     "rmsprop_update_",
@@ -50,8 +53,6 @@ __all__ = [
 #: the serial one). Set ``GPUBP_PARALLEL_THRESHOLD`` (e.g. 131072) to turn them
 #: on for kernel-bound work, or with ``OMP_WAIT_POLICY=passive``.
 PARALLEL_THRESHOLD = int(os.environ.get("GPUBP_PARALLEL_THRESHOLD", 1 << 62))
-
-ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
 
 # Fast-math flags that keep IEEE NaN/Inf semantics (no "nnan"/"ninf"), so a
 # diverging run still produces NaN.
@@ -139,35 +140,22 @@ _BIAS_ACTIVATION_KERNELS = {
 
 
 def bias_activation_(z, b, activation):
-    """In place z[:] = f(z + b); z (B, n), b (n,), same float dtype. Returns z."""
+    """In place z[:] = f(z + b); z (B, n), b (n,), same float dtype."""
     try:
         serial, parallel = _BIAS_ACTIVATION_KERNELS[activation]
     except KeyError:
-        raise ValueError(
-            f"unknown activation {activation!r}; expected one of {ACTIVATIONS}"
-        ) from None
+        raise unknown_activation(activation) from None
     (parallel if z.size >= PARALLEL_THRESHOLD else serial)(z, b)
-    return z
 
 
 # --------------------------------------------------------------------------
 # Activation backward (derivative expressed with the forward output y)
 # --------------------------------------------------------------------------
 
-# Two bodies per activation, each reading and writing two distinct arrays: a
-# third ``out`` parameter that aliases an input defeats LLVM's vectorizer (its
-# runtime overlap check fails and the scalar loop runs: relu went 10x slower).
+# Each body reads dy and writes y: two distinct arrays (a third ``out`` parameter
+# that aliases an input defeats LLVM's vectorizer: relu went 10x slower).
 
-def _sigmoid_backward(delta, y):
-    """delta *= y * (1 - y); any shape, flattened."""
-    flat_delta, flat_y = delta.reshape(delta.size), y.reshape(y.size)
-    one = as_dtype_of(1.0, delta)
-    for i in prange(flat_delta.size):
-        s = flat_y[i]
-        flat_delta[i] *= s * (one - s)
-
-
-def _sigmoid_backward_over_y(dy, y):
+def _sigmoid_backward(dy, y):
     """y = dy * y * (1 - y); any shape, flattened."""
     flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
     one = as_dtype_of(1.0, y)
@@ -176,16 +164,7 @@ def _sigmoid_backward_over_y(dy, y):
         flat_y[i] = flat_dy[i] * (s * (one - s))
 
 
-def _tanh_backward(delta, y):
-    """delta *= 1 - y * y; any shape, flattened."""
-    flat_delta, flat_y = delta.reshape(delta.size), y.reshape(y.size)
-    one = as_dtype_of(1.0, delta)
-    for i in prange(flat_delta.size):
-        t = flat_y[i]
-        flat_delta[i] *= one - t * t
-
-
-def _tanh_backward_over_y(dy, y):
+def _tanh_backward(dy, y):
     """y = dy * (1 - y * y); any shape, flattened."""
     flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
     one = as_dtype_of(1.0, y)
@@ -194,16 +173,7 @@ def _tanh_backward_over_y(dy, y):
         flat_y[i] = flat_dy[i] * (one - t * t)
 
 
-def _relu_backward(delta, y):
-    """delta = delta if y > 0 else 0; any shape, flattened."""
-    flat_delta, flat_y = delta.reshape(delta.size), y.reshape(y.size)
-    zero = as_dtype_of(0.0, delta)
-    for i in prange(flat_delta.size):
-        if not flat_y[i] > zero:
-            flat_delta[i] = zero
-
-
-def _relu_backward_over_y(dy, y):
+def _relu_backward(dy, y):
     """y = dy if y > 0 else 0; any shape, flattened."""
     flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
     zero = as_dtype_of(0.0, y)
@@ -216,38 +186,23 @@ _ACTIVATION_BACKWARD_KERNELS = {
     "tanh": _serial_and_parallel(_tanh_backward),
     "relu": _serial_and_parallel(_relu_backward),
 }
-_ACTIVATION_BACKWARD_OVER_Y_KERNELS = {
-    "sigmoid": _serial_and_parallel(_sigmoid_backward_over_y),
-    "tanh": _serial_and_parallel(_tanh_backward_over_y),
-    "relu": _serial_and_parallel(_relu_backward_over_y),
-}
 
 
-def activation_backward_(delta, y, activation, out=None):
-    """``out = delta * f'(.)`` written with the forward output y; out defaults to delta. Returns out.
+def activation_backward_(dy, y, activation):
+    """In place ``y = dy * f'(z)``, with f' written in terms of the forward output y.
 
-    sigmoid: y (1 - y); tanh: 1 - y^2; relu: [y > 0]; linear: identity.
-    delta, y and out have the same shape and float dtype; out may be delta or
-    y (the training step writes dL/dz over the activation it no longer needs).
+    sigmoid: y (1 - y); tanh: 1 - y^2; relu: [y > 0]; linear: 1 (y = dy).
+    dy and y have the same shape and float dtype. The training step writes
+    dL/dz over the activation it no longer needs.
     """
-    if out is None:
-        out = delta
     if activation == "linear":
-        if out is not delta:
-            np.copyto(out, delta)
-        return out
-    over_y = out is y
+        np.copyto(y, dy)
+        return
     try:
-        serial, parallel = (_ACTIVATION_BACKWARD_OVER_Y_KERNELS if over_y
-                            else _ACTIVATION_BACKWARD_KERNELS)[activation]
+        serial, parallel = _ACTIVATION_BACKWARD_KERNELS[activation]
     except KeyError:
-        raise ValueError(
-            f"unknown activation {activation!r}; expected one of {ACTIVATIONS}"
-        ) from None
-    if not over_y and out is not delta:
-        np.copyto(out, delta)
-    (parallel if delta.size >= PARALLEL_THRESHOLD else serial)(out if not over_y else delta, y)
-    return out
+        raise unknown_activation(activation) from None
+    (parallel if y.size >= PARALLEL_THRESHOLD else serial)(dy, y)
 
 
 # --------------------------------------------------------------------------
@@ -265,10 +220,9 @@ _SIGMOID_KERNELS = _serial_and_parallel(_sigmoid_inplace)
 
 
 def sigmoid_(x):
-    """In place logistic function of a contiguous float array. Returns x."""
+    """In place logistic function of a contiguous float array."""
     serial, parallel = _SIGMOID_KERNELS
     (parallel if x.size >= PARALLEL_THRESHOLD else serial)(x)
-    return x
 
 
 def _softmax_rows(x):
@@ -294,14 +248,13 @@ _SOFTMAX_KERNELS = _serial_and_parallel(_softmax_rows)
 
 
 def softmax_(x):
-    """In place, numerically stable softmax of each row of x (B, K). Returns x."""
+    """In place, numerically stable softmax of each row of x (B, K)."""
     serial, parallel = _SOFTMAX_KERNELS
     (parallel if x.size >= PARALLEL_THRESHOLD else serial)(x)
-    return x
 
 
 # --------------------------------------------------------------------------
-# Losses (return the mean loss as a float64, write the gradient in place)
+# Losses (write the mean loss into a 1-element float64 array, the gradient in place)
 # --------------------------------------------------------------------------
 
 @numba.njit(**_JIT_OPTIONS)
@@ -337,16 +290,16 @@ def _cross_entropy_row(logits, label, grad, i, inv_batch):
 _LOG_BLOCK = 32
 
 
-def _softmax_cross_entropy(logits, labels, grad):
+def _softmax_cross_entropy(logits, labels, grad, loss):
     """Mean cross-entropy of softmax(logits) and its gradient.
 
-    logits, grad (B, K); labels (B,) integers in [0, K).
-    grad = (softmax(logits) - onehot(labels)) / B; loss = mean of row losses.
-    Returns -1.0 if any label is out of range (grad is then garbage).
+    logits, grad (B, K); labels (B,) integers; loss (1,) float64.
+    grad = (softmax(logits) - onehot(labels)) / B; loss[0] = mean of row losses,
+    NaN when a label lies outside [0, K) (its row is then never read out of bounds).
     """
     batch, width = logits.shape
     inv_batch = as_dtype_of(1.0 / batch, logits)
-    loss = 0.0
+    total_loss = 0.0
     bad_labels = 0
     for block in prange((batch + _LOG_BLOCK - 1) // _LOG_BLOCK):
         product = 1.0
@@ -355,33 +308,28 @@ def _softmax_cross_entropy(logits, labels, grad):
             label = labels[i]
             label_ok = label >= 0 and label < width
             bad_labels += 0 if label_ok else 1
-            total, margin = _cross_entropy_row(logits, label if label_ok else 0, grad, i, inv_batch)
-            product *= total
+            row_total, margin = _cross_entropy_row(logits, label if label_ok else 0, grad, i, inv_batch)
+            product *= row_total
             margins += margin
-        loss += math.log(product) + margins
-    if bad_labels:
-        return -1.0
-    return loss / batch
+        total_loss += math.log(product) + margins
+    loss[0] = np.nan if bad_labels else total_loss / batch
 
 
 _SOFTMAX_CROSS_ENTROPY_KERNELS = _serial_and_parallel(_softmax_cross_entropy)
 
 
-def softmax_cross_entropy(logits, labels, grad):
-    """Mean softmax cross-entropy loss (float); writes its gradient into grad.
+def softmax_cross_entropy(logits, labels, grad, loss):
+    """Mean softmax cross-entropy into ``loss[0]``; its gradient into ``grad``.
 
-    logits, grad: (B, K) float32/float64; labels: (B,) int32/int64 in [0, K).
+    logits, grad: (B, K) float32/float64; labels: (B,) int64; loss: (1,) float64.
     grad = (softmax(logits) - onehot(labels)) / B. logits are not modified.
+    A label outside [0, K) makes the loss NaN.
     """
     serial, parallel = _SOFTMAX_CROSS_ENTROPY_KERNELS
-    kernel = parallel if logits.size >= PARALLEL_THRESHOLD else serial
-    loss = kernel(logits, labels, grad)
-    if loss < 0.0:
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]})")
-    return loss
+    (parallel if logits.size >= PARALLEL_THRESHOLD else serial)(logits, labels, grad, loss)
 
 
-def _binary_cross_entropy(logits, targets, grad):
+def _binary_cross_entropy(logits, targets, grad, loss):
     """Mean BCE-with-logits over all B*K entries and its gradient.
 
     loss = mean(max(z, 0) - z t + log1p(exp(-|z|))); grad = (sigmoid(z) - t) / (B K).
@@ -393,7 +341,7 @@ def _binary_cross_entropy(logits, targets, grad):
     inv_count = as_dtype_of(1.0 / count, logits)
     one = as_dtype_of(1.0, logits)
     zero = as_dtype_of(0.0, logits)
-    loss = 0.0
+    total = 0.0
     for i in prange(count):
         z = flat_logits[i]
         t = flat_targets[i]
@@ -402,103 +350,217 @@ def _binary_cross_entropy(logits, targets, grad):
         s = r if z >= zero else e * r
         flat_grad[i] = (s - t) * inv_count
         positive_part = z if z > zero else zero
-        loss += np.float64(positive_part - z * t) + math.log1p(np.float64(e))
-    return loss / count
+        total += np.float64(positive_part - z * t) + math.log1p(np.float64(e))
+    loss[0] = total / count
 
 
 _BINARY_CROSS_ENTROPY_KERNELS = _serial_and_parallel(_binary_cross_entropy)
 
 
-def binary_cross_entropy(logits, targets, grad):
-    """Mean BCE-with-logits loss (float); writes its gradient into grad.
+def binary_cross_entropy(logits, targets, grad, loss):
+    """Mean BCE-with-logits into ``loss[0]``; its gradient into ``grad``.
 
-    logits, targets, grad: (B, K), same float dtype, targets in [0, 1].
+    logits, targets, grad: (B, K), same float dtype, targets in [0, 1]; loss: (1,) float64.
     """
     serial, parallel = _BINARY_CROSS_ENTROPY_KERNELS
-    kernel = parallel if logits.size >= PARALLEL_THRESHOLD else serial
-    return kernel(logits, targets, grad)
+    (parallel if logits.size >= PARALLEL_THRESHOLD else serial)(logits, targets, grad, loss)
 
 
-def _mse(outputs, targets, grad):
+def _mse(outputs, targets, grad, loss):
     """loss = sum((o - t)^2) / (2 B); grad = (o - t) / B; B = outputs.shape[0]."""
     batch = outputs.shape[0]
     flat_outputs = outputs.reshape(outputs.size)
     flat_targets = targets.reshape(targets.size)
     flat_grad = grad.reshape(grad.size)
     inv_batch = as_dtype_of(1.0 / batch, outputs)
-    loss = 0.0
+    total = 0.0
     for i in prange(flat_outputs.size):
         diff = flat_outputs[i] - flat_targets[i]
         flat_grad[i] = diff * inv_batch
-        loss += np.float64(diff) * np.float64(diff)
-    return loss / (2.0 * batch)
+        total += np.float64(diff) * np.float64(diff)
+    loss[0] = total / (2.0 * batch)
 
 
 _MSE_KERNELS = _serial_and_parallel(_mse)
 
 
-def mse(outputs, targets, grad):
-    """Half mean squared error per sample (float); writes its gradient into grad.
+def mse(outputs, targets, grad, loss):
+    """Half mean squared error per sample into ``loss[0]``; its gradient into ``grad``.
 
-    outputs, targets, grad: (B, ...) same float dtype.
+    outputs, targets, grad: (B, K) same float dtype; loss: (1,) float64.
     loss = sum((o - t)^2) / (2 B), grad = (o - t) / B.
     """
     serial, parallel = _MSE_KERNELS
-    kernel = parallel if outputs.size >= PARALLEL_THRESHOLD else serial
-    return kernel(outputs, targets, grad)
+    (parallel if outputs.size >= PARALLEL_THRESHOLD else serial)(outputs, targets, grad, loss)
 
 
 # --------------------------------------------------------------------------
-# Optimizer updates (1-D flat parameter / gradient / state arrays)
+# The divergence status and gradient hooks
 # --------------------------------------------------------------------------
 
-def _sgd_plain(p, g, lr, weight_decay):
-    """p -= lr * (g + wd p)."""
+@numba.njit(**_JIT_OPTIONS)
+def _check_finite(values, status, code, step):
+    if status[0] != 0:
+        return
+    flat = values.reshape(values.size)
+    zero = as_dtype_of(0.0, values)
+    probe = zero
+    for i in range(flat.size):
+        probe += flat[i] * zero  # stays 0 while every value is finite
+    if probe != 0:
+        status[0] = code
+        status[1] = step
+
+
+def check_finite_(values, status, code, step):
+    """Record ``(code, step)`` in ``status`` when ``values`` holds NaN/Inf and status is clear.
+
+    values: any float array; status: (2,) int64 ``[code, step]``, 0 while clear.
+    """
+    _check_finite(values, status, code, step)
+
+
+@numba.njit(**_JIT_OPTIONS)
+def _clip_by_value(g, limit):
+    limit = as_dtype_of(limit, g)
+    for i in range(g.size):
+        v = g[i]
+        g[i] = limit if v > limit else (-limit if v < -limit else v)  # NaN stays NaN
+
+
+def clip_by_value_(g, limit):
+    """In place: every entry of the flat gradient g clipped to [-limit, limit]; NaN stays NaN."""
+    _clip_by_value(g, limit)
+
+
+@numba.njit(**_JIT_OPTIONS)
+def _clip_by_norm(g, max_norm):
+    total = 0.0
+    for i in range(g.size):
+        total += np.float64(g[i]) * np.float64(g[i])
+    norm = math.sqrt(total)
+    if norm > max_norm:  # false for a NaN norm: the update's check then sees the NaN
+        scale = as_dtype_of(max_norm / norm, g)
+        for i in range(g.size):
+            g[i] *= scale
+
+
+def clip_by_norm_(g, max_norm):
+    """In place: rescale the flat gradient g so that its L2 norm (summed in float64) is at most max_norm."""
+    _clip_by_norm(g, max_norm)
+
+
+# --------------------------------------------------------------------------
+# Guarded optimizer updates (flat 1-D parameter / gradient / state arrays)
+#
+# Each update runs in two passes: the first computes every new value and only
+# checks that it and the gradient are finite; the second, reached only when
+# the whole update is finite and ``status`` is clear, recomputes and writes
+# them. A step that would write NaN/Inf leaves every array as it was and
+# records why in ``status``. ``x * 0`` stays 0 exactly while x is finite, so the
+# checks are plain vectorized sums (the fast-math flags keep NaN/Inf semantics).
+# --------------------------------------------------------------------------
+
+@numba.njit(inline="always")
+def _record(status, probe_g, probe_new, step):
+    """Set status from the first pass's probes; True when the update may be written."""
+    if probe_g != 0:
+        status[0] = STATUS_GRADIENT
+    elif probe_new != 0:
+        status[0] = STATUS_UPDATE
+    else:
+        return True
+    status[1] = step
+    return False
+
+
+def _sgd_plain(p, g, lr, weight_decay, n_decayed, status, step):
+    """d = g + wd p (first n_decayed entries); p -= lr d."""
+    if status[0] != 0:
+        return
     lr = as_dtype_of(lr, p)
-    weight_decay = as_dtype_of(weight_decay, p)
-    for i in prange(p.size):
-        p[i] -= lr * (g[i] + weight_decay * p[i])
+    wd = as_dtype_of(weight_decay, p)
+    zero = as_dtype_of(0.0, p)
+    probe_g = zero
+    probe_new = zero
+    for i in prange(n_decayed):
+        probe_g += g[i] * zero
+        probe_new += (p[i] - lr * (g[i] + wd * p[i])) * zero
+    for i in prange(n_decayed, p.size):
+        probe_g += g[i] * zero
+        probe_new += (p[i] - lr * g[i]) * zero
+    if _record(status, probe_g, probe_new, step):
+        for i in prange(n_decayed):
+            p[i] -= lr * (g[i] + wd * p[i])
+        for i in prange(n_decayed, p.size):
+            p[i] -= lr * g[i]
 
 
-def _sgd_momentum(p, g, v, lr, momentum, nesterov, weight_decay):
+@numba.njit(inline="always")
+def _momentum_step(p, g, v, wd, lr, momentum, nesterov):
+    d = g + wd * p
+    velocity = momentum * v + d
+    return p - lr * (d + momentum * velocity if nesterov else velocity), velocity
+
+
+def _sgd_momentum(p, g, v, lr, momentum, nesterov, weight_decay, n_decayed, status, step):
     """d = g + wd p; v = mu v + d; p -= lr * (d + mu v if nesterov else v)."""
+    if status[0] != 0:
+        return
     lr = as_dtype_of(lr, p)
     momentum = as_dtype_of(momentum, p)
     weight_decay = as_dtype_of(weight_decay, p)
+    zero = as_dtype_of(0.0, p)
+    probe_g = zero
+    probe_new = zero
+    probe_v = zero
     for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        velocity = momentum * v[i] + d
-        v[i] = velocity
-        step = d + momentum * velocity if nesterov else velocity
-        p[i] -= lr * step
+        wd = weight_decay if i < n_decayed else zero
+        new_p, new_v = _momentum_step(p[i], g[i], v[i], wd, lr, momentum, nesterov)
+        probe_g += g[i] * zero
+        probe_new += new_p * zero
+        probe_v += new_v * zero
+    if _record(status, probe_g, probe_new + probe_v, step):
+        for i in prange(p.size):
+            wd = weight_decay if i < n_decayed else zero
+            p[i], v[i] = _momentum_step(p[i], g[i], v[i], wd, lr, momentum, nesterov)
 
 
 _SGD_PLAIN_KERNELS = _serial_and_parallel(_sgd_plain)
 _SGD_MOMENTUM_KERNELS = _serial_and_parallel(_sgd_momentum)
 
 
-def sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay):
-    """One in-place SGD step (PyTorch convention) on flat 1-D arrays p, g, v.
+def sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay, n_decayed, status, step):
+    """One guarded SGD step (PyTorch convention) on flat 1-D arrays p, g, v.
 
-    d = g + wd p; with momentum > 0: v = mu v + d, step = d + mu v (nesterov)
-    or v; without: step = d (v untouched, may be None). p -= lr * step.
+    d = g + wd p (wd on the first ``n_decayed`` entries, 0 on the rest); with
+    momentum > 0: v = mu v + d, step = d + mu v (nesterov) or v; without:
+    step = d (v unused, may be None). p -= lr * step. Nothing is written when
+    status is set or any gradient or new value is NaN/Inf (see the section comment).
     """
     large = p.size >= PARALLEL_THRESHOLD
     if momentum == 0.0:
         serial, parallel = _SGD_PLAIN_KERNELS
-        (parallel if large else serial)(p, g, lr, weight_decay)
+        (parallel if large else serial)(p, g, lr, weight_decay, n_decayed, status, step)
     else:
         serial, parallel = _SGD_MOMENTUM_KERNELS
-        (parallel if large else serial)(
-            p, g, v, lr, momentum, bool(nesterov), weight_decay
-        )
-    return p
+        (parallel if large else serial)(p, g, v, lr, momentum, bool(nesterov), weight_decay, n_decayed,
+                                        status, step)
 
 
-def _adam(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps,
-          weight_decay):
+@numba.njit(inline="always")
+def _adam_step(p, g, m, v, wd, step_size, inv_bc2_sqrt, beta1, beta2, one_minus_beta1, one_minus_beta2, eps):
+    d = g + wd * p
+    first = beta1 * m + one_minus_beta1 * d
+    second = beta2 * v + one_minus_beta2 * d * d
+    return p - step_size * first / (math.sqrt(second) * inv_bc2_sqrt + eps), first, second
+
+
+def _adam(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay, n_decayed, status, step):
     """d = g + wd p; m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2;
     p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps)."""
+    if status[0] != 0:
+        return
     # 1 - beta and 1 / bc2 are formed in float64 before the cast: in float32,
     # 1 - float32(0.999) would be off by 5e-5 relative.
     one_minus_beta1 = as_dtype_of(1.0 - beta1, p)
@@ -509,81 +571,96 @@ def _adam(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps,
     beta2 = as_dtype_of(beta2, p)
     eps = as_dtype_of(eps, p)
     weight_decay = as_dtype_of(weight_decay, p)
+    zero = as_dtype_of(0.0, p)
+    probe_g = zero
+    probe_p = zero
+    probe_m = zero
+    probe_v = zero
     for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        first = beta1 * m[i] + one_minus_beta1 * d
-        second = beta2 * v[i] + one_minus_beta2 * d * d
-        m[i] = first
-        v[i] = second
-        p[i] -= step_size * first / (math.sqrt(second) * inv_bc2_sqrt + eps)
+        wd = weight_decay if i < n_decayed else zero
+        new_p, new_m, new_v = _adam_step(p[i], g[i], m[i], v[i], wd, step_size, inv_bc2_sqrt, beta1, beta2,
+                                         one_minus_beta1, one_minus_beta2, eps)
+        probe_g += g[i] * zero
+        probe_p += new_p * zero
+        probe_m += new_m * zero
+        probe_v += new_v * zero
+    if _record(status, probe_g, probe_p + probe_m + probe_v, step):
+        for i in prange(p.size):
+            wd = weight_decay if i < n_decayed else zero
+            p[i], m[i], v[i] = _adam_step(p[i], g[i], m[i], v[i], wd, step_size, inv_bc2_sqrt, beta1, beta2,
+                                          one_minus_beta1, one_minus_beta2, eps)
 
 
 _ADAM_KERNELS = _serial_and_parallel(_adam)
 
 
-def adam_update_(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2,
-                 eps, weight_decay):
-    """One in-place Adam step on flat 1-D arrays p, g, m, v (torch.optim.Adam).
+def adam_update_(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay, n_decayed,
+                 status, step):
+    """One guarded Adam step on flat 1-D arrays p, g, m, v (torch.optim.Adam arithmetic).
 
-    The caller passes step_size = lr / (1 - b1^t) and
-    bias_correction2_sqrt = sqrt(1 - b2^t).
+    The caller passes step_size = lr / (1 - b1^t) and bias_correction2_sqrt =
+    sqrt(1 - b2^t); wd applies to the first ``n_decayed`` entries. Nothing is
+    written when status is set or any gradient or new value is NaN/Inf.
     """
     serial, parallel = _ADAM_KERNELS
     (parallel if p.size >= PARALLEL_THRESHOLD else serial)(
-        p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps,
-        weight_decay,
-    )
-    return p
+        p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay, n_decayed, status, step)
 
 
-def _rmsprop(p, g, v, lr, rho, eps, weight_decay):
+@numba.njit(inline="always")
+def _rmsprop_step(p, g, v, wd, lr, rho, one_minus_rho, eps):
+    d = g + wd * p
+    mean_square = rho * v + one_minus_rho * d * d
+    return p - lr * d / (math.sqrt(mean_square) + eps), mean_square
+
+
+def _rmsprop(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step):
     """d = g + wd p; v = rho v + (1 - rho) d^2; p -= lr d / (sqrt(v) + eps)."""
+    if status[0] != 0:
+        return
     one_minus_rho = as_dtype_of(1.0 - rho, p)
     lr = as_dtype_of(lr, p)
     rho = as_dtype_of(rho, p)
     eps = as_dtype_of(eps, p)
     weight_decay = as_dtype_of(weight_decay, p)
+    zero = as_dtype_of(0.0, p)
+    probe_g = zero
+    probe_p = zero
+    probe_v = zero
     for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        mean_square = rho * v[i] + one_minus_rho * d * d
-        v[i] = mean_square
-        p[i] -= lr * d / (math.sqrt(mean_square) + eps)
+        wd = weight_decay if i < n_decayed else zero
+        new_p, new_v = _rmsprop_step(p[i], g[i], v[i], wd, lr, rho, one_minus_rho, eps)
+        probe_g += g[i] * zero
+        probe_p += new_p * zero
+        probe_v += new_v * zero
+    if _record(status, probe_g, probe_p + probe_v, step):
+        for i in prange(p.size):
+            wd = weight_decay if i < n_decayed else zero
+            p[i], v[i] = _rmsprop_step(p[i], g[i], v[i], wd, lr, rho, one_minus_rho, eps)
 
 
 _RMSPROP_KERNELS = _serial_and_parallel(_rmsprop)
 
 
-def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay):
-    """One in-place RMSprop step (torch.optim.RMSprop, no momentum, not centered)
-    on flat 1-D arrays p, g, v."""
+def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step):
+    """One guarded RMSprop step (torch.optim.RMSprop, no momentum, not centered) on flat 1-D arrays p, g, v."""
     serial, parallel = _RMSPROP_KERNELS
     (parallel if p.size >= PARALLEL_THRESHOLD else serial)(
-        p, g, v, lr, rho, eps, weight_decay
-    )
-    return p
+        p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step)
 
 
 # --------------------------------------------------------------------------
-# Weight-gradient GEMM, optionally fused with the SGD update
+# Weight-gradient GEMM
 # --------------------------------------------------------------------------
 
-def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
-    """``out = alpha * x^T @ delta + beta * out``; x (B, fan_in), delta (B, fan_out), out (fan_in, fan_out).
+def weight_gradient_(x, delta, out):
+    """``out = x^T @ delta``; x (B, fan_in), delta (B, fan_out), out (fan_in, fan_out).
 
-    With ``out`` the weights, ``alpha = -lr`` and ``beta = 1 - lr * wd`` this is
-    a whole plain-SGD update of W in one BLAS call, with no gradient buffer and
-    no separate update pass. Uses NumPy's OpenBLAS directly when it exposes
-    CBLAS; otherwise ``matmul`` (plus, for alpha != 1 or beta != 0, a temporary).
+    Uses NumPy's OpenBLAS through CBLAS directly when it is available (about
+    1 us of call overhead, no temporary for the transposed operand).
     """
-    if blas.gemm_at_b_(x, delta, out, alpha, beta):
-        return out
-    if alpha == 1.0 and beta == 0.0:
-        return np.matmul(x.T, delta, out=out)
-    product = np.matmul(x.T, delta)
-    out *= out.dtype.type(beta)
-    product *= product.dtype.type(alpha)
-    out += product
-    return out
+    if not blas.gemm_at_b_(x, delta, out, 1.0, 0.0):
+        np.matmul(x.T, delta, out=out)
 
 
 # --------------------------------------------------------------------------
@@ -613,7 +690,6 @@ def bias_gradient_(delta, out):
     AMD EPYC) and sits between two GEMMs, where threads would fight OpenBLAS's.
     """
     _column_sums(delta, out)
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -645,7 +721,8 @@ def input_gradient_(delta, W, out):
     """
     batch, fan_in = out.shape
     if not transposed_input_gradient_is_faster(batch, fan_in, W.shape[1]):
-        return np.matmul(delta, W.T, out=out)
+        np.matmul(delta, W.T, out=out)
+        return
     buffers = getattr(_per_thread, "buffers", None)
     if buffers is None:
         buffers = _per_thread.buffers = {}
@@ -655,4 +732,3 @@ def input_gradient_(delta, W, out):
         product = buffers[key] = np.empty((fan_in, batch), out.dtype)
     np.matmul(W, delta.T, out=product)
     np.copyto(out, product.T)
-    return out

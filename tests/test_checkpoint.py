@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import gpubp as gb
-from gpubp.checkpoint import (latest_checkpoint, load_checkpoint_model, restore_checkpoint,
-                              save_checkpoint)
+from gpubp.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from gpubp.loading import load_checkpoint_model
 from gpubp.data import StandardScaler
 from gpubp.errors import InvalidInputError, ModelFileError
 
@@ -54,17 +54,17 @@ def test_round_trip_restores_everything(tmp_path, data):
     model = make_model("adam")
     model.set_scaler(StandardScaler().fit(X))
     history = model.fit(X, y, batch_size=32, epochs=2, verbose=0)
-    path = save_checkpoint(tmp_path, model, 2, extra={"history": history.history, "big": 2 ** 100})
+    path = save_checkpoint(tmp_path, model, 2, callbacks={"History_0": history.state_dict(), "Big_1": {"n": 2 ** 100}})
     assert os.path.basename(path) == "ckpt-epoch000002.npz"
     assert latest_checkpoint(tmp_path) == path
 
     fresh = make_model("adam", seed=123)  # a different seed: weights and rng are restored anyway
-    assert not np.array_equal(fresh._params, model._params)
+    assert not np.array_equal(fresh.params, model.params)
     info = restore_checkpoint(path, fresh)
     assert info["epoch"] == 2
-    assert info["extra"]["big"] == 2 ** 100
-    assert info["extra"]["history"]["loss"] == history.history["loss"]
-    assert np.array_equal(fresh._params, model._params)
+    assert info["callbacks"]["Big_1"]["n"] == 2 ** 100
+    assert info["callbacks"]["History_0"]["history"]["loss"] == history.history["loss"]
+    assert np.array_equal(fresh.params, model.params)
     for w_fresh, w in zip(fresh.get_weights(), model.get_weights()):
         assert np.array_equal(w_fresh, w)
     for name in ("m", "v"):
@@ -78,19 +78,20 @@ def test_round_trip_restores_everything(tmp_path, data):
     np.testing.assert_array_equal(fresh.predict(X), model.predict(X))
 
     loaded = load_checkpoint_model(path, backend="cpu")
-    assert np.array_equal(loaded._params, model._params)
+    assert np.array_equal(loaded.params, model.params)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
     assert loaded.checkpoint_info["epoch"] == 2
 
 
-def test_extra_arrays_round_trip(tmp_path, data):
+def test_callback_arrays_round_trip(tmp_path, data):
     model = make_model("adam")
-    best = model._params.copy() * 2
-    path = save_checkpoint(tmp_path, model, 0, extra={"early_stopping": {"best": float("inf"), "wait": 1}},
-                           arrays={"best_params": best})
+    best = model.params.copy() * 2
+    state = {"EarlyStopping_1": {"best": float("inf"), "wait": 1, "best_params": best}}
+    path = save_checkpoint(tmp_path, model, 0, callbacks=state)
     info = restore_checkpoint(path, make_model("adam"))
-    assert np.array_equal(info["arrays"]["best_params"], best)
-    assert info["extra"]["early_stopping"] == {"best": float("inf"), "wait": 1}
+    restored = info["callbacks"]["EarlyStopping_1"]
+    assert np.array_equal(restored.pop("best_params"), best)
+    assert restored == {"best": float("inf"), "wait": 1}
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd_momentum"])
@@ -108,7 +109,7 @@ def test_resume_is_bit_identical(tmp_path, data, kind):
     assert info["epoch"] == 2
     resumed.fit(X, y, batch_size=32, epochs=2, verbose=0)
 
-    assert np.array_equal(resumed._params, straight._params)
+    assert np.array_equal(resumed.params, straight.params)
     for name in straight.optimizer.state_names:
         assert np.array_equal(resumed.optimizer.state[name], straight.optimizer.state[name])
     assert resumed.optimizer.iterations == straight.optimizer.iterations
@@ -124,7 +125,7 @@ def test_without_restore_the_runs_differ(tmp_path, data):
     resumed = make_model("adam", seed=7)
     resumed.set_weights(first.get_weights())  # weights only, like a plain model file
     resumed.fit(X, y, batch_size=32, epochs=2, verbose=0)
-    assert not np.array_equal(resumed._params, straight._params)
+    assert not np.array_equal(resumed.params, straight.params)
 
 
 def test_keep_rotation(tmp_path):
@@ -140,7 +141,7 @@ def test_keep_rotation(tmp_path):
     with pytest.raises(InvalidInputError):
         save_checkpoint(tmp_path, model, 3, keep=0)
     with pytest.raises(InvalidInputError):
-        save_checkpoint(tmp_path, model, 3, extra={"x": object()})
+        save_checkpoint(tmp_path, model, 3, callbacks={"X_0": {"x": object()}})
 
 
 def test_latest_skips_truncated_corrupted_and_temp_files(tmp_path):
@@ -160,7 +161,7 @@ def test_latest_skips_truncated_corrupted_and_temp_files(tmp_path):
         f.write(b"not a zip file at all")
     # a flipped byte in the parameters of an otherwise complete archive
     corrupt = bytearray(blob)
-    start = bytes(corrupt).find(b"params.npy")
+    start = bytes(corrupt).find(b"model.params.npy")
     corrupt[start + 300] ^= 0xFF
     with open(tmp_path / "ckpt-epoch000003.npz", "wb") as f:
         f.write(bytes(corrupt))
@@ -186,8 +187,8 @@ CRASH_WRITER = textwrap.dedent("""
     print("ready", flush=True)
     while True:
         epoch += 1
-        model._params[:1] = epoch
-        save_checkpoint(sys.argv[1], model, epoch, extra={"epoch": epoch}, keep=2)
+        model.params[:1] = epoch
+        save_checkpoint(sys.argv[1], model, epoch, callbacks={"Writer_0": {"epoch": epoch}}, keep=2)
 """)
 
 
@@ -214,8 +215,8 @@ def test_crash_safety_under_sigkill(tmp_path):
             continue
         seen += 1
         info = restore_checkpoint(path, model)
-        assert info["extra"]["epoch"] == info["epoch"]
-        assert model._params[0] == info["epoch"]
+        assert info["callbacks"]["Writer_0"]["epoch"] == info["epoch"]
+        assert model.params[0] == info["epoch"]
         assert info["epoch"] >= last_epoch  # every restart resumed from the last good checkpoint
         last_epoch = info["epoch"]
     assert seen >= 4
@@ -288,11 +289,11 @@ def test_failed_restore_leaves_model_untouched(tmp_path, data):
     trained.fit(X, y, batch_size=32, epochs=1, verbose=0)
     path = save_checkpoint(tmp_path, trained, 1)
     bad = _rewrite_meta(path, tmp_path / "bad.npz",
-                        lambda m: m.update(shuffle_rng={"bit_generator": "MT19937", "state": {}}))
+                        lambda m: m["state"]["model"].update(shuffle_rng={"bit_generator": "MT19937", "state": {}}))
     model = make_model("adam", seed=5)
-    before = model._params.copy(), model.shuffle_rng.bit_generator.state
+    before = model.params.copy(), model.shuffle_rng.bit_generator.state
     with pytest.raises(ModelFileError, match="shuffle"):
         restore_checkpoint(bad, model)
-    assert np.array_equal(model._params, before[0])
+    assert np.array_equal(model.params, before[0])
     assert model.shuffle_rng.bit_generator.state == before[1]
     assert model.optimizer.iterations == 0

@@ -128,7 +128,7 @@ def test_checkpoints_and_plots(tmp_path):
           "--plot", str(tmp_path / "plots"))
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "ckpt-epoch000003.npz", "ckpt-epoch000004.npz", "ckpt-epoch000005.npz"]
-    from gpubp.checkpoint import load_checkpoint_model
+    from gpubp.loading import load_checkpoint_model
 
     load_checkpoint_model(tmp_path / "ckpt" / "ckpt-epoch000005.npz", backend="cpu")
     for name in ("history.png", "decision_boundary.png"):

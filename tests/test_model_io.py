@@ -32,7 +32,7 @@ def test_file_holds_no_pickle(trained, tmp_path):
     model, _ = trained
     path = model.save(tmp_path / "m.npz")
     with np.load(path, allow_pickle=False) as archive:
-        assert set(archive.files) == {"__meta__", "W0", "b0", "W1", "b1"}
+        assert set(archive.files) == {"__meta__", "model.params"}
         assert all(archive[k].dtype != object for k in archive.files)
 
 
@@ -79,8 +79,22 @@ def test_truncated_and_foreign_files_are_refused(trained, tmp_path):
 def test_wrong_weight_shape_in_file_is_refused(trained, tmp_path):
     model, _ = trained
     path = model.save(tmp_path / "m.npz")
-    _rewrite(path, W0=np.zeros((3, 16), dtype=np.float32))
-    with pytest.raises(gb.ModelFileError, match=r"weights\[0\].*shape \(2, 16\)"):
+    with np.load(path) as archive:
+        params, meta = archive["model.params"], json.loads(bytes(archive["__meta__"]).decode())
+    meta["sha256"].pop("model.params")  # a well-formed file whose parameter vector is too short
+    _rewrite(path, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **{"model.params": params[:-1]})
+    with pytest.raises(gb.ModelFileError, match=r"parameters"):
+        gb.load(path, backend="cpu")
+
+
+def test_flipped_parameter_byte_is_refused(trained, tmp_path):
+    model, _ = trained
+    path = model.save(tmp_path / "m.npz")
+    with np.load(path) as archive:
+        params = archive["model.params"].copy()
+    params[0] += 1
+    _rewrite(path, **{"model.params": params})
+    with pytest.raises(gb.ModelFileError, match="checksum"):
         gb.load(path, backend="cpu")
 
 

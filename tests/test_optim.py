@@ -114,13 +114,3 @@ def blas_route(request, monkeypatch):
 def test_plain_sgd_with_weight_decay_fused_into_the_gemm(blas_route):
     run_and_reference("cpu", gb.optim.SGD(lr=0.1, weight_decay=0.05), lambda p, g, s, k, t: p - 0.1 * g,
                       steps=3, weight_decay=0.05)
-
-
-def test_fused_sgd_leaves_the_weight_gradient_buffer_alone(blas_route):
-    """The fused step writes W directly; Adam's path fills the gradient buffer instead."""
-    rng = np.random.default_rng(1)
-    X, T = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
-    model = gb.Sequential([gb.Dense(4, activation="tanh"), gb.Dense(2)], input_dim=3, backend="cpu",
-                          dtype="float64", seed=0).compile(loss="mse", optimizer=gb.optim.SGD(lr=0.1))
-    model.train_on_batch(X, T)
-    assert not model._grads[: model.n_weights].any() and model._grads[model.n_weights:].any()

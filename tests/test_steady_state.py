@@ -15,12 +15,9 @@ def _model_and_plan(backend_name, optimizer):
     model = gb.Sequential([gb.Dense(64, activation="sigmoid"), gb.Dense(64, activation="relu"),
                            gb.Dense(64, activation="tanh"), gb.Dense(10)], input_dim=32, backend=backend_name, seed=0)
     model.compile(loss="softmax_cross_entropy", optimizer=optimizer)
-    X, y = model._prepare(X, y)
-    plan = model._plan(64, y)
-    xp = model.backend.xp
-    idx = xp.arange(64)
-    xp.take(X, idx, axis=0, out=plan.x)
-    xp.take(y, idx, axis=0, out=plan.y)
+    X, y, _ = model.prepare(X, y)
+    plan = model.batch_plan(64, y)
+    plan.gather(X, y, model.backend.xp.arange(64))
     return model, plan
 
 
@@ -30,15 +27,15 @@ def _model_and_plan(backend_name, optimizer):
 def test_cpu_step_does_not_grow_traced_memory(optimizer):
     model, plan = _model_and_plan("cpu", optimizer())
     for _ in range(10):  # warm-up: compile kernels, fill caches
-        model._train_step(plan)
+        model.train_step(plan)
     tracemalloc.start()
     try:
         for _ in range(100):  # traced warm-up: interpreter free lists and ctypes caches settle
-            model._train_step(plan)
+            model.train_step(plan)
         base, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         for _ in range(1000):
-            model._train_step(plan)
+            model.train_step(plan)
         current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -55,11 +52,11 @@ def test_gpu_step_keeps_the_memory_pool_constant():
 
     model, plan = _model_and_plan("gpu", gb.optim.Adam())
     for _ in range(10):
-        model._train_step(plan)
+        model.train_step(plan)
     cupy.cuda.Device().synchronize()
     pool = cupy.get_default_memory_pool()
     before = pool.total_bytes()
     for _ in range(100):
-        model._train_step(plan)
+        model.train_step(plan)
     cupy.cuda.Device().synchronize()
     assert pool.total_bytes() == before

@@ -1,0 +1,57 @@
+"""Rebuilding models from files: :func:`load_model` for model files, :func:`load_checkpoint_model` for checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+from .checkpoint import read_checkpoint, restore_checkpoint
+from .data import StandardScaler
+from .errors import ModelFileError
+from .io import read_model_file
+from .layers import Dense
+from .model import Sequential
+from .optim import optimizer_from_config
+
+
+def model_from_config(config, backend, path, metrics=()):
+    """Rebuild a (compiled, when it was) Sequential from a saved ``config``; ModelFileError when invalid."""
+    try:
+        layers = [Dense(**layer) for layer in config["layers"]]
+        model = Sequential(layers, input_dim=config["input_dim"], backend=backend,
+                           dtype=config["dtype"], seed=config["seed"])
+        if config.get("loss"):
+            optimizer = optimizer_from_config(config["optimizer"]) if config.get("optimizer") else "adam"
+            model.compile(loss=config["loss"], optimizer=optimizer, metrics=metrics or ())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path!r} has an invalid model configuration ({exc})") from None
+    return model
+
+
+def load_model(path, backend="auto"):
+    """Rebuild a saved model on ``backend``, compiled again when it was compiled when saved."""
+    path = os.fspath(path)
+    config, params, weights, scaler = read_model_file(path)
+    model = model_from_config(config, backend, path)
+    try:
+        scaler = StandardScaler.from_dict(scaler) if scaler else None
+        if params is not None:
+            model.load_state_dict({"params": params}, scaler=scaler)
+        else:
+            model.set_weights(weights)
+            model.set_scaler(scaler)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{path!r} holds weights or a scaler that do not fit its architecture: {exc}") from None
+    return model
+
+
+def load_checkpoint_model(path, backend="auto"):
+    """A new compiled model built from the checkpoint's configuration, with its state restored.
+
+    Like :func:`gpubp.load`, for a checkpoint; ``model.checkpoint_info`` holds what
+    :func:`gpubp.checkpoint.restore_checkpoint` returned (epoch, callbacks' state).
+    """
+    path = os.fspath(path)
+    meta, _ = read_checkpoint(path)
+    model = model_from_config(meta["config"], backend, path, metrics=meta.get("metrics"))
+    model.checkpoint_info = restore_checkpoint(path, model)
+    return model

@@ -1,0 +1,98 @@
+"""The kernel contract: every kernel a device implements, its arguments, results and errors.
+
+Each device module (``gpubp.kernels.cpu`` for NumPy arrays with Numba,
+``gpubp.kernels.cuda`` for CuPy arrays) exports one function per entry of
+:data:`KERNELS`, with these names and arguments; ``gpubp.kernels.reference``
+holds a plain array-module implementation of each, and the contract tests hold
+every device to it (values against float64, in-place behaviour, errors).
+
+Shared rules:
+
+* Floating arrays are C-contiguous float32 or float64, all of one dtype per
+  call; integer labels are int64; ``loss`` is a (1,) float64 array.
+* Every kernel writes into the arrays it is given and returns None; nothing is
+  read back to the host, so a kernel never waits for the device.
+* ``status`` is the (4,) int64 divergence record ``[code, step, scratch,
+  scratch]``, all 0 when cleared: ``code`` stays 0 while clear, else it is one
+  of the ``STATUS_*`` codes and ``step`` the optimizer step that set it (a
+  device may use the scratch entries within one kernel call).
+  A kernel that takes ``status`` does nothing once it is set (the record keeps
+  the first failure) and writes no parameter when it finds a NaN/Inf.
+* An unknown activation name raises ValueError (see :func:`unknown_activation`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Activation names every device implements.
+ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
+
+#: ``status[0]`` codes: what was not finite.
+STATUS_CLEAR = 0
+STATUS_LOSS = 1
+STATUS_GRADIENT = 2
+STATUS_UPDATE = 3
+
+STATUS_MEANING = {
+    STATUS_LOSS: "the loss is not finite (NaN/Inf)",
+    STATUS_GRADIENT: "the gradient is not finite (NaN/Inf)",
+    STATUS_UPDATE: "the update overflowed: new parameters or optimizer state would not be finite",
+}
+
+
+def unknown_activation(name):
+    """The error every device raises for an activation outside :data:`ACTIVATIONS`."""
+    return ValueError(f"unknown activation {name!r}; expected one of {list(ACTIVATIONS)}")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel: its argument names, what it writes, and what it raises."""
+
+    args: tuple
+    writes: tuple
+    math: str
+    raises: str = ""
+
+
+KERNELS = {
+    "bias_activation_": KernelSpec(
+        ("z", "b", "activation"), ("z",), "z (B, n) = f(z + b), b (n,)", "ValueError for an unknown activation"),
+    "activation_backward_": KernelSpec(
+        ("dy", "y", "activation"), ("y",),
+        "y = dy * f'(z), f' from the output y: sigmoid y(1-y), tanh 1-y^2, relu [y>0], linear 1",
+        "ValueError for an unknown activation"),
+    "sigmoid_": KernelSpec(("x",), ("x",), "x = 1 / (1 + exp(-x))"),
+    "softmax_": KernelSpec(("x",), ("x",), "each row of x (B, K) = softmax(row)"),
+    "softmax_cross_entropy": KernelSpec(
+        ("logits", "labels", "grad", "loss"), ("grad", "loss"),
+        "loss[0] = mean_b -log softmax(z_b)[t_b]; grad = (softmax(z) - onehot(t)) / B; "
+        "a label outside [0, K) makes loss[0] NaN"),
+    "binary_cross_entropy": KernelSpec(
+        ("logits", "targets", "grad", "loss"), ("grad", "loss"),
+        "loss[0] = mean(max(z,0) - z t + log(1 + exp(-|z|))); grad = (sigmoid(z) - t) / (B K)"),
+    "mse": KernelSpec(
+        ("outputs", "targets", "grad", "loss"), ("grad", "loss"),
+        "loss[0] = sum((o - t)^2) / (2B); grad = (o - t) / B"),
+    "check_finite_": KernelSpec(
+        ("values", "status", "code", "step"), ("status",), "status[:2] = [code, step] if values hold NaN/Inf"),
+    "clip_by_value_": KernelSpec(("g", "limit"), ("g",), "g = clip(g, -limit, limit); NaN stays NaN"),
+    "clip_by_norm_": KernelSpec(
+        ("g", "max_norm"), ("g",), "g *= max_norm / ||g|| when ||g|| > max_norm (norm summed in float64)"),
+    "sgd_update_": KernelSpec(
+        ("p", "g", "v", "lr", "momentum", "nesterov", "weight_decay", "n_decayed", "status", "step"),
+        ("p", "v", "status"),
+        "d = g + wd p[:n_decayed]; v = mu v + d; p -= lr (d + mu v if nesterov else v), or lr d when mu = 0"),
+    "adam_update_": KernelSpec(
+        ("p", "g", "m", "v", "step_size", "bias_correction2_sqrt", "beta1", "beta2", "eps", "weight_decay",
+         "n_decayed", "status", "step"),
+        ("p", "m", "v", "status"),
+        "m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2; p -= step_size m / (sqrt(v) / bc2_sqrt + eps)"),
+    "rmsprop_update_": KernelSpec(
+        ("p", "g", "v", "lr", "rho", "eps", "weight_decay", "n_decayed", "status", "step"), ("p", "v", "status"),
+        "v = rho v + (1-rho) d^2; p -= lr d / (sqrt(v) + eps)"),
+    "weight_gradient_": KernelSpec(("x", "delta", "out"), ("out",), "out (fan_in, fan_out) = x^T delta"),
+    "input_gradient_": KernelSpec(("delta", "W", "out"), ("out",), "out (B, fan_in) = delta W^T"),
+    "bias_gradient_": KernelSpec(("delta", "out"), ("out",), "out (n,) = sum over rows of delta (B, n)"),
+}
