@@ -475,25 +475,22 @@ def _record(status, probe_g, probe_new, step):
 
 
 def _sgd_plain(p, g, lr, weight_decay, n_decayed, status, step):
-    """d = g + wd p (first n_decayed entries); p -= lr d."""
+    """d = g + wd p (wd on the first n_decayed entries); p -= lr d."""
     if status[0] != 0:
         return
     lr = as_dtype_of(lr, p)
-    wd = as_dtype_of(weight_decay, p)
+    weight_decay = as_dtype_of(weight_decay, p)
     zero = as_dtype_of(0.0, p)
     probe_g = zero
     probe_new = zero
-    for i in prange(n_decayed):
+    for i in prange(p.size):
+        wd = weight_decay if i < n_decayed else zero
         probe_g += g[i] * zero
         probe_new += (p[i] - lr * (g[i] + wd * p[i])) * zero
-    for i in prange(n_decayed, p.size):
-        probe_g += g[i] * zero
-        probe_new += (p[i] - lr * g[i]) * zero
     if _record(status, probe_g, probe_new, step):
-        for i in prange(n_decayed):
+        for i in prange(p.size):
+            wd = weight_decay if i < n_decayed else zero
             p[i] -= lr * (g[i] + wd * p[i])
-        for i in prange(n_decayed, p.size):
-            p[i] -= lr * g[i]
 
 
 @numba.njit(inline="always")
