@@ -88,6 +88,18 @@ class Backend:
             pass
         return None
 
+    def host_view(self, a):
+        """``a`` itself where device arrays live in host memory (the CPU), else None; None for None."""
+        return a if self.name == "cpu" else None
+
+    def upload(self, a, out=None):
+        """``a`` (host or device) as a device array: copied into ``out`` when given (and not ``a`` itself)."""
+        if out is None:
+            return self.asarray(a)
+        if out is not a:
+            self.xp.copyto(out, self.asarray(a, out.dtype))
+        return out
+
     def copy_into(self, target, source):
         """Copy a host or device array into the device array ``target`` (same shape), cast to its dtype."""
         self.xp.copyto(target, self.asarray(source, target.dtype))

@@ -17,8 +17,8 @@ from .layers import Dense
 from .losses import get_loss
 from .optim import get_optimizer
 from .train import fit
-from .validation import (as_feature_matrix, as_host_array, as_target_array, check_finite_for_dtype,
-                         check_positive_int)
+from .validation import (as_host_array, as_target_array, check_feature_matrix, check_finite_for_dtype,
+                         check_positive_int, load_features)
 
 #: Rows per chunk in predict/evaluate when no batch size is given.
 INFERENCE_BATCH = 4096
@@ -299,17 +299,12 @@ class Sequential:
             raise InvalidInputError(
                 f"the scaler was fitted on {len(scaler.mean_)} features but the model expects {self.input_dim}")
         self.scaler = scaler
-        if scaler is not None:
-            self._scaler_shift = self.backend.asarray(scaler.mean_, self.dtype)
-            self._scaler_scale = self.backend.asarray(scaler.scale_, self.dtype)
         return self
 
-    def _features(self, X, name="X"):
-        """Validate X, move it to the device and apply the scaler, if any."""
-        X = as_feature_matrix(self.backend, X, self.input_dim, self.dtype, name)
-        if self.scaler is not None:
-            X = (X - self._scaler_shift) / self._scaler_scale
-        return X
+    def _features(self, X, name="X", out=None):
+        """Validate X, move it to the device (into ``out`` when given) and apply the scaler, if any."""
+        X = check_feature_matrix(self.backend, X, self.input_dim, name)
+        return load_features(self.backend, X, self.dtype, name, self.scaler, out)
 
     def build_for(self, X):
         """Build the model from the width of ``X`` when it has no weights yet."""
@@ -341,9 +336,13 @@ class Sequential:
         Raises :class:`gpubp.TrainingDiverged` when the loss, the gradient or
         the update is not finite; the weights are then those from before the batch.
         """
-        x, y, _ = self.prepare(x, y)
+        self._require_compiled()
+        self.build_for(x)
+        x = check_feature_matrix(self.backend, x, self.input_dim, "X")
+        y = as_target_array(self.backend, self.loss, y, x.shape[0], self.n_outputs, self.dtype, "y")
         plan = self.batch_plan(x.shape[0], y)
-        plan.load(x, y)
+        load_features(self.backend, x, self.dtype, "X", self.scaler, out=plan.x)  # validated while copied
+        self.backend.xp.copyto(plan.y, y)
         loss = float(self.backend.to_host(self.train_step(plan))[0])
         divergence = self.read_divergence()
         if divergence is not None:

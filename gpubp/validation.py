@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from .errors import InvalidInputError, InvalidTypeError
+from .kernels import host
 
 
 def _is_device_array(backend, a):
@@ -53,8 +54,8 @@ def check_finite_for_dtype(a, dtype, name, n_rows=None):
                 f"become Inf) in {n_big} of {n} rows (first: row {int(np.argmax(big))})")
 
 
-def as_feature_matrix(backend, X, n_features, dtype, name="X"):
-    """Validate ``X`` and return it as a C-contiguous (n, n_features) ``dtype`` array on the device."""
+def check_feature_matrix(backend, X, n_features, name="X"):
+    """Check the type and shape of ``X`` (host or device array); returns it as an array, values unchecked."""
     on_device = _is_device_array(backend, X)
     if not on_device:
         if hasattr(X, "__cuda_array_interface__") and backend.name == "cpu":
@@ -71,14 +72,35 @@ def as_feature_matrix(backend, X, n_features, dtype, name="X"):
         raise InvalidInputError(
             f"{name} has {X.shape[1]} features but the model expects {n_features}"
         )
-    if not on_device:
+    return X
+
+
+def load_features(backend, X, dtype, name="X", scaler=None, out=None):
+    """Check the values of ``X`` (from :func:`check_feature_matrix`) and return them on the device as
+    a C-contiguous ``dtype`` array, standardised by ``scaler`` when given, written into ``out`` when given.
+
+    Host float arrays are checked, cast, standardised and copied in one pass
+    (``gpubp.kernels.host``); other inputs take NumPy's (or CuPy's) passes.
+    """
+    dtype = np.dtype(dtype)
+    if not _is_device_array(backend, X) and X.dtype in host.FAST_DTYPES:
+        staging = backend.host_view(out)
+        if staging is None or not staging.flags.c_contiguous:
+            staging = np.empty(X.shape, dtype)
+        scaling = () if scaler is None else (scaler.mean_.astype(dtype), scaler.scale_.astype(dtype))
+        if host.copy_rows_checked(X, staging, *scaling):
+            check_finite_for_dtype(X, dtype, name)  # raises, naming the rows
+        return backend.upload(staging, out)
+    if not _is_device_array(backend, X):
         check_finite_for_dtype(X, dtype, name)
     X = backend.asarray(X, dtype=dtype)
     xp = backend.xp
     bad_rows = int(xp.count_nonzero(~xp.isfinite(X).all(axis=1)))
     if bad_rows:
         raise InvalidInputError(f"{name} holds NaN or Inf values in {bad_rows} of {X.shape[0]} rows")
-    return X
+    if scaler is not None:
+        X = (X - backend.asarray(scaler.mean_, dtype)) / backend.asarray(scaler.scale_, dtype)
+    return X if out is None else backend.upload(X, out)
 
 
 def as_target_array(backend, loss, y, n_samples, n_outputs, dtype, name="y"):
