@@ -70,8 +70,7 @@ def gradcheck(model, X, y, eps=1e-6, tolerance=1e-6, max_entries=None, seed=0):
     -------
     GradcheckResult (truthy when every parameter passes)
     """
-    if model.loss is None:
-        model.prepare(X, y)  # raises NotCompiledError
+    model.require_compiled()
     clone = _float64_clone(model)
     X, y, _ = clone.prepare(X, y)
     plan = clone.batch_plan(X.shape[0], y)

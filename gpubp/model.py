@@ -161,7 +161,8 @@ class Sequential:
     def _bind_optimizer(self):
         self.optimizer.bind(self.backend, self._params, self._grads, self.n_weights)
 
-    def _require_compiled(self):
+    def require_compiled(self):
+        """Raise NotCompiledError unless :meth:`compile` has chosen a loss and an optimizer."""
         if self.loss is None:
             raise NotCompiledError("call model.compile(loss=..., optimizer=...) before training")
 
@@ -324,7 +325,7 @@ class Sequential:
         Returns ``(X, y, with_accuracy)``: device arrays in the layout of the
         loss kernel, and whether accuracy means something for these targets.
         """
-        self._require_compiled()
+        self.require_compiled()
         self.build_for(X)
         X = self._features(X, name_x)
         y_device = as_target_array(self.backend, self.loss, y, X.shape[0], self.n_outputs, self.dtype, name_y)
@@ -336,7 +337,7 @@ class Sequential:
         Raises :class:`gpubp.TrainingDiverged` when the loss, the gradient or
         the update is not finite; the weights are then those from before the batch.
         """
-        self._require_compiled()
+        self.require_compiled()
         self.build_for(x)
         x = check_feature_matrix(self.backend, x, self.input_dim, "X")
         y = as_target_array(self.backend, self.loss, y, x.shape[0], self.n_outputs, self.dtype, "y")

@@ -155,7 +155,7 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     -------
     History
     """
-    model._require_compiled()
+    model.require_compiled()
     batch_size, epochs = _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkpoint_every,
                                           checkpoint_keep, on_divergence, check_every)
     restored = None
