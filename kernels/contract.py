@@ -61,7 +61,8 @@ KERNELS = {
         ("z", "b", "activation"), ("z",), "z (B, n) = f(z + b), b (n,)", "ValueError for an unknown activation"),
     "activation_backward_": KernelSpec(
         ("dy", "y", "activation"), ("y",),
-        "y = dy * f'(z), f' from the output y: sigmoid y(1-y), tanh 1-y^2, relu [y>0], linear 1",
+        "y = dy * f'(z), f' from the output y: sigmoid y(1-y), tanh 1-y^2, linear 1; relu: y = dy where "
+        "y > 0, else 0 (a select: 0 even where dy is NaN)",
         "ValueError for an unknown activation"),
     "sigmoid_": KernelSpec(("x",), ("x",), "x = 1 / (1 + exp(-x))"),
     "softmax_": KernelSpec(("x",), ("x",), "each row of x (B, K) = softmax(row)"),

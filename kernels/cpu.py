@@ -415,7 +415,7 @@ def _check_finite(values, status, code, step):
 def check_finite_(values, status, code, step):
     """Record ``(code, step)`` in ``status`` when ``values`` holds NaN/Inf and status is clear.
 
-    values: any float array; status: (2,) int64 ``[code, step]``, 0 while clear.
+    values: any float array; status: the (4,) int64 record ``[code, step, scratch, scratch]``, code 0 while clear.
     """
     _check_finite(values, status, code, step)
 

@@ -47,8 +47,10 @@ def bias_activation_(z, b, activation):
 def activation_backward_(dy, y, activation):
     if activation not in ACTIVATIONS:
         raise unknown_activation(activation)
-    derivative = {"linear": lambda: 1, "sigmoid": lambda: y * (1 - y), "tanh": lambda: 1 - y * y,
-                  "relu": lambda: y > 0}[activation]()
+    if activation == "relu":  # a select, as in PyTorch's threshold_backward: 0 where y <= 0, even for NaN dy
+        y[...] = _xp(y).where(y > 0, dy, 0)
+        return
+    derivative = {"linear": lambda: 1, "sigmoid": lambda: y * (1 - y), "tanh": lambda: 1 - y * y}[activation]()
     y[...] = dy * derivative
 
 

@@ -1,21 +1,34 @@
-"""Tests of the numba CPU kernels against float64 NumPy references."""
+"""CPU-only tests of the numba kernels: what the device contract (test_kernel_contract.py) does not cover.
+
+The values, in-place behaviour and status rules of every kernel are held to
+``gpubp.kernels.reference`` by the contract tests, on every device. Here:
+the float32 math helpers, vectorization, the serial and ``parallel=True``
+builds of each kernel agreeing (and the wrappers choosing between them by
+``PARALLEL_THRESHOLD``), extreme inputs saturating without warnings, the
+cross-entropy's 32-row log blocks, the two input-gradient layouts and their
+per-thread buffers, and no allocation in steady state.
+"""
 
 import platform
 import re
 import tracemalloc
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 import pytest
 
-from gpubp.kernels import cpu
+from gpubp.kernels import cpu, reference
+from gpubp.kernels.contract import KERNELS, STATUS_GRADIENT, STATUS_LOSS, STATUS_UPDATE
 from gpubp.kernels.fastmath import fast_exp, fast_tanh
 
 DTYPES = (np.float32, np.float64)
-# (32, 64) runs the serial kernels, (2048, 128) the parallel ones.
+# (32, 64) runs the serial kernels, (2048, 128) the parallel ones (see both_code_paths).
 SHAPES = ((32, 64), (2048, 128))
-# Max abs error vs a float64 reference of the same (already rounded) inputs.
+# Max error vs a float64 reference of the same (already rounded) inputs, relative to max(1, |reference|).
 TOLERANCE = {np.float32: 1e-6, np.float64: 1e-12}
+SERIAL_ONLY, PARALLEL_ALWAYS = 1 << 62, 0
 
 
 @pytest.fixture(autouse=True)
@@ -29,71 +42,23 @@ def test_shapes_cover_both_code_paths():
     assert min(sizes) < cpu.PARALLEL_THRESHOLD <= max(sizes)
 
 
-def _rng(seed=0):
-    return np.random.default_rng(seed)
+def _rng(*seed):
+    return np.random.default_rng(list(seed))
 
 
 def _normal(shape, dtype, scale=3.0, seed=0):
     return (scale * _rng(seed).standard_normal(shape)).astype(dtype)
 
 
-def _assert_close(actual, reference, dtype, relative=False):
-    """Max abs error <= TOLERANCE (scaled by |reference| when relative)."""
-    actual = np.asarray(actual, dtype=np.float64)
-    error = np.abs(actual - reference)
-    if relative:
-        error = error / np.maximum(1.0, np.abs(reference))
-    assert np.all(np.isfinite(actual) == np.isfinite(reference))
+def _status(code=0, step=0):
+    return np.array([code, step, 0, 0], np.int64)
+
+
+def _assert_close(actual, expected, dtype):
+    actual = np.asarray(actual, np.float64)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    error = np.abs(actual - expected) / np.maximum(1.0, np.abs(expected))
     assert np.nanmax(error) <= TOLERANCE[dtype], np.nanmax(error)
-
-
-# --------------------------------------------------------------------------
-# float64 references
-# --------------------------------------------------------------------------
-
-def _sigmoid_ref(x):
-    x = np.asarray(x, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-x))
-
-
-_FORWARD_REF = {
-    "linear": lambda x: x,
-    "sigmoid": _sigmoid_ref,
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0.0),
-}
-
-_BACKWARD_REF = {
-    "linear": lambda y: np.ones_like(y),
-    "sigmoid": lambda y: y * (1.0 - y),
-    "tanh": lambda y: 1.0 - y * y,
-    "relu": lambda y: (y > 0).astype(np.float64),
-}
-
-
-def _softmax_ref(x):
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _cross_entropy_ref(logits, labels):
-    x = np.asarray(logits, dtype=np.float64)
-    batch = x.shape[0]
-    row_max = x.max(axis=1)
-    log_sum = np.log(np.exp(x - row_max[:, None]).sum(axis=1)) + row_max
-    loss = np.mean(log_sum - x[np.arange(batch), labels])
-    grad = _softmax_ref(x)
-    grad[np.arange(batch), labels] -= 1.0
-    return loss, grad / batch
-
-
-def _bce_ref(logits, targets):
-    z = np.asarray(logits, dtype=np.float64)
-    t = np.asarray(targets, dtype=np.float64)
-    loss = np.mean(np.maximum(z, 0.0) - z * t + np.log1p(np.exp(-np.abs(z))))
-    return loss, (_sigmoid_ref(z) - t) / z.size
 
 
 # --------------------------------------------------------------------------
@@ -139,7 +104,7 @@ def test_fast_exp_float64_is_math_exp():
 
 
 def test_fast_tanh_float32_relative_error_near_zero():
-    x = np.concatenate([np.geomspace(1e-30, 10.0, 200_001)]).astype(np.float32)
+    x = np.geomspace(1e-30, 10.0, 200_001).astype(np.float32)
     x = np.concatenate([x, -x])
     out = np.empty_like(x)
     _apply_fast_tanh(x, out)
@@ -161,343 +126,360 @@ def test_float32_loops_are_vectorized():
 
 
 # --------------------------------------------------------------------------
-# bias + activation, activation backward, sigmoid_, softmax_
+# Serial and parallel builds agree
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("activation", cpu.ACTIVATIONS)
-@pytest.mark.parametrize("shape", SHAPES)
+def _kernel_pairs():
+    """{label: (serial, parallel)} for every pair built by ``cpu._serial_and_parallel``."""
+    pairs = {}
+    for attr, value in vars(cpu).items():
+        if not attr.endswith("_KERNELS"):
+            continue
+        if isinstance(value, dict):
+            pairs.update({f"{attr}[{key}]": pair for key, pair in value.items()})
+        else:
+            pairs[attr] = value
+    return pairs
+
+
+@pytest.fixture
+def spied_pairs(monkeypatch):
+    """Replaces every serial/parallel pair with recording wrappers; yields the set of (label, build) called."""
+    called = set()
+
+    def spy(fn, label, build):
+        def wrapper(*args):
+            called.add((label, build))
+            return fn(*args)
+        return wrapper
+
+    for attr, value in list(vars(cpu).items()):
+        if not attr.endswith("_KERNELS"):
+            continue
+        if isinstance(value, dict):
+            for key, (serial, parallel) in value.items():
+                label = f"{attr}[{key}]"
+                monkeypatch.setitem(value, key, (spy(serial, label, "serial"), spy(parallel, label, "parallel")))
+        else:
+            serial, parallel = value
+            monkeypatch.setattr(cpu, attr, (spy(serial, attr, "serial"), spy(parallel, attr, "parallel")))
+    return called
+
+
+def test_every_kernel_pair_is_a_serial_and_a_parallel_build():
+    pairs = _kernel_pairs()
+    assert len(pairs) >= 13
+    for label, (serial, parallel) in pairs.items():
+        assert not serial.targetoptions.get("parallel"), label
+        assert parallel.targetoptions.get("parallel") is True, label
+        assert parallel.py_func.__qualname__ == serial.py_func.__qualname__ + "_parallel", label
+
+
+_UPDATE_HYPER = {
+    "sgd": ("sgd_update_", ("v",), dict(lr=0.1, momentum=0.0, nesterov=False)),
+    "sgd_momentum": ("sgd_update_", ("v",), dict(lr=0.1, momentum=0.9, nesterov=False)),
+    "sgd_nesterov": ("sgd_update_", ("v",), dict(lr=0.1, momentum=0.9, nesterov=True)),
+    "adam": ("adam_update_", ("m", "v"), dict(step_size=0.1, bias_correction2_sqrt=0.0316, beta1=0.9, beta2=0.999,
+                                              eps=1e-8)),
+    "rmsprop": ("rmsprop_update_", ("v",), dict(lr=0.01, rho=0.99, eps=1e-8)),
+}
+
+
+#: Each update is run with a clear status, a NaN gradient, an overflowing update and a status already
+#: set; the status [code, step] each must leave (step 9 in every call).
+UPDATE_SCENARIOS = {"clear": [0, 0], "nan_gradient": [STATUS_GRADIENT, 9], "overflow": [STATUS_UPDATE, 9],
+                    "status_set": [STATUS_LOSS, 4]}
+
+
+def _update_case(update, scenario):
+    kernel, state_names, hyper = _UPDATE_HYPER[update]
+
+    def build(dtype, size):
+        rng = _rng(50, size)
+        p = rng.standard_normal(size).astype(dtype)
+        g = (rng.choice([-1.0, 1.0], size) * rng.uniform(0.5, 1.5, size)).astype(dtype)
+        state = {name: np.abs(rng.standard_normal(size)).astype(dtype) for name in state_names}
+        status = _status()
+        args = dict(hyper)
+        if scenario == "nan_gradient":
+            g[-1] = np.nan
+        elif scenario == "overflow":
+            p[-1], g[-1] = -0.9 * np.finfo(dtype).max, np.finfo(dtype).max / 2
+            if kernel != "adam_update_":
+                args["lr"] = 1.0
+        elif scenario == "status_set":
+            status = _status(STATUS_LOSS, 4)
+        values = dict(p=p, g=g, **state, **args, weight_decay=0.01, n_decayed=size // 2, status=status, step=9)
+        return kernel, {name: values[name] for name in KERNELS[kernel].args}
+
+    return build
+
+
+def _array_case(kernel, make):
+    return lambda dtype, size: (kernel, make(dtype, size))
+
+
+def _two_d(size):
+    return (7, 3) if size < 100 else (1001, 70)
+
+
+def _losses(kernel, bad_label=False):
+    def make(dtype, size):
+        shape = _two_d(size)
+        outputs = _normal(shape, dtype, seed=51)
+        if kernel == "softmax_cross_entropy":
+            second = _rng(52).integers(0, shape[1], shape[0]).astype(np.int64)
+            if bad_label:
+                second[-1] = shape[1]  # in the last, partial 32-row block
+        elif kernel == "binary_cross_entropy":
+            second = _rng(52).random(shape).astype(dtype)
+        else:
+            second = _normal(shape, dtype, seed=52)
+        names = KERNELS[kernel].args
+        return {names[0]: outputs, names[1]: second, "grad": np.full_like(outputs, np.nan), "loss": np.zeros(1)}
+    return _array_case(kernel, make)
+
+
+def _with_nan(shape, dtype, seed):
+    x = _normal(shape, dtype, seed=seed)
+    x.flat[-1] = np.nan
+    x.flat[0] = 1e4
+    return x
+
+
+AGREEMENT_CASES = {
+    **{f"bias_{name}": _array_case("bias_activation_", lambda dtype, size, name=name: dict(
+        z=_with_nan(_two_d(size), dtype, 53), b=_normal(_two_d(size)[1], dtype, seed=54), activation=name))
+       for name in ("linear", "sigmoid", "tanh", "relu")},
+    **{f"backward_{name}": _array_case("activation_backward_", lambda dtype, size, name=name: dict(
+        dy=_normal(_two_d(size), dtype, seed=55), y=np.tanh(_normal(_two_d(size), dtype, seed=56)), activation=name))
+       for name in ("sigmoid", "tanh", "relu")},
+    "sigmoid": _array_case("sigmoid_", lambda dtype, size: dict(x=_with_nan((3,) + _two_d(size), dtype, 57))),
+    "softmax": _array_case("softmax_", lambda dtype, size: dict(x=_normal(_two_d(size), dtype, seed=58))),
+    "cross_entropy": _losses("softmax_cross_entropy"),
+    "cross_entropy_bad_label": _losses("softmax_cross_entropy", bad_label=True),
+    "bce": _losses("binary_cross_entropy"),
+    "mse": _losses("mse"),
+    **{f"{update}_{scenario}": _update_case(update, scenario) for update in _UPDATE_HYPER
+       for scenario in UPDATE_SCENARIOS},
+}
+
+
+#: Kernels that sum along rows (under fast-math reassociation): their bits depend on how LLVM vectorized the
+#: sum, which differs between a process that compiles them and one that loads numba's on-disk cache (measured:
+#: up to 4 ulp). Every other kernel must agree bit for bit.
+ROW_REDUCTIONS = ("softmax_", "softmax_cross_entropy")
+
+
+def _run(kernel, args):
+    copies = {name: value.copy() if isinstance(value, np.ndarray) else value for name, value in args.items()}
+    assert getattr(cpu, kernel)(*copies.values()) is None
+    return copies
+
+
+@pytest.mark.parametrize("size", (7, 70_001))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bias_activation_matches_reference(dtype, shape, activation):
-    z = _normal(shape, dtype, seed=1)
-    b = _normal(shape[1], dtype, seed=2)
-    reference = _FORWARD_REF[activation](z.astype(np.float64) + b)
-    out = cpu.bias_activation_(z, b, activation)
-    assert out is z and z.dtype == dtype
-    # linear and relu are exact up to the rounding of z + b: compare relatively.
-    _assert_close(z, reference, dtype, relative=activation in ("linear", "relu"))
+@pytest.mark.parametrize("case", AGREEMENT_CASES)
+def test_serial_and_parallel_builds_agree(monkeypatch, spied_pairs, case, dtype, size):
+    """Same inputs through the serial build (threshold off) and the parallel one (threshold 0).
+
+    Elementwise results must be bit-identical; only the float64 loss sums may differ in rounding.
+    """
+    kernel, args = AGREEMENT_CASES[case](dtype, size)
+    results = {}
+    for threshold, build in ((SERIAL_ONLY, "serial"), (PARALLEL_ALWAYS, "parallel")):
+        monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", threshold)
+        spied_pairs.clear()
+        results[build] = _run(kernel, args)
+        assert {b for _, b in spied_pairs} == {build}, f"the wrapper ran {spied_pairs}, expected the {build} build"
+    serial, parallel = results["serial"], results["parallel"]
+    for name in KERNELS[kernel].writes:
+        if name == "loss":  # float64 sums of row or element losses, in another order
+            np.testing.assert_allclose(parallel["loss"], serial["loss"], rtol=max(1e-12, 8 * np.finfo(dtype).eps))
+        elif kernel in ROW_REDUCTIONS:
+            np.testing.assert_allclose(parallel[name], serial[name], rtol=8 * np.finfo(dtype).eps, atol=0,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(parallel[name], serial[name], err_msg=name)
+    if "status" in serial:
+        scenario = next(name for name in UPDATE_SCENARIOS if case.endswith(name))
+        np.testing.assert_array_equal(parallel["status"][:2], UPDATE_SCENARIOS[scenario])
+    if case == "cross_entropy_bad_label":
+        assert np.isnan(parallel["loss"][0])
 
 
-def test_bias_activation_rejects_unknown_name():
-    z = np.zeros((2, 3))
-    with pytest.raises(ValueError, match="activation"):
-        cpu.bias_activation_(z, np.zeros(3), "softplus")
+def test_agreement_cases_exercise_every_kernel_pair(monkeypatch, spied_pairs):
+    """Each serial/parallel pair (a new one too) is run, both builds, by test_serial_and_parallel_builds_agree."""
+    for threshold in (SERIAL_ONLY, PARALLEL_ALWAYS):
+        monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", threshold)
+        for build in AGREEMENT_CASES.values():
+            _run(*build(np.float32, 7))
+    assert spied_pairs == {(label, b) for label in _kernel_pairs() for b in ("serial", "parallel")}
 
 
+def test_threshold_picks_the_build_by_size(monkeypatch, spied_pairs):
+    monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", 100)
+    cpu.sigmoid_(np.zeros(99))
+    assert spied_pairs == {("_SIGMOID_KERNELS", "serial")}
+    cpu.sigmoid_(np.zeros(100))
+    assert spied_pairs == {("_SIGMOID_KERNELS", "serial"), ("_SIGMOID_KERNELS", "parallel")}
+
+
+@pytest.mark.parametrize("threshold", (SERIAL_ONLY, PARALLEL_ALWAYS), ids=("serial", "parallel"))
+@pytest.mark.parametrize("update", _UPDATE_HYPER)
+def test_updates_never_write_outside_their_arrays(monkeypatch, update, threshold):
+    """p, g and the state are views into larger buffers; n_decayed beyond p.size must not reach past its end."""
+    monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", threshold)
+    kernel, state_names, hyper = _UPDATE_HYPER[update]
+    size, spare = 33, 16
+    buffers = {name: np.full(size + spare, 0.5, np.float32) for name in ("p", "g") + state_names}
+    views = {name: buffer[:size] for name, buffer in buffers.items()}
+    status = _status()
+    values = dict(views, **hyper, weight_decay=0.1, n_decayed=size + spare, status=status, step=1)
+    assert getattr(cpu, kernel)(*[values[name] for name in KERNELS[kernel].args]) is None
+    assert status[0] == 0 and np.all(views["p"] != 0.5), "the update was applied"
+    for name, buffer in buffers.items():
+        np.testing.assert_array_equal(buffer[size:], 0.5, err_msg=f"{name} written past its end")
+
+
+# --------------------------------------------------------------------------
+# Extreme inputs saturate without warnings
+# --------------------------------------------------------------------------
+
+EXTREMES = [-1e4, -1e3, -100.0, -89.0, -30.0, 0.0, 30.0, 89.0, 100.0, 1e3, 1e4]
+
+
+@pytest.mark.parametrize("threshold", (SERIAL_ONLY, PARALLEL_ALWAYS), ids=("serial", "parallel"))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bias_activation_extreme_inputs_saturate_without_warnings(dtype):
-    values = np.array([-1e4, -1e3, -100.0, -89.0, -30.0, 0.0,
-                       30.0, 89.0, 100.0, 1e3, 1e4], dtype=dtype)
+def test_extreme_inputs_saturate_without_warnings(monkeypatch, dtype, threshold):
+    monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", threshold)
+    values = np.array(EXTREMES, dtype)
     z = np.tile(values, (4, 1))
-    b = np.zeros(values.size, dtype=dtype)
-    with np.errstate(all="raise"):
-        sig = cpu.bias_activation_(z.copy(), b, "sigmoid")
-        tanh = cpu.bias_activation_(z.copy(), b, "tanh")
-    for out in (sig, tanh):
-        assert not np.any(np.isnan(out))
-    assert np.all(sig[:, -4:] == 1.0)
-    assert np.all((sig[:, :4] >= 0.0) & (sig[:, :4] < 1e-37))
+    b = np.zeros(values.size, dtype)
+    sig, tanh, flat = z.copy(), z.copy(), z.copy()
+    huge = _normal((64, 10), dtype, scale=1e4, seed=8)
+    huge[0] = 1e30
+    soft = huge.copy()
+    grad = np.empty_like(huge)
+    bce_grad = np.empty_like(z)
+    loss, bce_loss = np.zeros(1), np.zeros(1)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        cpu.bias_activation_(sig, b, "sigmoid")
+        cpu.bias_activation_(tanh, b, "tanh")
+        cpu.sigmoid_(flat)
+        cpu.softmax_(soft)
+        cpu.softmax_cross_entropy(huge, np.arange(64, dtype=np.int64) % 10, grad, loss)
+        cpu.binary_cross_entropy(z, (np.arange(z.size).reshape(z.shape) % 2).astype(dtype), bce_grad, bce_loss)
+    for out in (sig, tanh, flat, soft, grad, bce_grad):
+        assert np.all(np.isfinite(out))
+    assert np.all(sig[:, -4:] == 1.0) and np.all((sig[:, :4] >= 0.0) & (sig[:, :4] < 1e-37))
+    np.testing.assert_array_equal(flat, sig)
     assert np.all(tanh[:, -4:] == 1.0) and np.all(tanh[:, :4] == -1.0)
-    _assert_close(sig, _sigmoid_ref(z), dtype)
+    with np.errstate(over="ignore"):
+        _assert_close(sig, 1 / (1 + np.exp(-z.astype(np.float64))), dtype)
     _assert_close(tanh, np.tanh(z.astype(np.float64)), dtype)
-
-
-@pytest.mark.parametrize("activation", ("sigmoid", "tanh", "relu"))
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_nan_propagates_through_activations(dtype, shape, activation):
-    z = _normal(shape, dtype, seed=3)
-    z[0, 5] = np.nan
-    z[-1, -1] = np.nan
-    cpu.bias_activation_(z, np.zeros(shape[1], dtype), activation)
-    assert np.isnan(z[0, 5]) and np.isnan(z[-1, -1])
-    assert np.count_nonzero(np.isnan(z)) == 2
-
-
-@pytest.mark.parametrize("activation", cpu.ACTIVATIONS)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_activation_backward_matches_reference(dtype, shape, activation):
-    y = cpu.bias_activation_(_normal(shape, dtype, seed=4),
-                             np.zeros(shape[1], dtype), activation)
-    delta = _normal(shape, dtype, scale=1.0, seed=5)
-    reference = delta.astype(np.float64) * _BACKWARD_REF[activation](
-        y.astype(np.float64))
-    out = cpu.activation_backward_(delta, y, activation)
-    assert out is delta
-    _assert_close(delta, reference, dtype, relative=True)
-
-
-@pytest.mark.parametrize("activation", cpu.ACTIVATIONS)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_activation_backward_written_over_the_output(dtype, shape, activation):
-    """out=y: the training step writes dL/dz over the activation it no longer needs."""
-    y = cpu.bias_activation_(_normal(shape, dtype, seed=4), np.zeros(shape[1], dtype), activation)
-    delta = _normal(shape, dtype, scale=1.0, seed=5)
-    reference = delta.astype(np.float64) * _BACKWARD_REF[activation](y.astype(np.float64))
-    kept = delta.copy()
-    out = cpu.activation_backward_(delta, y, activation, out=y)
-    assert out is y
-    np.testing.assert_array_equal(delta, kept)
-    _assert_close(y, reference, dtype, relative=True)
-
-
-@pytest.mark.parametrize("shape", ((7,), (32, 64), (2048, 128), (4, 8, 9)))
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_sigmoid_inplace_any_shape(dtype, shape):
-    x = _normal(shape, dtype, scale=10.0, seed=6)
-    x.flat[0] = np.nan
-    x.flat[-1] = -1e4
-    reference = _sigmoid_ref(x)
-    with np.errstate(all="raise"):
-        out = cpu.sigmoid_(x)
-    assert out is x and x.shape == shape
-    assert np.isnan(x.flat[0])
-    _assert_close(x, reference, dtype)
-
-
-@pytest.mark.parametrize("shape", SHAPES + ((5, 1), (3, 1000)))
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_matches_reference(dtype, shape):
-    x = _normal(shape, dtype, seed=7)
-    reference = _softmax_ref(x)
-    out = cpu.softmax_(x)
-    assert out is x
-    _assert_close(x, reference, dtype)
-    np.testing.assert_allclose(x.sum(axis=1), 1.0, atol=10 * TOLERANCE[dtype])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_huge_logits_rows_sum_to_one(dtype):
-    x = _normal((64, 10), dtype, scale=1e4, seed=8)
-    x[0] = 1e30
-    reference = _softmax_ref(x)
-    with np.errstate(all="raise"):
-        cpu.softmax_(x)
-    assert np.all(np.isfinite(x))
-    np.testing.assert_allclose(x.sum(axis=1), 1.0, atol=10 * TOLERANCE[dtype])
-    _assert_close(x, reference, dtype)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=10 * TOLERANCE[dtype])
+    assert np.isfinite(loss[0]) and np.isfinite(bce_loss[0])
+    expected_loss, expected_grad = np.zeros(1), np.empty(huge.shape)
+    reference.softmax_cross_entropy(huge, np.arange(64) % 10, expected_grad, expected_loss)
+    assert abs(loss[0] - expected_loss[0]) <= 1e-6 * expected_loss[0]
+    _assert_close(grad, expected_grad, dtype)
 
 
 # --------------------------------------------------------------------------
-# Losses
+# Cross-entropy: one log per block of 32 rows
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("label_dtype", (np.int32, np.int64))
-@pytest.mark.parametrize("shape", SHAPES + ((1001, 10), (1, 3)))  # row counts off the 32-row log blocks
+@pytest.mark.parametrize("threshold", (SERIAL_ONLY, PARALLEL_ALWAYS), ids=("serial", "parallel"))
+@pytest.mark.parametrize("rows", (1, 31, 32, 33, 63, 64, 65, 1001))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_cross_entropy_matches_reference(dtype, shape, label_dtype):
-    logits = _normal(shape, dtype, seed=9)
-    labels = _rng(10).integers(0, shape[1], shape[0]).astype(label_dtype)
-    logits_before = logits.copy()
-    grad = np.full_like(logits, np.nan)
-    loss = cpu.softmax_cross_entropy(logits, labels, grad)
-    ref_loss, ref_grad = _cross_entropy_ref(logits, labels)
-    assert isinstance(loss, float)
-    assert abs(loss - ref_loss) <= TOLERANCE[dtype] * max(1.0, ref_loss)
-    _assert_close(grad, ref_grad, dtype)
-    np.testing.assert_array_equal(logits, logits_before)
-    # Deterministic: the same call gives bit-identical results.
-    grad_again = np.empty_like(grad)
-    assert cpu.softmax_cross_entropy(logits, labels, grad_again) == loss
+def test_softmax_cross_entropy_at_row_counts_off_the_log_blocks(monkeypatch, dtype, rows, threshold):
+    monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", threshold)
+    logits = _normal((rows, 10), dtype, seed=9)
+    labels = _rng(10, rows).integers(0, 10, rows).astype(np.int64)
+    grad, loss = np.full_like(logits, np.nan), np.zeros(1)
+    cpu.softmax_cross_entropy(logits, labels, grad, loss)
+    expected_grad, expected_loss = np.empty((rows, 10)), np.zeros(1)
+    reference.softmax_cross_entropy(logits.astype(np.float64), labels, expected_grad, expected_loss)
+    assert abs(loss[0] - expected_loss[0]) <= TOLERANCE[dtype] * max(1.0, expected_loss[0])
+    assert np.max(np.abs(grad - expected_grad)) <= TOLERANCE[dtype] / rows
+    # deterministic: the same call gives bit-identical results
+    grad_again, loss_again = np.empty_like(grad), np.zeros(1)
+    cpu.softmax_cross_entropy(logits, labels, grad_again, loss_again)
+    assert loss_again[0] == loss[0]
     np.testing.assert_array_equal(grad_again, grad)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_cross_entropy_huge_logits(dtype):
-    logits = _normal((16, 5), dtype, scale=1e4, seed=11)
-    labels = np.arange(16) % 5
-    grad = np.empty_like(logits)
-    with np.errstate(all="raise"):
-        loss = cpu.softmax_cross_entropy(logits, labels, grad)
-    ref_loss, ref_grad = _cross_entropy_ref(logits, labels)
-    assert np.isfinite(loss) and np.all(np.isfinite(grad))
-    assert abs(loss - ref_loss) <= 1e-6 * ref_loss
-    _assert_close(grad, ref_grad, dtype)
-
-
-def test_softmax_cross_entropy_nan_logit_gives_nan_loss():
-    logits = _normal((100, 10), np.float32, seed=12)
-    logits[77, 3] = np.nan
-    grad = np.empty_like(logits)
-    assert np.isnan(cpu.softmax_cross_entropy(logits, np.zeros(100, np.int64), grad))
-
-
-def test_softmax_cross_entropy_rejects_out_of_range_labels():
-    logits = np.zeros((4, 3))
-    grad = np.empty_like(logits)
-    for bad in (3, -1):
-        labels = np.array([0, 1, bad, 2])
-        with pytest.raises(ValueError, match="labels"):
-            cpu.softmax_cross_entropy(logits, labels, grad)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_binary_cross_entropy_matches_reference(dtype, shape):
-    logits = _normal(shape, dtype, seed=12)
-    logits[0, :4] = [-1e4, 1e4, -90.0, 90.0]
-    targets = _rng(13).random(shape).astype(dtype)
-    grad = np.empty_like(logits)
-    with np.errstate(all="raise"):
-        loss = cpu.binary_cross_entropy(logits, targets, grad)
-    ref_loss, ref_grad = _bce_ref(logits, targets)
-    assert isinstance(loss, float) and np.isfinite(loss)
-    assert abs(loss - ref_loss) <= TOLERANCE[dtype] * max(1.0, ref_loss)
-    _assert_close(grad, ref_grad, dtype)
-
-
-@pytest.mark.parametrize("shape", SHAPES + ((10,),))
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_mse_matches_reference(dtype, shape):
-    outputs = _normal(shape, dtype, seed=14)
-    targets = _normal(shape, dtype, seed=15)
-    grad = np.empty_like(outputs)
-    loss = cpu.mse(outputs, targets, grad)
-    diff = outputs.astype(np.float64) - targets
-    batch = shape[0]
-    ref_loss = np.sum(diff * diff) / (2 * batch)
-    assert isinstance(loss, float)
-    assert abs(loss - ref_loss) <= TOLERANCE[dtype] * max(1.0, ref_loss)
-    _assert_close(grad, diff / batch, dtype)
+@pytest.mark.parametrize("threshold", (SERIAL_ONLY, PARALLEL_ALWAYS), ids=("serial", "parallel"))
+@pytest.mark.parametrize("rows", (31, 32, 33, 65))
+def test_softmax_cross_entropy_block_product_of_wide_rows_stays_finite(monkeypatch, rows, threshold):
+    """Equal logits: each row's softmax sum is K, so a full block multiplies 32 factors of K = 20000 (1e137)."""
+    monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", threshold)
+    width = 20_000
+    logits = np.full((rows, width), 0.25)
+    labels = (np.arange(rows, dtype=np.int64) * 7919) % width
+    grad, loss = np.empty_like(logits), np.zeros(1)
+    cpu.softmax_cross_entropy(logits, labels, grad, loss)
+    assert abs(loss[0] - np.log(width)) <= 1e-12 * np.log(width)
 
 
 # --------------------------------------------------------------------------
-# Optimizers (several steps against NumPy float64 formulas)
+# Bias gradient (eight rows per pass, then the remainder)
 # --------------------------------------------------------------------------
 
-OPTIMIZER_SIZES = (1000, 300_000)
-STEPS = 5
-
-
-def _params_and_grads(size, dtype):
-    """Parameters ~ N(0, 1); gradients with 0.5 <= |g| <= 1.5.
-
-    Keeping |g + wd p| away from 0 keeps the adaptive steps d / sqrt(v)
-    well-conditioned, so float32 rounding of the inputs cannot flip them.
-    """
-    rng = _rng(16)
-    p = rng.standard_normal(size).astype(dtype)
-    grads = [(rng.choice([-1.0, 1.0], size) * rng.uniform(0.5, 1.5, size)
-              ).astype(dtype) for _ in range(STEPS)]
-    return p, grads
-
-
-@pytest.mark.parametrize("momentum,nesterov,weight_decay",
-                         [(0.0, False, 0.0), (0.0, False, 0.01),
-                          (0.9, False, 0.0), (0.9, True, 0.01)])
-@pytest.mark.parametrize("size", OPTIMIZER_SIZES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_sgd_matches_reference(dtype, size, momentum, nesterov, weight_decay):
-    lr = 0.1
-    p, grads = _params_and_grads(size, dtype)
-    v = np.zeros_like(p) if momentum else None
-    ref_p = p.astype(np.float64)
-    ref_v = np.zeros(size)
-    for g in grads:
-        result = cpu.sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay)
-        assert result is p
-        d = g + weight_decay * ref_p
-        if momentum:
-            ref_v = momentum * ref_v + d
-            step = d + momentum * ref_v if nesterov else ref_v
-        else:
-            step = d
-        ref_p = ref_p - lr * step
-    assert p.dtype == dtype
-    _assert_close(p, ref_p, dtype, relative=True)
-    if momentum:
-        _assert_close(v, ref_v, dtype, relative=True)
-
-
-@pytest.mark.parametrize("weight_decay", (0.0, 0.01))
-@pytest.mark.parametrize("size", OPTIMIZER_SIZES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_adam_matches_reference(dtype, size, weight_decay):
-    lr, beta1, beta2, eps = 1e-2, 0.9, 0.999, 1e-8
-    p, grads = _params_and_grads(size, dtype)
-    m = np.zeros_like(p)
-    v = np.zeros_like(p)
-    ref_p, ref_m, ref_v = p.astype(np.float64), np.zeros(size), np.zeros(size)
-    for t, g in enumerate(grads, start=1):
-        step_size = lr / (1 - beta1**t)
-        bias_correction2_sqrt = np.sqrt(1 - beta2**t)
-        result = cpu.adam_update_(p, g, m, v, step_size, bias_correction2_sqrt,
-                                  beta1, beta2, eps, weight_decay)
-        assert result is p
-        d = g + weight_decay * ref_p
-        ref_m = beta1 * ref_m + (1 - beta1) * d
-        ref_v = beta2 * ref_v + (1 - beta2) * d * d
-        ref_p = ref_p - step_size * ref_m / (
-            np.sqrt(ref_v) / bias_correction2_sqrt + eps)
-    _assert_close(p, ref_p, dtype, relative=True)
-    _assert_close(m, ref_m, dtype, relative=True)
-    _assert_close(v, ref_v, dtype, relative=True)
-
-
-@pytest.mark.parametrize("weight_decay", (0.0, 0.01))
-@pytest.mark.parametrize("size", OPTIMIZER_SIZES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_rmsprop_matches_reference(dtype, size, weight_decay):
-    lr, rho, eps = 1e-2, 0.99, 1e-8
-    p, grads = _params_and_grads(size, dtype)
-    v = np.zeros_like(p)
-    ref_p, ref_v = p.astype(np.float64), np.zeros(size)
-    for g in grads:
-        result = cpu.rmsprop_update_(p, g, v, lr, rho, eps, weight_decay)
-        assert result is p
-        d = g + weight_decay * ref_p
-        ref_v = rho * ref_v + (1 - rho) * d * d
-        ref_p = ref_p - lr * d / (np.sqrt(ref_v) + eps)
-    _assert_close(p, ref_p, dtype, relative=True)
-    _assert_close(v, ref_v, dtype, relative=True)
-
-
-# --------------------------------------------------------------------------
-# Bias gradient
-# --------------------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES + ((1001, 7), (3, 5), (8, 1)))
-def test_bias_gradient_matches_reference(dtype, shape):
-    delta = _normal(shape, dtype, scale=1.0, seed=42)
-    out = np.full(shape[1], np.nan, dtype)
-    assert cpu.bias_gradient_(delta, out) is out
-    reference = delta.astype(np.float64).sum(axis=0)
-    # float32 summation error grows with the number of rows
-    tolerance = {np.float32: 1e-6, np.float64: 1e-12}[dtype] * np.sqrt(shape[0]) * 3.0
-    assert np.max(np.abs(out - reference)) <= tolerance
-
-
-def test_bias_gradient_propagates_nan():
+@pytest.mark.parametrize("row", (0, 13, 15, 16, 19))  # in the 8-row passes, and in the remainder
+@pytest.mark.parametrize("value", (np.nan, np.inf))
+def test_bias_gradient_propagates_non_finite_values(row, value):
     delta = np.ones((20, 4), np.float32)
-    delta[13, 2] = np.nan
-    out = cpu.bias_gradient_(delta, np.empty(4, np.float32))
-    assert np.isnan(out[2]) and np.all(out[[0, 1, 3]] == 20.0)
+    delta[row, 2] = value
+    out = np.empty(4, np.float32)
+    assert cpu.bias_gradient_(delta, out) is None
+    assert (np.isnan(out[2]) if np.isnan(value) else out[2] == np.inf)
+    np.testing.assert_array_equal(out[[0, 1, 3]], 20.0)
+
+
+def test_bias_gradient_of_opposite_infinities_is_nan():
+    delta = np.zeros((11, 2))
+    delta[2, 1], delta[9, 1] = np.inf, -np.inf  # one in the 8-row pass, one in the remainder
+    out = np.empty(2)
+    cpu.bias_gradient_(delta, out)
+    assert out[0] == 0.0 and np.isnan(out[1])
 
 
 # --------------------------------------------------------------------------
-# Input-gradient GEMM
+# Input-gradient GEMM: two layouts
 # --------------------------------------------------------------------------
+
+INPUT_GRADIENT_SHAPES = [(16, 512, 300), (64, 600, 512), (128, 512, 512), (8, 40, 10), (1, 256, 256)]
+
+
+def test_input_gradient_shapes_cover_both_layouts():
+    layouts = {cpu.transposed_input_gradient_is_faster(*shape) for shape in INPUT_GRADIENT_SHAPES}
+    assert layouts == {True, False}
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch, fan_in, fan_out", [(16, 512, 300), (64, 600, 512), (128, 512, 512), (8, 40, 10)])
+@pytest.mark.parametrize("batch, fan_in, fan_out", INPUT_GRADIENT_SHAPES)
 def test_input_gradient_matches_reference(dtype, batch, fan_in, fan_out):
     """Both layouts (transposed for small batches of wide layers, direct otherwise) give delta W^T."""
     delta = _normal((batch, fan_out), dtype, scale=1.0, seed=40)
     W = _normal((fan_in, fan_out), dtype, scale=0.05, seed=41)
     out = np.full((batch, fan_in), np.nan, dtype)
-    assert cpu.input_gradient_(delta, W, out) is out
-    reference = delta.astype(np.float64) @ W.astype(np.float64).T
+    assert cpu.input_gradient_(delta, W, out) is None
+    expected = delta.astype(np.float64) @ W.astype(np.float64).T
     # float32 GEMM rounding grows with the inner dimension
     tolerance = {np.float32: 1e-5, np.float64: 1e-12}[dtype] * np.sqrt(fan_out)
-    assert np.max(np.abs(out - reference)) <= tolerance
+    assert np.max(np.abs(out - expected)) <= tolerance
+    # the transposed layout's cached buffer is reused, not shared with the result
+    again = np.empty_like(out)
+    cpu.input_gradient_(delta, W, again)
+    np.testing.assert_array_equal(again, out)
 
 
 def test_input_gradient_from_two_threads_at_once():
     """The transposed layout's cached buffer is per thread: concurrent calls of one shape do not mix."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    assert cpu.transposed_input_gradient_is_faster(32, 512, 512)
     W = _normal((512, 512), np.float32, scale=0.05, seed=43)
     deltas = [_normal((32, 512), np.float32, scale=1.0, seed=44 + k) for k in range(2)]
     expected = [d @ W.T for d in deltas]
@@ -531,12 +513,16 @@ def test_kernels_do_not_allocate(shape):
     b = _normal(shape[1], dtype, scale=1.0, seed=31)
     delta = _normal(shape, dtype, scale=1.0, seed=32)
     grad = np.empty_like(z)
+    loss = np.zeros(1)
+    status = _status()
     labels = _rng(33).integers(0, shape[1], shape[0])
     targets = _rng(34).random(shape).astype(dtype)
     p = z.reshape(-1).copy()
     g = delta.reshape(-1).copy() * 1e-3
-    m = np.zeros_like(p)
-    v = np.zeros_like(p)
+    velocity, m, v = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)  # Adam's v must stay >= 0
+    n_decayed = p.size // 2
+    x_small = _normal((shape[0], 16), dtype, scale=1.0, seed=37)
+    weight_grad = np.empty((16, shape[1]), dtype)
     wide_W = _normal((512, 512), dtype, scale=0.1, seed=35)
     wide_delta = _normal((16, 512), dtype, scale=1.0, seed=36)
     wide_dx = np.empty((16, 512), dtype)
@@ -545,30 +531,41 @@ def test_kernels_do_not_allocate(shape):
         lambda: cpu.bias_activation_(z, b, "sigmoid"),
         lambda: cpu.bias_activation_(z, b, "tanh"),
         lambda: cpu.activation_backward_(delta, z, "sigmoid"),
-        lambda: cpu.softmax_cross_entropy(z, labels, grad),
-        lambda: cpu.binary_cross_entropy(z, targets, grad),
-        lambda: cpu.mse(z, targets, grad),
+        lambda: cpu.activation_backward_(delta, z, "linear"),
+        lambda: cpu.softmax_cross_entropy(z, labels, grad, loss),
+        lambda: cpu.binary_cross_entropy(z, targets, grad, loss),
+        lambda: cpu.mse(z, targets, grad, loss),
         lambda: cpu.softmax_(z),
         lambda: cpu.sigmoid_(z),
-        lambda: cpu.sgd_update_(p, g, v, 0.01, 0.9, True, 1e-4),
-        lambda: cpu.adam_update_(p, g, m, v, 1e-3, 0.1, 0.9, 0.999, 1e-8, 1e-4),
-        lambda: cpu.rmsprop_update_(p, g, v, 1e-3, 0.99, 1e-8, 1e-4),
+        lambda: cpu.check_finite_(loss, status, STATUS_LOSS, 1),
+        lambda: cpu.clip_by_value_(g, 1.0),
+        lambda: cpu.clip_by_norm_(g, 1e9),
+        lambda: cpu.sgd_update_(p, g, None, 0.01, 0.0, False, 1e-4, n_decayed, status, 1),
+        lambda: cpu.sgd_update_(p, g, velocity, 0.01, 0.9, True, 1e-4, n_decayed, status, 1),
+        lambda: cpu.adam_update_(p, g, m, v, 1e-3, 0.1, 0.9, 0.999, 1e-8, 1e-4, n_decayed, status, 1),
+        lambda: cpu.rmsprop_update_(p, g, v, 1e-3, 0.99, 1e-8, 1e-4, n_decayed, status, 1),
+        lambda: cpu.weight_gradient_(x_small, delta, weight_grad),
         lambda: cpu.input_gradient_(wide_delta, wide_W, wide_dx),
         lambda: cpu.bias_gradient_(delta, b),
     ]
     for call in calls:  # warm-up (compilation, caches)
         call()
+    assert status[0] == 0, "the updates must run (status clear), not return early"
     array_bytes = z.nbytes
     tracemalloc.start()
     try:
-        for call in calls:
+        for index, call in enumerate(calls):
+            # one call under tracing first: a fresh argument tuple that then stays on CPython's free list
+            # (13 arguments: 160 bytes) would otherwise count as growth
+            call()
             before, _ = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
             for _ in range(100):
                 call()
             after, peak = tracemalloc.get_traced_memory()
-            assert after - before <= 256, call
+            assert after - before <= 256, (index, after - before)
             # An array temporary would show up in the peak.
-            assert peak - before < min(4096, array_bytes // 4), call
+            assert peak - before < min(4096, array_bytes // 4), (index, peak - before)
     finally:
         tracemalloc.stop()
+    assert status[0] == 0
