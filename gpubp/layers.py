@@ -62,18 +62,21 @@ class Dense:
         kernels.bias_activation_(out, self.b, self.activation)
         return out
 
-    def backward(self, kernels, delta, x, dx=None):
-        """Write ``dx = delta W^T``, ``dW = x^T delta`` and ``db = sum_b delta``.
+    def backward(self, kernels, delta, x, dx=None, target=None):
+        """Write ``dx = delta W^T``, ``db = sum_b delta`` and the weight gradient ``x^T delta``.
 
         ``delta`` (B, units) is dL/dz of this layer (the activation derivative
         already applied). ``dx`` (B, fan_in) receives dL/dx, the previous
-        layer's dL/dy; it is skipped for the first layer. The gradients go into
-        the views bound by :meth:`bind`; the layer never updates its weights.
+        layer's dL/dy; it is skipped for the first layer. The weight gradient
+        goes into ``dW``, or as ``out = alpha x^T delta + beta out`` into the
+        ``target = (out, alpha, beta)`` the optimizer chose (taken last, after
+        dx has read W). The layer never knows which optimizer runs.
         """
         if dx is not None:
             kernels.input_gradient_(delta, self.W, dx)
         kernels.bias_gradient_(delta, self.db)
-        kernels.weight_gradient_(x, delta, self.dW)
+        out, alpha, beta = (self.dW, 1.0, 0.0) if target is None else target
+        kernels.weight_gradient_(x, delta, out, alpha, beta)
 
     def activation_backward_(self, kernels, dy, y):
         """dL/dz = dL/dy * f'(z), written with this layer's output ``y`` and over it; returns it."""

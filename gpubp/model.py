@@ -159,7 +159,8 @@ class Sequential:
         return self
 
     def _bind_optimizer(self):
-        self.optimizer.bind(self.backend, self._params, self._grads, self.n_weights)
+        self.optimizer.bind(self.backend, self._params, self._grads, self.n_weights,
+                            [layer.W for layer in self.layers])
 
     def require_compiled(self):
         """Raise NotCompiledError unless :meth:`compile` has chosen a loss and an optimizer."""
@@ -216,21 +217,23 @@ class Sequential:
             x = layer.forward(xp, kernels, x, out)
         return x
 
-    def _backward(self, plan):
+    def _backward(self, plan, targets=None):
         """Backpropagate ``plan.loss_grad`` = dL/d(logits) into the flat gradient buffer.
 
         ``delta_l = (delta_{l+1} W_{l+1}^T) * f'(z_l)``: the GEMM writes dL/dy_l
         into scratch, and the activation kernel writes delta_l over y_l once
-        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``.
+        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``. ``targets`` (from
+        the optimizer) redirects the weight-gradient GEMMs.
         """
         kernels, layers, outputs = self.backend.kernels, self.layers, plan.outputs
+        targets = targets or [None] * len(layers)
         delta = plan.loss_grad
         if layers[-1].activation != "linear":  # only with MSE: cross-entropy losses take logits
             delta = layers[-1].activation_backward_(kernels, delta, outputs[-1])
         for l in range(len(layers) - 1, 0, -1):
-            layers[l].backward(kernels, delta, outputs[l - 1], plan.scratch[l - 1])
+            layers[l].backward(kernels, delta, outputs[l - 1], plan.scratch[l - 1], targets[l])
             delta = layers[l - 1].activation_backward_(kernels, plan.scratch[l - 1], outputs[l - 1])
-        layers[0].backward(kernels, delta, plan.x, None)
+        layers[0].backward(kernels, delta, plan.x, None, targets[0])
 
     def gradient_hooks(self):
         """``[(name, hook)]`` run on the flat gradient between the backward pass and the update, in order.
@@ -244,6 +247,8 @@ class Sequential:
         """One optimizer step on the batch already in ``plan`` (see :meth:`batch_plan`).
 
         gather (done) -> forward -> loss -> backward -> gradient hooks -> guarded update.
+        The optimizer may point the weight-gradient GEMMs at its own targets
+        (plain SGD rides in them); layers write wherever they are told.
         Nothing is read back to the host: the loss lands in ``loss_out`` (a (1,)
         float64 device array, default ``plan.loss``), which is returned, and a
         NaN/Inf loss, gradient or update is recorded in :attr:`status`, after
@@ -253,7 +258,7 @@ class Sequential:
         loss = plan.loss if loss_out is None else loss_out
         self.loss.forward_backward(kernels, self._forward(plan.x, plan.outputs), plan.y, plan.loss_grad, loss)
         kernels.check_finite_(loss, status, STATUS_LOSS, step)
-        self._backward(plan)
+        self._backward(plan, self.optimizer.weight_gradient_targets())
         for _, hook in self.gradient_hooks():
             hook(kernels, self._grads)
         self.optimizer.update(kernels, status)

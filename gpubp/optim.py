@@ -17,6 +17,7 @@ import numbers
 import numpy as np
 
 from .errors import InvalidInputError
+from .kernels.contract import STATUS_GRADIENT, STATUS_UPDATE
 from .schedules import as_schedule, check_positive, schedule_from_config
 
 
@@ -81,11 +82,16 @@ class Optimizer:
         """The learning rate of the next step."""
         return self.schedule(self.iterations)
 
-    def bind(self, backend, params, grads, n_weights):
-        """Allocate state for flat ``params``/``grads`` whose first ``n_weights`` entries are weights."""
+    def bind(self, backend, params, grads, n_weights, weights=()):
+        """Allocate state for flat ``params``/``grads`` whose first ``n_weights`` entries are weights.
+
+        ``weights`` lists each layer's weight matrix (views of ``params``), for
+        optimizers whose update can ride in the weight-gradient GEMMs.
+        """
         self._check_dtype(params.dtype)
         self.state = {name: backend.zeros(params.shape, params.dtype) for name in self.state_names}
         self._backend, self._params, self._grads = backend, params, grads
+        self._n_weights, self._weights = n_weights, list(weights)
         self._n_decayed = n_weights if self.weight_decay > 0 else 0
 
     def _check_dtype(self, dtype):
@@ -99,6 +105,11 @@ class Optimizer:
         if self.clip_norm is not None:
             hooks.append(("clip_norm", lambda kernels, g: kernels.clip_by_norm_(g, self.clip_norm)))
         return hooks
+
+    def weight_gradient_targets(self):
+        """Where each layer's weight-gradient GEMM writes, called before the backward pass: None (into
+        the gradient buffer), or one ``(out, alpha, beta)`` per layer, ``out = alpha x^T delta + beta out``."""
+        return None
 
     def update(self, kernels, status):
         """Apply one guarded update with the current gradients (no host read); advance the step count."""
@@ -163,9 +174,31 @@ class SGD(Optimizer):
         if self.momentum == 0:
             self.state_names = ()  # plain SGD keeps no velocity
 
+    def _fused(self):
+        return not self.momentum and self.clip_norm is None and self.clip_value is None
+
+    def weight_gradient_targets(self):
+        """Plain SGD without clipping rides in the weight-gradient GEMMs, ``W = (1 - lr wd) W - lr x^T delta``
+        (no gradient buffer pass, no separate update pass for the weights). To keep the update
+        all-or-nothing, the weights are first copied into the (otherwise unused) weight-gradient buffer,
+        and :meth:`update` copies them back when anything in the step was not finite."""
+        if not self._fused():
+            return None
+        lr = self.schedule(self.iterations)
+        self._backend.xp.copyto(self._grads[:self._n_weights], self._params[:self._n_weights])
+        return [(W, -lr, 1.0 - lr * self.weight_decay) for W in self._weights]
+
     def _update(self, kernels, p, g, state, lr, status, step):
-        kernels.sgd_update_(p, g, state[0] if state else None, lr, self.momentum, self.nesterov,
-                            self.weight_decay, self._n_decayed, status, step)
+        if not self._fused():
+            kernels.sgd_update_(p, g, state[0] if state else None, lr, self.momentum, self.nesterov,
+                                self.weight_decay, self._n_decayed, status, step)
+            return
+        n = self._n_weights
+        # every delta reaches its bias gradient (a column sum), so a NaN/Inf delta shows there
+        kernels.check_finite_(g[n:], status, STATUS_GRADIENT, step)
+        kernels.check_finite_(p[:n], status, STATUS_UPDATE, step)
+        kernels.sgd_update_(p[n:], g[n:], None, lr, 0.0, False, 0.0, 0, status, step)
+        kernels.restore_if_diverged_(p[:n], g[:n], status)
 
     def _hyperparameters(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}

@@ -78,6 +78,8 @@ KERNELS = {
         "loss[0] = sum((o - t)^2) / (2B); grad = (o - t) / B"),
     "check_finite_": KernelSpec(
         ("values", "status", "code", "step"), ("status",), "status[:2] = [code, step] if values hold NaN/Inf"),
+    "restore_if_diverged_": KernelSpec(
+        ("p", "backup", "status"), ("p",), "p = backup when status[0] != 0, else nothing"),
     "clip_by_value_": KernelSpec(("g", "limit"), ("g",), "g = clip(g, -limit, limit); NaN stays NaN"),
     "clip_by_norm_": KernelSpec(
         ("g", "max_norm"), ("g",), "g *= max_norm / ||g|| when ||g|| > max_norm (norm summed in float64)"),
@@ -93,7 +95,8 @@ KERNELS = {
     "rmsprop_update_": KernelSpec(
         ("p", "g", "v", "lr", "rho", "eps", "weight_decay", "n_decayed", "status", "step"), ("p", "v", "status"),
         "v = rho v + (1-rho) d^2; p -= lr d / (sqrt(v) + eps)"),
-    "weight_gradient_": KernelSpec(("x", "delta", "out"), ("out",), "out (fan_in, fan_out) = x^T delta"),
+    "weight_gradient_": KernelSpec(
+        ("x", "delta", "out", "alpha", "beta"), ("out",), "out (fan_in, fan_out) = alpha x^T delta + beta out; beta = 0 never reads out"),
     "input_gradient_": KernelSpec(("delta", "W", "out"), ("out",), "out (B, fan_in) = delta W^T"),
     "bias_gradient_": KernelSpec(("delta", "out"), ("out",), "out (n,) = sum over rows of delta (B, n)"),
 }

@@ -16,7 +16,7 @@ from .contract import STATUS_GRADIENT, STATUS_UPDATE, unknown_activation
 
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
-    "binary_cross_entropy", "mse", "check_finite_", "clip_by_value_", "clip_by_norm_", "sgd_update_",
+    "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_", "sgd_update_",
     "adam_update_", "rmsprop_update_", "weight_gradient_", "input_gradient_", "bias_gradient_",
 ]
 
@@ -291,6 +291,15 @@ def check_finite_(values, status, code, step):
                                                         np.int64(step)))
 
 
+_restore = cp.ElementwiseKernel("T backup, raw int64 status", "T p", "if (status[0] != 0) p = backup;",
+                                "gpubp_restore_if_diverged")
+
+
+def restore_if_diverged_(p, backup, status):
+    """``p = backup`` when status records a failure (read on the device, per element)."""
+    _restore(backup, status, p)
+
+
 def clip_by_value_(g, limit):
     """In place: g clipped to [-limit, limit]."""
     cp.clip(g, -limit, limit, out=g)
@@ -339,9 +348,14 @@ def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step
 
 
 # --------------------------------------------------------------------------- GEMMs and the bias gradient
-def weight_gradient_(x, delta, out):
-    """``out = x^T @ delta`` in one cuBLAS call."""
-    cp.matmul(x.T, delta, out=out)
+def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
+    """``out = alpha * x^T @ delta + beta * out`` in one cuBLAS call (plain SGD when out is W)."""
+    if alpha == 1.0 and beta == 0.0:
+        cp.matmul(x.T, delta, out=out)
+        return
+    from cupy import cublas
+
+    cublas.gemm("T", "N", x, delta, out=out, alpha=alpha, beta=beta)
 
 
 def input_gradient_(delta, W, out):

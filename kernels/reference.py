@@ -14,7 +14,7 @@ from .contract import (ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, unknown_acti
 
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
-    "binary_cross_entropy", "mse", "check_finite_", "clip_by_value_", "clip_by_norm_", "sgd_update_",
+    "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_", "sgd_update_",
     "adam_update_", "rmsprop_update_", "weight_gradient_", "input_gradient_", "bias_gradient_",
 ]
 
@@ -95,6 +95,11 @@ def check_finite_(values, status, code, step):
         status[0], status[1] = code, step
 
 
+def restore_if_diverged_(p, backup, status):
+    if int(status[0]) != 0:
+        p[...] = backup
+
+
 def clip_by_value_(g, limit):
     g[...] = _xp(g).clip(g, -limit, limit)
 
@@ -154,8 +159,9 @@ def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step
     _guarded_write(status, step, g, [(p, new_p), (v, second)])
 
 
-def weight_gradient_(x, delta, out):
-    out[...] = x.T @ delta
+def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
+    product = alpha * (x.T @ delta)
+    out[...] = product if beta == 0 else product + beta * out  # BLAS: beta = 0 never reads out
 
 
 def input_gradient_(delta, W, out):

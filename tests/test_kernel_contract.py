@@ -690,10 +690,37 @@ def test_weight_gradient(device, dtype, batch, fan_in, fan_out):
     x = _normal((batch, fan_in), dtype, scale=1.0, seed=33)
     delta = _normal((batch, fan_out), dtype, scale=1.0, seed=34)
     out = np.full((fan_in, fan_out), np.nan, dtype)  # overwritten, never accumulated into
-    after = run_device(device, "weight_gradient_", x=x, delta=delta, out=out)["out"]
-    expected = run_reference("weight_gradient_", x=x, delta=delta, out=out)["out"]
+    after = run_device(device, "weight_gradient_", x=x, delta=delta, out=out, alpha=1.0, beta=0.0)["out"]
+    expected = run_reference("weight_gradient_", x=x, delta=delta, out=out, alpha=1.0, beta=0.0)["out"]
     assert_gemm_close(after, expected, np.abs(x.T.astype(np.float64)), np.abs(delta.astype(np.float64)), batch,
                       dtype)
+
+
+@covers("weight_gradient_")
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_gradient_as_a_plain_sgd_update(device, dtype, batch):
+    """out = alpha x^T delta + beta out, with out the weights: W = (1 - lr wd) W - lr x^T delta."""
+    x = _normal((batch, 70), dtype, scale=1.0, seed=38)
+    delta = _normal((batch, 3), dtype, scale=1.0, seed=39)
+    W = _normal((70, 3), dtype, scale=1.0, seed=40)
+    args = dict(x=x, delta=delta, out=W, alpha=-0.1, beta=0.999)
+    after = run_device(device, "weight_gradient_", **args)["out"]
+    expected = run_reference("weight_gradient_", **args)["out"]
+    magnitude = 0.1 * np.abs(x.T.astype(np.float64)) @ np.abs(delta.astype(np.float64)) + np.abs(W)
+    assert np.all(np.abs(after - expected) <= 2 * (batch + 2) * np.finfo(dtype).eps * magnitude)
+    assert not np.array_equal(after, W)
+
+
+@covers("restore_if_diverged_")
+@pytest.mark.parametrize("code", (0, STATUS_LOSS, STATUS_UPDATE))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_restore_if_diverged(device, dtype, code):
+    p = _normal(1001, dtype, seed=41)
+    backup = _normal(1001, dtype, seed=42)
+    after = run_device(device, "restore_if_diverged_", p=p, backup=backup, status=_fresh_status(code, 4))
+    assert _same_bits(after["p"], backup if code else p)
+    np.testing.assert_array_equal(after["status"], _fresh_status(code, 4))
 
 
 @covers("input_gradient_")
