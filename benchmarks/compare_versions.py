@@ -11,10 +11,10 @@ for every cell of the grid (float32, CPU backend, the 784 -> [width] * depth ->
 SGD(lr=0.01) and Adam(lr=1e-3)):
 
 * ``step``: one training step on a batch already gathered into the model's batch
-  plan, ``model._train_step(plan)`` with the plan built as ``engines.gpubp_engine``
-  builds it. A version without ``_train_step`` (or whose plan cannot be built that
-  way) is timed through ``model.train_on_batch(X, y)`` instead; the JSON's
-  ``step_api`` field says which call was timed.
+  plan: ``model.train_step(plan)`` where the model has the public step, else the
+  older private ``model._train_step(plan)``; a version with neither is timed
+  through ``model.train_on_batch(X, y)``. The JSON's ``step_api`` field says
+  which call was timed.
 * ``train_on_batch``: ``model.train_on_batch(X, y)`` on host NumPy arrays
   (float32 X, int64 labels), the user-facing call.
 
@@ -26,8 +26,7 @@ per-round medians and the ratio b/a, prints a table and writes everything
 
 Example::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/compare_versions.py \\
-        --a /path/to/old --b . --rounds 5 --out compare.json
+    .venv/bin/python benchmarks/compare_versions.py --a /path/to/old --b . --rounds 5 --out compare.json
 """
 
 from __future__ import annotations
