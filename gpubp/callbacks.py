@@ -60,9 +60,12 @@ class CallbackList:
     def __iter__(self):
         return iter(self.callbacks)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs=None, started=None):
+        """Calls each ``on_train_begin`` in order, appending each callback that ran to ``started``."""
         for callback in self.callbacks:
             callback.on_train_begin(logs)
+            if started is not None:
+                started.append(callback)
 
     def on_epoch_begin(self, epoch, logs=None):
         for callback in self.callbacks:
@@ -80,9 +83,27 @@ class CallbackList:
         for callback in self.callbacks:
             callback.on_epoch_end(epoch, logs)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs=None, only=None, keep_going=False):
+        """Calls each ``on_train_end`` (of the callbacks in ``only``, when given) in order.
+
+        Every callback's hook runs even when an earlier one raises; the first
+        error is then raised, or, with ``keep_going`` (an error is already in
+        flight), reported as a warning.
+        """
+        first_error = None
         for callback in self.callbacks:
-            callback.on_train_end(logs)
+            if only is not None and callback not in only:
+                continue
+            try:
+                callback.on_train_end(logs)
+            except Exception as exc:  # noqa: BLE001 - re-raised or reported below
+                if first_error is None:
+                    first_error = exc
+        if first_error is not None:
+            if not keep_going:
+                raise first_error
+            warnings.warn(f"a callback's on_train_end failed while training was stopping on an error: "
+                          f"{type(first_error).__name__}: {first_error}", RuntimeWarning, stacklevel=3)
 
     def state_dict(self):
         """``{key: state}`` of every stateful callback, keyed by class name and position."""
@@ -117,8 +138,8 @@ class History(Callback):
         return {"history": self.history, "epoch": self.epoch}
 
     def load_state_dict(self, state):
-        self.history = {k: list(v) for k, v in state["history"].items()}
-        self.epoch = list(state["epoch"])
+        self.history = {str(k): list(v) for k, v in dict(state["history"]).items()}
+        self.epoch = [int(e) for e in state["epoch"]]
 
     def __repr__(self):
         return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
@@ -147,6 +168,7 @@ class EarlyStopping(Callback):
         self.min_delta = abs(float(min_delta))
         self.maximize = mode == "max" or (mode == "auto" and "accuracy" in monitor)
         self.restore_best_weights = restore_best_weights
+        self.on_train_begin()
 
     def on_train_begin(self, logs=None):
         self.best = -math.inf if self.maximize else math.inf
@@ -185,14 +207,19 @@ class EarlyStopping(Callback):
             self.model.backend.xp.copyto(self.model.params, self._best_params)
 
     def state_dict(self):
-        state = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        state = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                 "stopped_epoch": self.stopped_epoch}
         if self._best_params is not None:
             state["best_params"] = self.model.backend.to_host(self._best_params).copy()
         return state
 
     def load_state_dict(self, state):
-        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.best, self.best_epoch, self.wait = float(state["best"]), state["best_epoch"], int(state["wait"])
+        self.stopped_epoch = state.get("stopped_epoch")
         if state.get("best_params") is not None:
+            if tuple(state["best_params"].shape) != tuple(self.model.params.shape):
+                raise ValueError(f"best_params has shape {tuple(state['best_params'].shape)}, "
+                                 f"the model's parameters {tuple(self.model.params.shape)}")
             self._best_params = self.model.backend.asarray(state["best_params"], self.model.dtype)
 
 

@@ -83,7 +83,8 @@ def save_checkpoint(directory, model, epoch, callbacks=None, keep=3):
     if not isinstance(callbacks, dict):
         raise InvalidInputError(f"callbacks must be a dict of callback states, got {type(callbacks).__name__}")
     state = {"model": model.state_dict(), "optimizer": model.optimizer.state_dict(), "callbacks": callbacks}
-    meta = {"config": model.get_config(), "metrics": list(model.metrics), "epoch": int(epoch)}
+    meta = {"config": model.get_config(), "metrics": list(model.metrics), "epoch": int(epoch),
+            "stopped": bool(model.stop_training)}
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, checkpoint_name(int(epoch)))
@@ -165,6 +166,12 @@ def _check_compatible(path, meta, state, model):
     for name, a in arrays.items():
         if not isinstance(a, np.ndarray) or a.shape != params.shape or a.dtype != params.dtype:
             raise ModelFileError(f"{path!r}: optimizer state {name!r} does not match the parameters")
+    for name, a in [("parameters", params)] + [(f"optimizer state {n!r}", a) for n, a in arrays.items()]:
+        if not np.isfinite(a).all():
+            raise ModelFileError(f"checkpoint {path!r} holds NaN or Inf {name}")
+    iterations = state["optimizer"]["iterations"]
+    if iterations > 2 ** 62:
+        raise ModelFileError(f"checkpoint {path!r} holds an impossible step count {iterations}")
     rng = type(model.shuffle_rng.bit_generator)()
     try:
         rng.state = state["model"]["shuffle_rng"]
@@ -191,7 +198,8 @@ def restore_checkpoint(path, model):
     state buffers and step count. Everything is read and checked before the
     model is touched, so a failed restore leaves the model as it was.
 
-    Returns ``{"epoch": completed epochs, "callbacks": the callbacks' state}``.
+    Returns ``{"epoch": completed epochs, "callbacks": the callbacks' state, "metrics": the compile
+    metrics, "stopped": whether training had stopped early (a callback set ``stop_training``)}``.
     Raises :class:`gpubp.errors.ModelFileError` for missing, corrupted, foreign, pickled,
     future-version or mismatching files.
     """
@@ -201,7 +209,8 @@ def restore_checkpoint(path, model):
     model.load_state_dict(state["model"], scaler=scaler)
     model.optimizer.load_state_dict(state["optimizer"])
     model.backend.synchronize()
-    return {"epoch": meta["epoch"], "callbacks": state["callbacks"], "metrics": meta.get("metrics") or []}
+    return {"epoch": meta["epoch"], "callbacks": state["callbacks"], "metrics": meta.get("metrics") or [],
+            "stopped": bool(meta.get("stopped", False))}
 
 
 def latest_checkpoint(directory, model=None):

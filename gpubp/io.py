@@ -68,7 +68,7 @@ def atomic_savez(path, arrays, tmp_prefix=".tmp-"):
 
 
 _NUMERIC_KINDS = "biufc"
-_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+_KEY = re.compile(r"^[A-Za-z0-9_-]+$")  # no ".": it joins the keys of a path into an array name
 
 
 def digest(a):
@@ -89,7 +89,7 @@ def flatten_state(tree, prefix=""):
         if isinstance(node, dict):
             for key in node:
                 if not isinstance(key, str) or not _KEY.match(key):
-                    raise ModelFileError(f"state keys must be [A-Za-z0-9_.-] strings, got {key!r} in {path!r}")
+                    raise ModelFileError(f"state keys must be [A-Za-z0-9_-] strings, got {key!r} in {path!r}")
             return {key: walk(value, f"{path}.{key}" if path else key) for key, value in node.items()}
         if isinstance(node, (list, tuple)):
             return [walk(value, f"{path}.{i}") for i, value in enumerate(node)]
@@ -195,13 +195,24 @@ def read_state_file(path, what, formats):
 
 
 def read_state_tree(path, meta, arrays):
-    """The ``state`` tree of a file read by :func:`read_state_file`, arrays in place; refuses strays."""
-    referenced = set(flatten_references(meta.get("state")))
-    unexpected = sorted(set(arrays) - referenced)
-    missing = sorted(referenced - set(arrays))
-    if unexpected or missing:
-        raise ModelFileError(f"{path!r} holds unexpected arrays {unexpected} or lacks {missing}")
-    return unflatten_state(meta.get("state"), arrays)
+    """The ``state`` tree of a file read by :func:`read_state_file`, arrays in place; refuses strays.
+
+    The tree must be a JSON object whose array references are strings naming arrays of the file.
+    """
+    tree = meta.get("state")
+    if not isinstance(tree, dict):
+        raise ModelFileError(f"{path!r} holds no state object")
+    try:
+        referenced = list(flatten_references(tree))
+        if not all(isinstance(r, str) for r in referenced):
+            raise TypeError("an array reference is not a string")
+        unexpected = sorted(set(arrays) - set(referenced))
+        missing = sorted(set(referenced) - set(arrays))
+        if unexpected or missing:
+            raise ModelFileError(f"{path!r} holds unexpected arrays {unexpected} or lacks {missing}")
+        return unflatten_state(tree, arrays)
+    except (TypeError, RecursionError) as exc:
+        raise ModelFileError(f"{path!r} holds a malformed state tree ({type(exc).__name__}: {exc})") from None
 
 
 def flatten_references(tree):
@@ -247,4 +258,8 @@ def read_model_file(path):
     model_state = read_state_tree(path, meta, arrays).get("model")
     if not isinstance(model_state, dict) or not isinstance(model_state.get("params"), np.ndarray):
         raise ModelFileError(f"{path!r} holds no model parameters")
-    return config, model_state["params"], None, model_state.get("scaler")
+    params = model_state["params"]
+    if params.ndim != 1 or params.dtype.kind != "f":
+        raise ModelFileError(f"{path!r}: the parameters must be a flat float vector, got {params.dtype} "
+                             f"of shape {params.shape}")
+    return config, params, None, model_state.get("scaler")

@@ -201,6 +201,8 @@ class Sequential:
             plan = plans[key] = self._new_plan(batch_size, targets)
             while len(plans) > MAX_INFERENCE_PLANS:
                 plans.popitem(last=False)
+        else:
+            plans.move_to_end(key)
         return plan
 
     def _new_plan(self, batch_size, targets):
@@ -344,6 +346,7 @@ class Sequential:
         """
         self.require_compiled()
         self.build_for(x)
+        self.read_divergence()  # a failure left unread by an aborted fit: rewinds the step count to it
         x = check_feature_matrix(self.backend, x, self.input_dim, "X")
         y = as_target_array(self.backend, self.loss, y, x.shape[0], self.n_outputs, self.dtype, "y")
         plan = self.batch_plan(x.shape[0], y)
@@ -428,6 +431,8 @@ class Sequential:
         :meth:`get_config`. A model file holds this; a checkpoint adds the
         optimizer's and the callbacks' state.
         """
+        if not self.built:
+            raise NotCompiledError("the model has no weights yet: build it (input_dim=...) or fit it first")
         return {"params": self.backend.to_host(self._params).copy(),
                 "shuffle_rng": self.shuffle_rng.bit_generator.state,
                 "scaler": None if self.scaler is None else self.scaler.to_dict()}
@@ -438,7 +443,11 @@ class Sequential:
         ``shuffle_rng`` may be absent (a model file keeps none). Everything is
         checked before anything changes.
         """
+        if not self.built:
+            raise NotCompiledError("the model has no weights yet: build it (input_dim=...) before loading a state")
         params = np.asarray(state["params"])
+        if params.dtype.kind != "f":
+            raise InvalidTypeError(f"the saved parameters must be floats, got dtype {params.dtype}")
         if params.shape != tuple(self._params.shape):
             raise InvalidInputError(f"the state holds {params.shape} parameters, the model has "
                                     f"{tuple(self._params.shape)}")

@@ -130,8 +130,9 @@ class Optimizer:
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output (after :meth:`bind`); checks names, shapes and step count."""
         iterations = state.get("iterations")
-        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-            raise InvalidInputError(f"optimizer iterations must be an integer >= 0, got {iterations!r}")
+        if (isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0
+                or iterations > 2 ** 62):
+            raise InvalidInputError(f"optimizer iterations must be an integer in [0, 2**62], got {iterations!r}")
         arrays = dict(state.get("state", {}))
         if sorted(arrays) != sorted(self.state_names):
             raise InvalidInputError(f"optimizer state holds {sorted(arrays)}, {type(self).__name__} keeps "
@@ -143,6 +144,8 @@ class Optimizer:
             if tuple(arrays[name].shape) != tuple(target.shape):
                 raise InvalidInputError(f"optimizer state {name!r} has shape {tuple(arrays[name].shape)}, "
                                         f"expected {tuple(target.shape)}")
+            if not np.isfinite(arrays[name]).all():
+                raise InvalidInputError(f"optimizer state {name!r} holds NaN or Inf values")
         for name in self.state_names:
             self._backend.copy_into(self.state[name], arrays[name])
         self.iterations = int(iterations)

@@ -14,7 +14,7 @@ import numpy as np
 from .buffers import plan_bytes
 from .callbacks import CallbackList, History
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
-from .errors import InsufficientMemory, InvalidInputError, TrainingDiverged
+from .errors import InsufficientMemory, InvalidInputError, ModelFileError, TrainingDiverged
 from .progress import ProgressLogger
 from .validation import check_positive_int
 
@@ -180,14 +180,16 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
         callbacks.callbacks.append(TrainingCheckpoint(checkpoint_dir, checkpoint_every, checkpoint_keep, callbacks))
         callbacks.callbacks[-1].set_model(model)
     model.stop_training = False
-    model.status.clear()
+    model.read_divergence()  # a failure left unread by an aborted run: rewinds the step count to it
+    started = []
     try:
-        callbacks.on_train_begin()
+        callbacks.on_train_begin(started=started)
         if restored is not None:
-            callbacks.load_state_dict(restored["callbacks"])
+            _load_callback_state(callbacks, restored, checkpoint_dir)
         loop = _EpochLoop(model, X, y, starts, sizes, plans, shuffle, check_every, callbacks)
+        first_epoch = 0 if restored is None else (epochs if restored["stopped"] else restored["epoch"])
         with _StopOnInterrupt() as interrupt:
-            for epoch in range(0 if restored is None else restored["epoch"], epochs):
+            for epoch in range(first_epoch, epochs):
                 callbacks.on_epoch_begin(epoch)
                 t0 = time.perf_counter()
                 divergence, steps_done = loop.run(interrupt)
@@ -212,9 +214,20 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
                 callbacks.on_epoch_end(epoch, logs)
                 if model.stop_training:
                     break
-    finally:
-        callbacks.on_train_end()
+    except BaseException:
+        model.read_divergence()  # the state stays that from before any step that went bad
+        callbacks.on_train_end(only=started, keep_going=True)  # never hides the error in flight
+        raise
+    callbacks.on_train_end(only=started)
     return history
+
+
+def _load_callback_state(callbacks, restored, directory):
+    try:
+        callbacks.load_state_dict(restored["callbacks"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ModelFileError(f"the newest checkpoint in {os.fspath(directory)!r} holds callback state that "
+                             f"does not fit these callbacks ({type(exc).__name__}: {exc})") from None
 
 
 class _EpochLoop:

@@ -1,0 +1,134 @@
+"""fit's lifecycle around errors: callbacks, an unread divergence, state files and resumes that must not lie."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import gpubp as gb
+from gpubp.checkpoint import read_checkpoint
+from helpers import random_batch
+
+
+def make_model(optimizer="adam", seed=0):
+    model = gb.Sequential([gb.Dense(8, activation="tanh"), gb.Dense(3)], input_dim=5, backend="cpu", seed=seed)
+    return model.compile(loss="softmax_cross_entropy", optimizer=optimizer)
+
+
+DATA = random_batch(np.random.default_rng(0), 64, 5, 3, "softmax_cross_entropy")
+
+
+class Boom(gb.Callback):
+    def on_batch_end(self, batch, logs=None):
+        if batch == 5:
+            raise RuntimeError("boom")
+
+
+def test_an_aborted_fit_leaves_no_unread_failure_behind():
+    """A failure recorded but not yet read when fit raises: the step count is rewound to it."""
+    model = make_model(gb.optim.Adam(lr=1e38))
+    before = model.params.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(RuntimeError, match="boom"):
+            model.fit(*DATA, batch_size=8, verbose=0, callbacks=[Boom()], check_every=100)
+    assert model.status.read() is None
+    # Adam's first step overflows float32 at lr=1e38: the run's state is the one before it
+    assert model.optimizer.iterations == 0
+    np.testing.assert_array_equal(model.params, before)
+
+
+class BadBegin(gb.Callback):
+    def on_train_begin(self, logs=None):
+        raise RuntimeError("begin failed")
+
+
+class BadEnd(gb.Callback):
+    def on_train_end(self, logs=None):
+        raise RuntimeError("end failed")
+
+
+class Record(gb.Callback):
+    ended = False
+
+    def on_train_end(self, logs=None):
+        self.ended = True
+
+
+def test_the_first_error_is_the_one_raised():
+    with pytest.raises(RuntimeError, match="begin failed"):
+        make_model().fit(*DATA, verbose=0, callbacks=[BadBegin(), gb.EarlyStopping(monitor="loss")])
+    record = Record()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(gb.TrainingDiverged), pytest.warns(RuntimeWarning, match="end failed"):
+            make_model(gb.optim.Adam(lr=1e38)).fit(*DATA, epochs=20, verbose=0, callbacks=[BadEnd(), record])
+    assert record.ended  # later callbacks still ended
+    with pytest.raises(RuntimeError, match="end failed"):
+        make_model().fit(*DATA, verbose=0, callbacks=[BadEnd()])
+
+
+def test_callback_state_keys_cannot_collide(tmp_path):
+    class Mine(gb.Callback):
+        def state_dict(self):
+            return {"a.b": np.zeros(2), "a": {"b": np.ones(2)}}
+
+    with pytest.raises(gb.InvalidInputError, match="state keys"):
+        make_model().fit(*DATA, verbose=0, callbacks=[Mine()], checkpoint_dir=tmp_path)
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(tmp_path):
+    X, y = DATA
+    straight = make_model()
+    stop = gb.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+    history = straight.fit(X, y, epochs=5, verbose=0, callbacks=[stop], checkpoint_dir=tmp_path)
+    assert len(history.epoch) == 2
+    resumed = make_model(seed=9)
+    history = resumed.fit(X, y, epochs=5, verbose=0, checkpoint_dir=tmp_path, resume=True,
+                          callbacks=[gb.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)])
+    assert len(history.epoch) == 2
+    np.testing.assert_array_equal(resumed.params, straight.params)
+
+
+def _rewrite_meta(path, change):
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(bytes(arrays["__meta__"]).decode())
+    change(meta, arrays)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("change", [
+    lambda m, a: m["state"]["model"].update(params={"__array__": [1]}),
+    lambda m, a: m.update(state=[]),
+    lambda m, a: m["state"].update(deep=json.loads("[" * 900 + "]" * 900)),
+    lambda m, a: m.update(config=dict(m["config"], input_dim=10 ** 9)),
+    lambda m, a: (a.update({"model.params": a["model.params"].astype(np.complex64)}),
+                  m["sha256"].pop("model.params")),
+])
+def test_crafted_model_files_are_refused_as_model_file_errors(tmp_path, change):
+    model = make_model()
+    path = model.save(tmp_path / "m.npz")
+    _rewrite_meta(path, change)
+    with pytest.raises(gb.ModelFileError):
+        gb.load(path, backend="cpu")
+
+
+def test_a_checkpoint_with_non_finite_state_is_skipped_for_an_older_good_one(tmp_path):
+    X, y = DATA
+    model = make_model()
+    model.fit(X, y, epochs=2, verbose=0, checkpoint_dir=tmp_path, checkpoint_keep=2)
+    newest = tmp_path / "ckpt-epoch000002.npz"
+
+    def poison(meta, arrays):
+        arrays["optimizer.state.m"] = arrays["optimizer.state.m"].copy()
+        arrays["optimizer.state.m"][0] = np.nan
+        meta["sha256"].pop("optimizer.state.m")
+
+    _rewrite_meta(newest, poison)
+    fresh = make_model()
+    history = fresh.fit(X, y, epochs=3, verbose=0, checkpoint_dir=tmp_path, resume=True)
+    assert history.epoch == [0, 1, 2]  # resumed after epoch 1, from the older, good checkpoint
+    assert read_checkpoint(tmp_path / "ckpt-epoch000003.npz")[0]["epoch"] == 3
