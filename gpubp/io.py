@@ -191,6 +191,8 @@ def read_state_file(path, what, formats):
     missing = sorted(set(digests) - set(arrays))
     if missing:
         raise ModelFileError(f"{path!r} lacks the arrays {missing}")
+    if version >= 2 and set(arrays) - set(digests):  # format 1 model files carried no digests
+        raise ModelFileError(f"{path!r} holds arrays without checksums {sorted(set(arrays) - set(digests))}")
     return meta, arrays
 
 

@@ -88,8 +88,12 @@ def load_features(backend, X, dtype, name="X", scaler=None, out=None):
         if staging is None or not staging.flags.c_contiguous:
             staging = np.empty(X.shape, dtype)
         scaling = () if scaler is None else (scaler.mean_.astype(dtype), scaler.scale_.astype(dtype))
-        if host.copy_rows_checked(X, staging, *scaling):
-            check_finite_for_dtype(X, dtype, name)  # raises, naming the rows
+        bad_rows = host.copy_rows_checked(X, staging, *scaling)
+        if bad_rows:
+            check_finite_for_dtype(X, dtype, name)  # raises, naming the rows, when the raw values are bad
+            raise InvalidInputError(
+                f"{name} standardised by the model's scaler holds NaN or Inf values in {bad_rows} of "
+                f"{X.shape[0]} rows (a scale of 0 in {dtype.name}, or values far outside the scaler's range)")
         return backend.upload(staging, out)
     if not _is_device_array(backend, X):
         check_finite_for_dtype(X, dtype, name)

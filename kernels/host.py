@@ -23,8 +23,10 @@ def _copy_rows_checked(src, dst, limit, shift, scale):
         bad = 0
         for j in range(src.shape[1]):
             v = src[i, j]
+            w = (dst.dtype.type(v) - shift[j]) / scale[j]
             bad += 0 if abs(v) <= limit else 1  # False for NaN, Inf and |v| > limit
-            dst[i, j] = (dst.dtype.type(v) - shift[j]) / scale[j]
+            bad += 0 if abs(w) <= limit else 1  # the standardised value, too
+            dst[i, j] = w
         bad_rows += 1 if bad else 0
     return bad_rows
 
@@ -44,7 +46,8 @@ def _copy_rows_checked_unscaled(src, dst, limit):
 
 def copy_rows_checked(src, dst, shift=None, scale=None):
     """``dst[:] = (src - shift) / scale`` (or ``src``) cast to dst's dtype, in one pass; returns the
-    number of rows holding NaN/Inf or values beyond dst's dtype's largest finite value.
+    number of rows holding NaN/Inf or values beyond dst's dtype's largest finite value, before or
+    after standardising.
 
     src: (n, f) float32/float64; dst: (n, f) C-contiguous float32/float64;
     shift, scale: (f,) of dst's dtype. The arithmetic is dst's dtype, as

@@ -8,6 +8,7 @@ import pytest
 
 import gpubp as gb
 from gpubp.checkpoint import read_checkpoint
+from gpubp.io import digest
 from helpers import random_batch
 
 
@@ -106,7 +107,8 @@ def _rewrite_meta(path, change):
     lambda m, a: m["state"].update(deep=json.loads("[" * 900 + "]" * 900)),
     lambda m, a: m.update(config=dict(m["config"], input_dim=10 ** 9)),
     lambda m, a: (a.update({"model.params": a["model.params"].astype(np.complex64)}),
-                  m["sha256"].pop("model.params")),
+                  m["sha256"].update({"model.params": digest(a["model.params"])})),
+    lambda m, a: a.update({"stray": np.zeros(3)}),  # an array without a checksum
 ])
 def test_crafted_model_files_are_refused_as_model_file_errors(tmp_path, change):
     model = make_model()
@@ -125,10 +127,21 @@ def test_a_checkpoint_with_non_finite_state_is_skipped_for_an_older_good_one(tmp
     def poison(meta, arrays):
         arrays["optimizer.state.m"] = arrays["optimizer.state.m"].copy()
         arrays["optimizer.state.m"][0] = np.nan
-        meta["sha256"].pop("optimizer.state.m")
+        meta["sha256"]["optimizer.state.m"] = digest(arrays["optimizer.state.m"])
 
     _rewrite_meta(newest, poison)
     fresh = make_model()
     history = fresh.fit(X, y, epochs=3, verbose=0, checkpoint_dir=tmp_path, resume=True)
     assert history.epoch == [0, 1, 2]  # resumed after epoch 1, from the older, good checkpoint
     assert read_checkpoint(tmp_path / "ckpt-epoch000003.npz")[0]["epoch"] == 3
+
+
+def test_a_scaler_that_makes_features_non_finite_is_refused():
+    from gpubp.data import StandardScaler
+
+    X, y = DATA
+    scaler = StandardScaler().fit(X)
+    scaler.scale_ = np.full_like(scaler.scale_, 1e-300)  # 0 in float32
+    model = make_model().set_scaler(scaler)
+    with pytest.raises(gb.InvalidInputError, match="standardised by the model's scaler"):
+        model.predict(X)

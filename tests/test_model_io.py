@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gpubp as gb
+from gpubp.io import digest
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_wrong_weight_shape_in_file_is_refused(trained, tmp_path):
     path = model.save(tmp_path / "m.npz")
     with np.load(path) as archive:
         params, meta = archive["model.params"], json.loads(bytes(archive["__meta__"]).decode())
-    meta["sha256"].pop("model.params")  # a well-formed file whose parameter vector is too short
+    meta["sha256"]["model.params"] = digest(params[:-1])  # a well-formed file whose parameter vector is too short
     _rewrite(path, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **{"model.params": params[:-1]})
     with pytest.raises(gb.ModelFileError, match=r"parameters"):
         gb.load(path, backend="cpu")
