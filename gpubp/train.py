@@ -199,7 +199,7 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
                 if interrupt.requested:
                     history.interrupted = {"epoch": epoch, "step": steps_done, "steps_per_epoch": len(starts)}
                     break
-                logs = {"loss": loop.mean_loss()}
+                logs = {"loss": loop.mean_loss(steps_done)}  # all steps, or those before stop_training
                 model.backend.synchronize()
                 elapsed = time.perf_counter() - t0
                 if "accuracy" in model.metrics and with_accuracy:
@@ -210,7 +210,8 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
                     if val["accuracy"] is not None:
                         logs["val_accuracy"] = val["accuracy"]
                 logs["epoch_time"] = elapsed
-                logs["samples_per_sec"] = n / elapsed if elapsed > 0 else float("inf")
+                samples = int(loop.sizes[:steps_done].sum())
+                logs["samples_per_sec"] = samples / elapsed if elapsed > 0 else float("inf")
                 callbacks.on_epoch_end(epoch, logs)
                 if model.stop_training:
                     break
@@ -255,17 +256,19 @@ class _EpochLoop:
             plan.gather(self.X, self.y, self.order[start:start + plan.batch_size])
             loss = model.train_step(plan, loss_out=self.step_losses[i:i + 1])
             self.callbacks.on_batch_end(i, {"batch": i, "size": plan.batch_size, "loss": loss})
-            if (i + 1) % self.check_every == 0 or i == last or interrupt.requested:
+            stop = interrupt.requested or model.stop_training
+            if (i + 1) % self.check_every == 0 or i == last or stop:
                 divergence = model.read_divergence()
                 if divergence is not None:
                     return divergence, i + 1
-            if interrupt.requested:
+            if stop:
                 return None, i + 1
         return None, len(self.starts)
 
-    def mean_loss(self):
-        """The epoch's training loss, weighted by batch size (one host read)."""
-        return float(self.model.backend.to_host(self.step_losses) @ self.sizes) / self.X.shape[0]
+    def mean_loss(self, steps):
+        """The training loss of the epoch's first ``steps`` steps, weighted by batch size (one host read)."""
+        losses = self.model.backend.to_host(self.step_losses)[:steps]
+        return float(losses @ self.sizes[:steps]) / float(self.sizes[:steps].sum())
 
 
 def _diverged(model, history, epoch, divergence, loop, on_divergence, steps_per_epoch):

@@ -145,3 +145,17 @@ def test_a_scaler_that_makes_features_non_finite_is_refused():
     model = make_model().set_scaler(scaler)
     with pytest.raises(gb.InvalidInputError, match="standardised by the model's scaler"):
         model.predict(X)
+
+
+def test_stop_training_in_on_batch_end_stops_after_that_batch():
+    class StopAtThird(gb.Callback):
+        batches = 0
+
+        def on_batch_end(self, batch, logs=None):
+            self.batches += 1
+            if batch == 2:
+                self.model.stop_training = True
+
+    stopper = StopAtThird()
+    history = make_model().fit(*DATA, batch_size=8, epochs=3, verbose=0, callbacks=[stopper])
+    assert stopper.batches == 3 and history.epoch == [0] and np.isfinite(history.history["loss"][0])
