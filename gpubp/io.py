@@ -147,9 +147,9 @@ def _read_meta(archive, path, what):
             raise TypeError("metadata is not a JSON object")
     except KeyError:
         raise ModelFileError(f"{path!r} is not a gpubp {what} (no valid __meta__ record)") from None
-    except (ValueError, TypeError, UnicodeDecodeError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (ValueError, TypeError, UnicodeDecodeError, OSError, zipfile.BadZipFile, EOFError, RecursionError) as exc:
         # ValueError includes pickled object arrays refused by allow_pickle=False
-        raise ModelFileError(f"{path!r} has unreadable {what} metadata ({exc})") from None
+        raise ModelFileError(f"{path!r} has unreadable {what} metadata ({type(exc).__name__}: {exc})") from None
     return meta
 
 

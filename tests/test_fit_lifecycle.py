@@ -159,3 +159,10 @@ def test_stop_training_in_on_batch_end_stops_after_that_batch():
     stopper = StopAtThird()
     history = make_model().fit(*DATA, batch_size=8, epochs=3, verbose=0, callbacks=[stopper])
     assert stopper.batches == 3 and history.epoch == [0] and np.isfinite(history.history["loss"][0])
+
+
+def test_deeply_nested_metadata_is_refused(tmp_path):
+    path = tmp_path / "deep.npz"
+    np.savez(path, __meta__=np.frombuffer(("[" * 100000 + "]" * 100000).encode(), dtype=np.uint8))
+    with pytest.raises(gb.ModelFileError, match="metadata"):
+        gb.load(path, backend="cpu")
