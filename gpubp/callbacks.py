@@ -6,6 +6,8 @@ import math
 import os
 import warnings
 
+import numpy as np
+
 from .errors import InvalidInputError
 
 
@@ -102,8 +104,11 @@ class CallbackList:
         if first_error is not None:
             if not keep_going:
                 raise first_error
-            warnings.warn(f"a callback's on_train_end failed while training was stopping on an error: "
-                          f"{type(first_error).__name__}: {first_error}", RuntimeWarning, stacklevel=3)
+            try:
+                warnings.warn(f"a callback's on_train_end failed while training was stopping on an error: "
+                              f"{type(first_error).__name__}: {first_error}", RuntimeWarning, stacklevel=3)
+            except Exception:  # noqa: BLE001 - warnings turned into errors must not hide the error in flight
+                pass
 
     def state_dict(self):
         """``{key: state}`` of every stateful callback, keyed by class name and position."""
@@ -214,13 +219,21 @@ class EarlyStopping(Callback):
         return state
 
     def load_state_dict(self, state):
+        for key in ("best_epoch", "stopped_epoch"):
+            value = state.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{key} must be an integer or None, got {value!r}")
+        best_params = state.get("best_params")
+        if best_params is not None:
+            if tuple(best_params.shape) != tuple(self.model.params.shape):
+                raise ValueError(f"best_params has shape {tuple(best_params.shape)}, "
+                                 f"the model's parameters {tuple(self.model.params.shape)}")
+            if best_params.dtype.kind != "f" or not np.isfinite(best_params).all():
+                raise ValueError("best_params must hold finite floats")
         self.best, self.best_epoch, self.wait = float(state["best"]), state["best_epoch"], int(state["wait"])
         self.stopped_epoch = state.get("stopped_epoch")
-        if state.get("best_params") is not None:
-            if tuple(state["best_params"].shape) != tuple(self.model.params.shape):
-                raise ValueError(f"best_params has shape {tuple(state['best_params'].shape)}, "
-                                 f"the model's parameters {tuple(self.model.params.shape)}")
-            self._best_params = self.model.backend.asarray(state["best_params"], self.model.dtype)
+        if best_params is not None:
+            self._best_params = self.model.backend.asarray(best_params, self.model.dtype)
 
 
 class ModelCheckpoint(Callback):

@@ -129,6 +129,8 @@ def read_checkpoint(path):
         model_state["shuffle_rng"], optimizer_state["state"], state["callbacks"]
     except (KeyError, TypeError) as exc:
         raise ModelFileError(f"{path!r} has an incomplete checkpoint state ({exc!r})") from None
+    if not isinstance(meta.get("stopped", False), bool):
+        raise ModelFileError(f"{path!r} has an invalid 'stopped' flag {meta.get('stopped')!r}")
     for name, value in (("epoch", epoch), ("iterations", iterations)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ModelFileError(f"{path!r} has an invalid {name} {value!r}")

@@ -465,6 +465,7 @@ class Sequential:
         if rng_state is not None:
             self.shuffle_rng.bit_generator.state = rng_state
         self.set_scaler(scaler)
+        self.status.clear()  # a failure recorded before refers to a state that is gone
 
     # --------------------------------------------------------------- weights
     def get_weights(self):

@@ -159,6 +159,8 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     batch_size, epochs = _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkpoint_every,
                                           checkpoint_keep, on_divergence, check_every)
     restored = None
+    if model.built:
+        model.read_divergence()  # a failure an aborted run left unread: rewinds the step count to it
     if resume:  # before the data is prepared: the checkpoint's scaler applies to it
         model.build_for(X)
         restored = resume_from_latest(checkpoint_dir, model)
@@ -180,7 +182,6 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
         callbacks.callbacks.append(TrainingCheckpoint(checkpoint_dir, checkpoint_every, checkpoint_keep, callbacks))
         callbacks.callbacks[-1].set_model(model)
     model.stop_training = False
-    model.read_divergence()  # a failure left unread by an aborted run: rewinds the step count to it
     started = []
     try:
         callbacks.on_train_begin(started=started)

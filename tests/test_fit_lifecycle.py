@@ -166,3 +166,41 @@ def test_deeply_nested_metadata_is_refused(tmp_path):
     np.savez(path, __meta__=np.frombuffer(("[" * 100000 + "]" * 100000).encode(), dtype=np.uint8))
     with pytest.raises(gb.ModelFileError, match="metadata"):
         gb.load(path, backend="cpu")
+
+
+def test_a_restored_state_is_not_rewound_by_an_older_unread_failure(tmp_path):
+    X, y = DATA
+    make_model().fit(X, y, epochs=3, batch_size=8, verbose=0, checkpoint_dir=tmp_path)  # 24 steps
+    model = make_model(gb.optim.Adam(lr=1e38))
+    plan_x, plan_y, _ = model.prepare(X[:8] * 1e30, y[:8])
+    plan = model.batch_plan(8, plan_y)
+    plan.load(plan_x, plan_y)
+    model.train_step(plan)  # fails on the device; nobody reads the record
+    assert model.status.read() is not None
+    model.optimizer.schedule = gb.schedules.Constant(1e-3)
+    history = model.fit(X, y, epochs=4, batch_size=8, verbose=0, checkpoint_dir=tmp_path, resume=True)
+    assert history.epoch == [0, 1, 2, 3] and model.optimizer.iterations == 32
+
+
+def test_non_finite_early_stopping_weights_in_a_checkpoint_are_refused(tmp_path):
+    X, y = DATA
+    make_model().fit(X, y, epochs=2, verbose=0, checkpoint_dir=tmp_path,
+                     callbacks=[gb.EarlyStopping(monitor="loss", patience=5)])
+    path = tmp_path / "ckpt-epoch000002.npz"
+
+    def poison(meta, arrays):
+        key = "callbacks.EarlyStopping_1.best_params"
+        arrays[key] = np.full_like(arrays[key], np.nan)
+        meta["sha256"][key] = digest(arrays[key])
+
+    _rewrite_meta(path, poison)
+    with pytest.raises(gb.ModelFileError, match="callback state"):
+        make_model().fit(X, y, epochs=3, verbose=0, checkpoint_dir=tmp_path, resume=True,
+                         callbacks=[gb.EarlyStopping(monitor="loss", patience=5)])
+
+
+def test_warnings_as_errors_do_not_hide_the_error_in_flight():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(gb.TrainingDiverged):
+            make_model(gb.optim.Adam(lr=1e38)).fit(*DATA, epochs=2, verbose=0, callbacks=[BadEnd()])
