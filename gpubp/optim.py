@@ -92,6 +92,8 @@ class Optimizer:
         self.state = {name: backend.zeros(params.shape, params.dtype) for name in self.state_names}
         self._backend, self._params, self._grads = backend, params, grads
         self._n_weights, self._weights = n_weights, list(weights)
+        #: (weights, biases) views of the parameters and of the gradients, made once
+        self._split = ((params[:n_weights], params[n_weights:]), (grads[:n_weights], grads[n_weights:]))
         self._n_decayed = n_weights if self.weight_decay > 0 else 0
 
     def _check_dtype(self, dtype):
@@ -188,7 +190,8 @@ class SGD(Optimizer):
         if not self._fused():
             return None
         lr = self.schedule(self.iterations)
-        self._backend.xp.copyto(self._grads[:self._n_weights], self._params[:self._n_weights])
+        (weights, _), (backup, _) = self._split
+        self._backend.xp.copyto(backup, weights)
         return [(W, -lr, 1.0 - lr * self.weight_decay) for W in self._weights]
 
     def _update(self, kernels, p, g, state, lr, status, step):
@@ -196,12 +199,12 @@ class SGD(Optimizer):
             kernels.sgd_update_(p, g, state[0] if state else None, lr, self.momentum, self.nesterov,
                                 self.weight_decay, self._n_decayed, status, step)
             return
-        n = self._n_weights
+        (weights, biases), (backup, bias_grads) = self._split
         # every delta reaches its bias gradient (a column sum), so a NaN/Inf delta shows there
-        kernels.check_finite_(g[n:], status, STATUS_GRADIENT, step)
-        kernels.check_finite_(p[:n], status, STATUS_UPDATE, step)
-        kernels.sgd_update_(p[n:], g[n:], None, lr, 0.0, False, 0.0, 0, status, step)
-        kernels.restore_if_diverged_(p[:n], g[:n], status)
+        kernels.check_finite_(bias_grads, status, STATUS_GRADIENT, step)
+        kernels.check_finite_(weights, status, STATUS_UPDATE, step)
+        kernels.sgd_update_(biases, bias_grads, None, lr, 0.0, False, 0.0, 0, status, step)
+        kernels.restore_if_diverged_(weights, backup, status)
 
     def _hyperparameters(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
