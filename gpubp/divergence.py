@@ -31,7 +31,7 @@ class Divergence:
 
 
 class DivergenceStatus:
-    """The ``[code, step]`` device array of one model, and its one host read."""
+    """The (4,) int64 ``[code, step, scratch, scratch]`` device array of one model, and its one host read."""
 
     def __init__(self, backend):
         self.backend = backend

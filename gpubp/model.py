@@ -179,37 +179,29 @@ class Sequential:
         The newest :data:`MAX_TRAINING_PLANS` plans are kept. Training plans are
         shared: train one model from one thread at a time.
         """
-        key = (int(batch_size), targets.shape[1:], targets.dtype.str)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._new_plan(batch_size, targets)
-            self._plans[key] = plan
-            while len(self._plans) > MAX_TRAINING_PLANS:
-                self._plans.popitem(last=False)
-        else:
-            self._plans.move_to_end(key)
-        return plan
+        return self._cached_plan(self._plans, MAX_TRAINING_PLANS, batch_size, targets)
 
     def _inference_plan(self, batch_size, targets=None):
         """A plan for predict/evaluate, cached per thread (so concurrent callers never share buffers)."""
         plans = getattr(self._per_thread, "plans", None)
         if plans is None:
             plans = self._per_thread.plans = OrderedDict()
+        return self._cached_plan(plans, MAX_INFERENCE_PLANS, batch_size, targets)
+
+    def _cached_plan(self, plans, limit, batch_size, targets):
+        """The plan for (batch size, target layout) from the LRU cache ``plans`` of at most ``limit`` plans."""
         key = (int(batch_size), None if targets is None else (targets.shape[1:], targets.dtype.str))
         plan = plans.get(key)
-        if plan is None:
-            plan = plans[key] = self._new_plan(batch_size, targets)
-            while len(plans) > MAX_INFERENCE_PLANS:
-                plans.popitem(last=False)
-        else:
+        if plan is not None:
             plans.move_to_end(key)
-        return plan
-
-    def _new_plan(self, batch_size, targets):
+            return plan
         widths = [layer.units for layer in self.layers]
-        return BatchPlan(self.backend, batch_size, self.input_dim, widths, self.dtype,
-                         None if targets is None else targets.shape[1:],
-                         None if targets is None else targets.dtype)
+        plan = plans[key] = BatchPlan(self.backend, batch_size, self.input_dim, widths, self.dtype,
+                                      None if targets is None else targets.shape[1:],
+                                      None if targets is None else targets.dtype)
+        while len(plans) > limit:
+            plans.popitem(last=False)
+        return plan
 
     # ------------------------------------------------------ the training step
     def _forward(self, x, outputs):

@@ -76,6 +76,7 @@ class Optimizer:
         self.state = {}
         self._backend = self._params = self._grads = None
         self._n_decayed = 0
+        self._hooks = self._make_gradient_hooks()
 
     @property
     def lr(self):
@@ -94,6 +95,7 @@ class Optimizer:
         self._n_weights, self._weights = n_weights, list(weights)
         #: (weights, biases) views of the parameters and of the gradients, made once
         self._split = ((params[:n_weights], params[n_weights:]), (grads[:n_weights], grads[n_weights:]))
+        self._state_list = [self.state[name] for name in self.state_names]
         self._n_decayed = n_weights if self.weight_decay > 0 else 0
 
     def _check_dtype(self, dtype):
@@ -101,7 +103,10 @@ class Optimizer:
 
     def gradient_hooks(self):
         """``[(name, hook)]`` run in this order on the flat gradient before the update; ``hook(kernels, g)``."""
-        hooks = []
+        return self._hooks
+
+    def _make_gradient_hooks(self):
+        hooks = []  # the hooks read clip_value / clip_norm when they run
         if self.clip_value is not None:
             hooks.append(("clip_value", lambda kernels, g: kernels.clip_by_value_(g, self.clip_value)))
         if self.clip_norm is not None:
@@ -118,8 +123,7 @@ class Optimizer:
         step = self.iterations
         lr = self.schedule(step)
         self.iterations += 1
-        self._update(kernels, self._params, self._grads, [self.state[n] for n in self.state_names], lr,
-                     status, step)
+        self._update(kernels, self._params, self._grads, self._state_list, lr, status, step)
 
     def _update(self, kernels, p, g, state, lr, status, step):
         raise NotImplementedError
