@@ -64,6 +64,7 @@ def test_adam_update(benchmark, parallel_threshold):
     p, g, m, v = (a.ravel() for a in arrays(4))
     v = np.abs(v)
     lr, b1, b2, eps, t = 1e-3, 0.9, 0.999, 1e-8, 10
+    hyper, clock = np.array([lr / (1 - b1**t), np.sqrt(1 - b2**t)]), np.array([t])
     if parallel_threshold == "numpy":
         def run():
             m[:] = b1 * m + (1 - b1) * g
@@ -71,7 +72,7 @@ def test_adam_update(benchmark, parallel_threshold):
             p[:] = p - lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
     else:
         def run():
-            cpu.adam_update_(p, g, m, v, lr / (1 - b1**t), np.sqrt(1 - b2**t), b1, b2, eps, 0.0, 0, status, t)
+            cpu.adam_update_(p, g, m, v, hyper, b1, b2, eps, 0.0, 0, status, clock)
     _record(benchmark, parallel_threshold, "Adam update")
     benchmark(run)
 
@@ -81,12 +82,13 @@ def test_sgd_momentum_update(benchmark, parallel_threshold):
     status = np.zeros(4, np.int64)
     p, g, v = (a.ravel() for a in arrays(3))
     lr, mu = 1e-2, 0.9
+    hyper, clock = np.array([lr]), np.array([0])
     if parallel_threshold == "numpy":
         def run():
             v[:] = mu * v + g
             p[:] = p - lr * v
     else:
         def run():
-            cpu.sgd_update_(p, g, v, lr, mu, False, 0.0, 0, status, 0)
+            cpu.sgd_update_(p, g, v, hyper, mu, False, 0.0, 0, status, clock)
     _record(benchmark, parallel_threshold, "SGD momentum update")
     benchmark(run)

@@ -17,7 +17,8 @@ from .errors import BackendUnavailableError, InvalidInputError, InvalidTypeError
 
 logger = logging.getLogger("gpubp")
 
-BACKEND_ALIASES = {"auto": "auto", "cpu": "cpu", "numpy": "cpu", "gpu": "gpu", "cupy": "gpu", "cuda": "gpu"}
+BACKEND_ALIASES = {"auto": "auto", "cpu": "cpu", "numpy": "cpu", "gpu": "gpu", "cupy": "gpu", "cuda": "gpu",
+                   "gpu-sim": "gpu-sim"}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 GPU_INSTALL_HINT = (
     "install the GPU extra that matches your CUDA driver: pip install 'gpubp[cuda12]' "
@@ -39,11 +40,13 @@ class Backend:
         Human-readable device description.
     """
 
-    def __init__(self, name, xp, kernels, device_name):
+    def __init__(self, name, xp, kernels, device_name, runtime=None):
         self.name = name
         self.xp = xp
         self.kernels = kernels
         self.device_name = device_name
+        #: the CUDA runtime (``gpubp.kernels.cuda_device`` or ``cuda_simulated``); None on the CPU
+        self.runtime = runtime
 
     def __repr__(self):
         return f"Backend({self.name!r}, device={self.device_name!r})"
@@ -53,32 +56,74 @@ class Backend:
         return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
 
     def to_host(self, a):
-        """Return ``a`` as a NumPy array on the host."""
+        """Return ``a`` as a NumPy array on the host (on a GPU: a copy, which waits for the device)."""
+        if self.runtime is not None:
+            self.runtime.monitor.host_read(f"to_host of {getattr(a, 'shape', '?')}")
         if isinstance(a, np.ndarray):
             return a
         return self.xp.asnumpy(a)
 
     def empty(self, shape, dtype):
+        self._count_allocation(shape)
         return self.xp.empty(shape, dtype=dtype)
 
     def zeros(self, shape, dtype):
+        self._count_allocation(shape)
         return self.xp.zeros(shape, dtype=dtype)
+
+    def _count_allocation(self, shape):
+        if self.runtime is not None:
+            self.runtime.monitor.allocation(f"array of shape {shape}")
 
     def synchronize(self):
         """Block until queued device work has finished (no-op on the CPU)."""
-        if self.name == "gpu":
-            self.xp.cuda.get_current_stream().synchronize()
+        if self.runtime is not None:
+            self.runtime.monitor.host_read("synchronize")
+            self.runtime.synchronize()
+
+    def staged(self, initial):
+        """A small host array (``.host``) and its device twin (``.device``): the host writes ``host``
+        and ``upload()`` queues the copy, without waiting for the device. On the CPU they are one array."""
+        if self.runtime is not None:
+            return self.runtime.staged(initial)
+        return _HostStaged(np.array(initial, copy=True))
+
+    @property
+    def captures_steps(self):
+        """True where a training step can be captured once and replayed (a CUDA graph)."""
+        return self.runtime is not None
+
+    def run_step(self, plan, key, body):
+        """Run ``body(kernels)``, the device work of a step on ``plan``, as a captured graph.
+
+        The first call for a (plan, key) runs eagerly (it compiles kernels and
+        makes scratch buffers), the second captures the body and every call
+        replays it. A capture that fails logs one line and leaves that plan
+        on eager steps.
+        """
+        graph = plan.captured.get(key)
+        if graph is None:
+            plan.captured[key] = _WARMED_UP
+            body(self.kernels)
+            return
+        if graph is _WARMED_UP:
+            try:
+                graph = self.runtime.capture(self.kernels, body)
+            except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager steps
+                logger.warning("gpubp: CUDA graph capture failed (%s: %s); running eager steps",
+                               type(exc).__name__, exc)
+                graph = _EagerStep(self.kernels, body)
+            plan.captured[key] = graph
+        graph.launch()
 
     def available_memory(self):
         """Bytes free for new allocations on this device (None when unknown).
 
-        CPU: ``MemAvailable`` from /proc/meminfo; GPU: free device memory plus
-        what CuPy's pool holds but does not use.
+        CPU (and the simulated GPU): ``MemAvailable`` from /proc/meminfo; GPU:
+        free device memory plus what CuPy's pool holds but does not use.
         """
-        if self.name == "gpu":
-            free, _ = self.xp.cuda.runtime.memGetInfo()
-            pool = self.xp.get_default_memory_pool()
-            return free + pool.total_bytes() - pool.used_bytes()
+        if hasattr(self.runtime, "available_memory"):
+            return self.runtime.available_memory()
         try:
             with open("/proc/meminfo") as f:
                 for line in f:
@@ -90,7 +135,7 @@ class Backend:
 
     def host_view(self, a):
         """``a`` itself where device arrays live in host memory (the CPU), else None; None for None."""
-        return a if self.name == "cpu" else None
+        return a if self.runtime is None else None
 
     def upload(self, a, out=None):
         """``a`` (host or device) as a device array: copied into ``out`` when given (and not ``a`` itself)."""
@@ -107,11 +152,34 @@ class Backend:
     @property
     def reads_are_free(self):
         """True where reading a device value on the host costs no sync (the CPU)."""
-        return self.name == "cpu"
+        return self.runtime is None
 
     def owns(self, a):
         """True when ``a`` is an array of this backend's library."""
         return isinstance(a, self.xp.ndarray)
+
+
+_WARMED_UP = "warmed up"
+
+
+class _HostStaged:
+    """Staged values on the CPU: the host array is the device array, so ``upload()`` has nothing to do."""
+
+    def __init__(self, array):
+        self.host = self.device = array
+
+    def upload(self):
+        pass
+
+
+class _EagerStep:
+    """Stands in for a graph that could not be captured: runs the step's device work eagerly."""
+
+    def __init__(self, kernels, body):
+        self.kernels, self.body = kernels, body
+
+    def launch(self):
+        self.body(self.kernels)
 
 
 def _cpu_backend():
@@ -140,13 +208,47 @@ def probe_cupy():
     return cupy, None
 
 
-def _gpu_backend(cupy):
-    from .kernels import cuda
+def simulator_enabled():
+    """True when Numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1`` before Numba was imported)."""
+    from numba.core import config
 
+    return bool(config.ENABLE_CUDASIM)
+
+
+def _simulated_gpu_backend():
+    """The GPU backend's kernels and training step on Numba's CUDA simulator, with NumPy arrays (for tests)."""
+    if not simulator_enabled():
+        raise BackendUnavailableError(
+            "backend='gpu-sim' runs the GPU kernels in Numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 "
+            "before Python starts (and install numba-cuda)")
+    from .kernels import cuda, cuda_simulated
+
+    return Backend("gpu-sim", np, cuda, cuda_simulated.DEVICE_NAME, runtime=cuda_simulated)
+
+
+def probe_gpu():
+    """Return ``(backend, None)`` when the GPU computes correctly here, else ``(None, reason)``.
+
+    Beyond :func:`probe_cupy`, a kernel is compiled and run and a small GEMM goes
+    through cuBLAS, so a machine with a driver but no NVRTC, NVVM or cuBLAS
+    libraries is found out before training starts.
+    """
+    cupy, reason = probe_cupy()
+    if cupy is None:
+        return None, reason
+    if simulator_enabled():
+        return None, "Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1), so GPU kernels cannot run on the device"
+    try:
+        from .kernels import cuda, cuda_device
+    except Exception as exc:  # a missing numba-cuda or CUDA library shows up here
+        return None, f"the GPU kernels failed to load ({type(exc).__name__}: {exc}); {GPU_INSTALL_HINT}"
+    failure = cuda_device.probe(cuda)
+    if failure is not None:
+        return None, f"a test kernel and GEMM failed on the GPU ({failure}); {GPU_INSTALL_HINT}"
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"]
     name = name.decode() if isinstance(name, bytes) else str(name)
-    return Backend("gpu", cupy, cuda, name)
+    return Backend("gpu", cupy, cuda, name, runtime=cuda_device), None
 
 
 _CACHE = {}
@@ -175,10 +277,12 @@ def get_backend(name="auto"):
         return _CACHE[key]
     if key == "cpu":
         backend = _cpu_backend()
+    elif key == "gpu-sim":
+        backend = _simulated_gpu_backend()
     else:
-        cupy, reason = probe_cupy()
-        if cupy is not None:
-            backend = _gpu_backend(cupy)
+        backend, reason = probe_gpu()
+        if backend is not None:
+            pass
         elif key == "gpu":
             raise BackendUnavailableError(f"backend='gpu' requested but {reason}")
         else:

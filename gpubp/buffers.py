@@ -34,7 +34,9 @@ class BatchPlan:
         self.batch_size = B
         self.x = backend.empty((B, n_inputs), dtype)
         self.outputs = [backend.empty((B, w), dtype) for w in widths]
-        self.xp = backend.xp
+        self.kernels = backend.kernels
+        #: captured steps of this plan (see ``Backend.run_step``), dropped with the plan
+        self.captured = {}
         self.y = self.loss_grad = self.loss = self.scratch = None
         if target_shape is not None:
             self.y = backend.empty((B,) + tuple(target_shape), target_dtype)
@@ -46,14 +48,14 @@ class BatchPlan:
 
     def gather(self, X, y, rows):
         """Copy rows ``rows`` (a (B,) device index array) of the device arrays X and y into x and y."""
-        self.xp.take(X, rows, axis=0, out=self.x)
-        self.xp.take(y, rows, axis=0, out=self.y)
+        self.kernels.gather_rows_(X, rows, self.x)
+        self.kernels.gather_rows_(y, rows, self.y)
 
     def load(self, x, y=None):
         """Copy a whole batch (device arrays of B rows) into x (and y)."""
-        self.xp.copyto(self.x, x)
+        self.kernels.copy_(x, self.x)
         if y is not None:
-            self.xp.copyto(self.y, y)
+            self.kernels.copy_(y, self.y)
 
 
 def plan_bytes(batch_size, n_inputs, widths, itemsize, target_row=(), target_itemsize=8):

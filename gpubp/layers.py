@@ -56,9 +56,9 @@ class Dense:
         """Attach the parameter and gradient views this layer reads and writes."""
         self.W, self.b, self.dW, self.db = W, b, dW, db
 
-    def forward(self, xp, kernels, x, out):
+    def forward(self, kernels, x, out):
         """``out = f(x @ W + b)``; x (B, fan_in), out (B, units), both preallocated."""
-        xp.matmul(x, self.W, out=out)
+        kernels.linear_(x, self.W, out)
         kernels.bias_activation_(out, self.b, self.activation)
         return out
 
@@ -69,14 +69,15 @@ class Dense:
         already applied). ``dx`` (B, fan_in) receives dL/dx, the previous
         layer's dL/dy; it is skipped for the first layer. The weight gradient
         goes into ``dW``, or as ``out = alpha x^T delta + beta out`` into the
-        ``target = (out, alpha, beta)`` the optimizer chose (taken last, after
-        dx has read W). The layer never knows which optimizer runs.
+        ``target = (out, scale)``, ``scale = [alpha, beta]`` on the device, the
+        optimizer chose (taken last, after dx has read W). The layer never
+        knows which optimizer runs.
         """
         if dx is not None:
             kernels.input_gradient_(delta, self.W, dx)
         kernels.bias_gradient_(delta, self.db)
-        out, alpha, beta = (self.dW, 1.0, 0.0) if target is None else target
-        kernels.weight_gradient_(x, delta, out, alpha, beta)
+        out, scale = (self.dW, None) if target is None else target
+        kernels.weight_gradient_(x, delta, out, scale)
 
     def activation_backward_(self, kernels, dy, y):
         """dL/dz = dL/dy * f'(z), written with this layer's output ``y`` and over it; returns it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -66,6 +67,9 @@ class Sequential:
         self.scaler = None
         self.stop_training = False
         self.status = DivergenceStatus(self.backend)
+        #: capture each training step as one CUDA graph per batch shape and replay it, on backends that
+        #: can (the GPU); False runs every step eagerly. ``GPUBP_CUDA_GRAPHS=0`` sets the default to False.
+        self.cuda_graphs = os.environ.get("GPUBP_CUDA_GRAPHS", "1") != "0"
         self._plans = OrderedDict()
         self._per_thread = threading.local()
         if input_dim is not None:
@@ -204,14 +208,14 @@ class Sequential:
         return plan
 
     # ------------------------------------------------------ the training step
-    def _forward(self, x, outputs):
+    def _forward(self, x, outputs, kernels=None):
         """Run every layer on ``x``; returns the last layer's output (raw logits)."""
-        xp, kernels = self.backend.xp, self.backend.kernels
+        kernels = kernels or self.backend.kernels
         for layer, out in zip(self.layers, outputs):
-            x = layer.forward(xp, kernels, x, out)
+            x = layer.forward(kernels, x, out)
         return x
 
-    def _backward(self, plan, targets=None):
+    def _backward(self, plan, targets=None, kernels=None):
         """Backpropagate ``plan.loss_grad`` = dL/d(logits) into the flat gradient buffer.
 
         ``delta_l = (delta_{l+1} W_{l+1}^T) * f'(z_l)``: the GEMM writes dL/dy_l
@@ -219,7 +223,7 @@ class Sequential:
         y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``. ``targets`` (from
         the optimizer) redirects the weight-gradient GEMMs.
         """
-        kernels, layers, outputs = self.backend.kernels, self.layers, plan.outputs
+        kernels, layers, outputs = kernels or self.backend.kernels, self.layers, plan.outputs
         targets = targets or [None] * len(layers)
         delta = plan.loss_grad
         if layers[-1].activation != "linear":  # only with MSE: cross-entropy losses take logits
@@ -247,16 +251,35 @@ class Sequential:
         float64 device array, default ``plan.loss``), which is returned, and a
         NaN/Inf loss, gradient or update is recorded in :attr:`status`, after
         which no update is applied until :meth:`read_divergence` reports it.
+
+        The host stages the step's values (step count, learning rate) first;
+        the device work that follows reads them from device memory, so on a
+        backend that captures steps (:attr:`cuda_graphs`) it is recorded once
+        per plan as a CUDA graph and replayed.
         """
-        kernels, status, step = self.backend.kernels, self.status.array, self.optimizer.iterations
-        loss = plan.loss if loss_out is None else loss_out
-        self.loss.forward_backward(kernels, self._forward(plan.x, plan.outputs), plan.y, plan.loss_grad, loss)
-        kernels.check_finite_(loss, status, STATUS_LOSS, step)
-        self._backward(plan, self.optimizer.weight_gradient_targets())
+        kernels = self.backend.kernels
+        self.optimizer.begin_step()
+        if not (self.cuda_graphs and self.backend.captures_steps):
+            loss = plan.loss if loss_out is None else loss_out
+            self._step_body(kernels, plan, loss)
+            return loss
+        key = (id(self.loss), id(self.optimizer), self.optimizer.step_signature())
+        self.backend.run_step(plan, key, lambda recorder: self._step_body(recorder, plan, plan.loss))
+        if loss_out is None:
+            return plan.loss
+        kernels.copy_(plan.loss, loss_out)
+        return loss_out
+
+    def _step_body(self, kernels, plan, loss):
+        """The device work of one step: forward, loss, backward, gradient hooks, guarded update."""
+        status, clock = self.status.array, self.optimizer.clock.device
+        self.loss.forward_backward(kernels, self._forward(plan.x, plan.outputs, kernels), plan.y, plan.loss_grad,
+                                   loss)
+        kernels.check_finite_(loss, status, STATUS_LOSS, clock)
+        self._backward(plan, self.optimizer.weight_gradient_targets(kernels), kernels)
         for _, hook in self.gradient_hooks():
             hook(kernels, self._grads)
         self.optimizer.update(kernels, status)
-        return loss
 
     def test_step(self, plan, loss_out=None):
         """Forward and loss on the batch in ``plan``, no update; returns the (1,) device loss array.
@@ -343,7 +366,7 @@ class Sequential:
         y = as_target_array(self.backend, self.loss, y, x.shape[0], self.n_outputs, self.dtype, "y")
         plan = self.batch_plan(x.shape[0], y)
         load_features(self.backend, x, self.dtype, "X", self.scaler, out=plan.x)  # validated while copied
-        self.backend.xp.copyto(plan.y, y)
+        self.backend.kernels.copy_(y, plan.y)
         loss = float(self.backend.to_host(self.train_step(plan))[0])
         divergence = self.read_divergence()
         if divergence is not None:

@@ -66,6 +66,8 @@ class Optimizer:
 
     #: Names of the flat state buffers, each shaped like the parameters.
     state_names = ()
+    #: Length of :attr:`hyper`, the per-step values the update kernel reads from the device.
+    n_hyper = 1
 
     def __init__(self, lr, weight_decay=0.0, clip_norm=None, clip_value=None):
         self.schedule = as_schedule(lr)
@@ -97,6 +99,9 @@ class Optimizer:
         self._split = ((params[:n_weights], params[n_weights:]), (grads[:n_weights], grads[n_weights:]))
         self._state_list = [self.state[name] for name in self.state_names]
         self._n_decayed = n_weights if self.weight_decay > 0 else 0
+        #: the (1,) int64 step and the float64 per-step values, staged to the device by :meth:`begin_step`
+        self.clock = backend.staged(np.zeros(1, np.int64))
+        self.hyper = backend.staged(np.zeros(self.n_hyper, np.float64))
 
     def _check_dtype(self, dtype):
         """Raise when a hyperparameter cannot be represented in the parameters' dtype."""
@@ -113,20 +118,38 @@ class Optimizer:
             hooks.append(("clip_norm", lambda kernels, g: kernels.clip_by_norm_(g, self.clip_norm)))
         return hooks
 
-    def weight_gradient_targets(self):
+    def weight_gradient_targets(self, kernels):
         """Where each layer's weight-gradient GEMM writes, called before the backward pass: None (into
-        the gradient buffer), or one ``(out, alpha, beta)`` per layer, ``out = alpha x^T delta + beta out``."""
+        the gradient buffer), or one ``(out, scale)`` per layer, ``out = alpha x^T delta + beta out`` with
+        ``[alpha, beta] = scale`` a device array."""
         return None
 
-    def update(self, kernels, status):
-        """Apply one guarded update with the current gradients (no host read); advance the step count."""
+    def begin_step(self):
+        """The host's part of a step, before the device work: advance the step count and stage this
+        step's values (:attr:`clock`, :attr:`hyper`) to the device, where the update reads them."""
         step = self.iterations
-        lr = self.schedule(step)
         self.iterations += 1
-        self._update(kernels, self._params, self._grads, self._state_list, lr, status, step)
+        self.clock.host[0] = step
+        self._stage(self.hyper.host, self.schedule(step), step)
+        self.clock.upload()
+        self.hyper.upload()
 
-    def _update(self, kernels, p, g, state, lr, status, step):
+    def _stage(self, hyper, lr, step):
+        """Write this step's per-step values into the host array ``hyper``."""
+        hyper[0] = lr
+
+    def update(self, kernels, status):
+        """Apply one guarded update with the current gradients; reads the staged step values on the device."""
+        self._update(kernels, self._params, self._grads, self._state_list, status, self.clock.device)
+
+    def _update(self, kernels, p, g, state, status, clock):
         raise NotImplementedError
+
+    def step_signature(self):
+        """Everything the update passes to its kernels as fixed scalars: a step captured (as a CUDA
+        graph) for one signature is replayed only while it is unchanged."""
+        return (type(self).__name__, self.weight_decay, self.clip_norm, self.clip_value,
+                tuple(sorted(self._hyperparameters().items())))
 
     def state_dict(self):
         """``{"iterations": int, "state": {name: host array}}``; the schedule's position is ``iterations``."""
@@ -186,29 +209,43 @@ class SGD(Optimizer):
     def _fused(self):
         return not self.momentum and self.clip_norm is None and self.clip_value is None
 
-    def weight_gradient_targets(self):
+    def bind(self, backend, params, grads, n_weights, weights=()):
+        super().bind(backend, params, grads, n_weights, weights)
+        #: [alpha, beta] = [-lr, 1 - lr wd] of the fused weight update, in the parameters' dtype
+        self.gemm_scale = backend.staged(np.zeros(2, params.dtype))
+
+    def _stage(self, hyper, lr, step):
+        hyper[0] = lr
+        if self._fused():
+            self.gemm_scale.host[:] = (-lr, 1.0 - lr * self.weight_decay)
+            self.gemm_scale.upload()
+
+    def weight_gradient_targets(self, kernels):
         """Plain SGD without clipping rides in the weight-gradient GEMMs, ``W = (1 - lr wd) W - lr x^T delta``
         (no gradient buffer pass, no separate update pass for the weights). To keep the update
         all-or-nothing, the weights are first copied into the (otherwise unused) weight-gradient buffer,
         and :meth:`update` copies them back when anything in the step was not finite."""
         if not self._fused():
             return None
-        lr = self.schedule(self.iterations)
         (weights, _), (backup, _) = self._split
-        self._backend.xp.copyto(backup, weights)
-        return [(W, -lr, 1.0 - lr * self.weight_decay) for W in self._weights]
+        kernels.copy_(weights, backup)
+        return [(W, self.gemm_scale.device) for W in self._weights]
 
-    def _update(self, kernels, p, g, state, lr, status, step):
+    def _update(self, kernels, p, g, state, status, clock):
+        hyper = self.hyper.device
         if not self._fused():
-            kernels.sgd_update_(p, g, state[0] if state else None, lr, self.momentum, self.nesterov,
-                                self.weight_decay, self._n_decayed, status, step)
+            kernels.sgd_update_(p, g, state[0] if state else None, hyper, self.momentum, self.nesterov,
+                                self.weight_decay, self._n_decayed, status, clock)
             return
         (weights, biases), (backup, bias_grads) = self._split
         # every delta reaches its bias gradient (a column sum), so a NaN/Inf delta shows there
-        kernels.check_finite_(bias_grads, status, STATUS_GRADIENT, step)
-        kernels.check_finite_(weights, status, STATUS_UPDATE, step)
-        kernels.sgd_update_(biases, bias_grads, None, lr, 0.0, False, 0.0, 0, status, step)
+        kernels.check_finite_(bias_grads, status, STATUS_GRADIENT, clock)
+        kernels.check_finite_(weights, status, STATUS_UPDATE, clock)
+        kernels.sgd_update_(biases, bias_grads, None, hyper, 0.0, False, 0.0, 0, status, clock)
         kernels.restore_if_diverged_(weights, backup, status)
+
+    def step_signature(self):
+        return super().step_signature() + (self._fused(),)
 
     def _hyperparameters(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -222,6 +259,7 @@ class Adam(Optimizer):
     """
 
     state_names = ("m", "v")
+    n_hyper = 2
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=None,
                  clip_value=None):
@@ -233,12 +271,14 @@ class Adam(Optimizer):
     def _check_dtype(self, dtype):
         _check_eps_fits(self.eps, dtype)
 
-    def _update(self, kernels, p, g, state, lr, status, step):
+    def _stage(self, hyper, lr, step):
         t = step + 1
-        step_size = lr / (1.0 - self.beta1 ** t)
-        bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** t)
-        kernels.adam_update_(p, g, state[0], state[1], step_size, bias_correction2_sqrt, self.beta1, self.beta2,
-                             self.eps, self.weight_decay, self._n_decayed, status, step)
+        hyper[0] = lr / (1.0 - self.beta1 ** t)  # the step size
+        hyper[1] = math.sqrt(1.0 - self.beta2 ** t)  # the square root of the second bias correction
+
+    def _update(self, kernels, p, g, state, status, clock):
+        kernels.adam_update_(p, g, state[0], state[1], self.hyper.device, self.beta1, self.beta2, self.eps,
+                             self.weight_decay, self._n_decayed, status, clock)
 
     def _hyperparameters(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
@@ -257,9 +297,9 @@ class RMSprop(Optimizer):
     def _check_dtype(self, dtype):
         _check_eps_fits(self.eps, dtype)
 
-    def _update(self, kernels, p, g, state, lr, status, step):
-        kernels.rmsprop_update_(p, g, state[0], lr, self.rho, self.eps, self.weight_decay, self._n_decayed,
-                                status, step)
+    def _update(self, kernels, p, g, state, status, clock):
+        kernels.rmsprop_update_(p, g, state[0], self.hyper.device, self.rho, self.eps, self.weight_decay,
+                                self._n_decayed, status, clock)
 
     def _hyperparameters(self):
         return {"rho": self.rho, "eps": self.eps}

@@ -1,7 +1,7 @@
 """The kernel contract: every kernel a device implements, its arguments, results and errors.
 
 Each device module (``gpubp.kernels.cpu`` for NumPy arrays with Numba,
-``gpubp.kernels.cuda`` for CuPy arrays) exports one function per entry of
+``gpubp.kernels.cuda`` for CUDA arrays with ``numba.cuda``) exports one function per entry of
 :data:`KERNELS`, with these names and arguments; ``gpubp.kernels.reference``
 holds a plain array-module implementation of each, and the contract tests hold
 every device to it (values against float64, in-place behaviour, errors).
@@ -18,6 +18,13 @@ Shared rules:
   device may use the scratch entries within one kernel call).
   A kernel that takes ``status`` does nothing once it is set (the record keeps
   the first failure) and writes no parameter when it finds a NaN/Inf.
+* Values that change from step to step are read from device memory, never
+  passed as kernel scalars, so a step captured once as a CUDA graph and
+  replayed sees them: ``clock`` is the (1,) int64 optimizer step, ``hyper`` a
+  small float64 array of the update's per-step values (the learning rate, or
+  Adam's step size and bias correction), ``scale`` the (2,) ``[alpha, beta]``
+  of a GEMM in the arrays' dtype. Fixed hyperparameters (momentum, betas, eps,
+  weight decay, clipping limits) are plain scalars.
 * An unknown activation name raises ValueError (see :func:`unknown_activation`).
 """
 
@@ -77,26 +84,33 @@ KERNELS = {
         ("outputs", "targets", "grad", "loss"), ("grad", "loss"),
         "loss[0] = sum((o - t)^2) / (2B); grad = (o - t) / B"),
     "check_finite_": KernelSpec(
-        ("values", "status", "code", "step"), ("status",), "status[:2] = [code, step] if values hold NaN/Inf"),
+        ("values", "status", "code", "clock"), ("status",), "status[:2] = [code, clock[0]] if values hold NaN/Inf"),
     "restore_if_diverged_": KernelSpec(
         ("p", "backup", "status"), ("p",), "p = backup when status[0] != 0, else nothing"),
     "clip_by_value_": KernelSpec(("g", "limit"), ("g",), "g = clip(g, -limit, limit); NaN stays NaN"),
     "clip_by_norm_": KernelSpec(
         ("g", "max_norm"), ("g",), "g *= max_norm / ||g|| when ||g|| > max_norm (norm summed in float64)"),
     "sgd_update_": KernelSpec(
-        ("p", "g", "v", "lr", "momentum", "nesterov", "weight_decay", "n_decayed", "status", "step"),
+        ("p", "g", "v", "hyper", "momentum", "nesterov", "weight_decay", "n_decayed", "status", "clock"),
         ("p", "v", "status"),
-        "d = g + wd p[:n_decayed]; v = mu v + d; p -= lr (d + mu v if nesterov else v), or lr d when mu = 0"),
+        "lr = hyper[0]; d = g + wd p[:n_decayed]; v = mu v + d; p -= lr (d + mu v if nesterov else v), "
+        "or lr d when mu = 0"),
     "adam_update_": KernelSpec(
-        ("p", "g", "m", "v", "step_size", "bias_correction2_sqrt", "beta1", "beta2", "eps", "weight_decay",
-         "n_decayed", "status", "step"),
+        ("p", "g", "m", "v", "hyper", "beta1", "beta2", "eps", "weight_decay", "n_decayed", "status", "clock"),
         ("p", "m", "v", "status"),
-        "m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2; p -= step_size m / (sqrt(v) / bc2_sqrt + eps)"),
+        "[step_size, bc2_sqrt] = hyper; m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2; "
+        "p -= step_size m / (sqrt(v) / bc2_sqrt + eps)"),
     "rmsprop_update_": KernelSpec(
-        ("p", "g", "v", "lr", "rho", "eps", "weight_decay", "n_decayed", "status", "step"), ("p", "v", "status"),
-        "v = rho v + (1-rho) d^2; p -= lr d / (sqrt(v) + eps)"),
+        ("p", "g", "v", "hyper", "rho", "eps", "weight_decay", "n_decayed", "status", "clock"), ("p", "v", "status"),
+        "lr = hyper[0]; v = rho v + (1-rho) d^2; p -= lr d / (sqrt(v) + eps)"),
     "weight_gradient_": KernelSpec(
-        ("x", "delta", "out", "alpha", "beta"), ("out",), "out (fan_in, fan_out) = alpha x^T delta + beta out; beta = 0 never reads out"),
+        ("x", "delta", "out", "scale"), ("out",),
+        "out (fan_in, fan_out) = alpha x^T delta + beta out with [alpha, beta] = scale, or x^T delta when scale "
+        "is None (never reading out)"),
+    "linear_": KernelSpec(("x", "W", "out"), ("out",), "out (B, fan_out) = x (B, fan_in) @ W (fan_in, fan_out)"),
     "input_gradient_": KernelSpec(("delta", "W", "out"), ("out",), "out (B, fan_in) = delta W^T"),
     "bias_gradient_": KernelSpec(("delta", "out"), ("out",), "out (n,) = sum over rows of delta (B, n)"),
+    "gather_rows_": KernelSpec(
+        ("source", "rows", "out"), ("out",), "out[i] = source[rows[i]]; rows (B,) int64 in [0, len(source))"),
+    "copy_": KernelSpec(("source", "out"), ("out",), "out = source (same shape and dtype)"),
 }

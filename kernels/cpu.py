@@ -21,7 +21,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas
+from . import blas, scalar_math
 from .contract import ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, unknown_activation
 from .fastmath import as_dtype_of, fast_exp, fast_tanh
 
@@ -42,8 +42,11 @@ __all__ = [
     "adam_update_",
     "rmsprop_update_",
     "weight_gradient_",
+    "linear_",
     "input_gradient_",
     "bias_gradient_",
+    "gather_rows_",
+    "copy_",
 ]
 
 #: Arrays with at least this many elements use the multithreaded kernels.
@@ -153,6 +156,10 @@ def bias_activation_(z, b, activation):
 # Activation backward (derivative expressed with the forward output y)
 # --------------------------------------------------------------------------
 
+_sigmoid_backward_value = numba.njit(inline="always")(scalar_math.sigmoid_backward)
+_tanh_backward_value = numba.njit(inline="always")(scalar_math.tanh_backward)
+_relu_backward_value = numba.njit(inline="always")(scalar_math.relu_backward)
+
 # Each body reads dy and writes y: two distinct arrays (a third ``out`` parameter
 # that aliases an input defeats LLVM's vectorizer: relu went 10x slower).
 
@@ -161,8 +168,7 @@ def _sigmoid_backward(dy, y):
     flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
     one = as_dtype_of(1.0, y)
     for i in prange(flat_y.size):
-        s = flat_y[i]
-        flat_y[i] = flat_dy[i] * (s * (one - s))
+        flat_y[i] = _sigmoid_backward_value(flat_dy[i], flat_y[i], one)
 
 
 def _tanh_backward(dy, y):
@@ -170,8 +176,7 @@ def _tanh_backward(dy, y):
     flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
     one = as_dtype_of(1.0, y)
     for i in prange(flat_y.size):
-        t = flat_y[i]
-        flat_y[i] = flat_dy[i] * (one - t * t)
+        flat_y[i] = _tanh_backward_value(flat_dy[i], flat_y[i], one)
 
 
 def _relu_backward(dy, y):
@@ -179,7 +184,7 @@ def _relu_backward(dy, y):
     flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
     zero = as_dtype_of(0.0, y)
     for i in prange(flat_y.size):
-        flat_y[i] = flat_dy[i] if flat_y[i] > zero else zero
+        flat_y[i] = _relu_backward_value(flat_dy[i], flat_y[i], zero)
 
 
 _ACTIVATION_BACKWARD_KERNELS = {
@@ -400,7 +405,7 @@ def mse(outputs, targets, grad, loss):
 # --------------------------------------------------------------------------
 
 @numba.njit(**_JIT_OPTIONS)
-def _check_finite(values, status, code, step):
+def _check_finite(values, status, code, clock):
     if status[0] != 0:
         return
     flat = values.reshape(values.size)
@@ -410,15 +415,16 @@ def _check_finite(values, status, code, step):
         probe += flat[i] * zero  # stays 0 while every value is finite
     if probe != 0:
         status[0] = code
-        status[1] = step
+        status[1] = clock[0]
 
 
-def check_finite_(values, status, code, step):
-    """Record ``(code, step)`` in ``status`` when ``values`` holds NaN/Inf and status is clear.
+def check_finite_(values, status, code, clock):
+    """Record ``(code, clock[0])`` in ``status`` when ``values`` holds NaN/Inf and status is clear.
 
-    values: any float array; status: the (4,) int64 record ``[code, step, scratch, scratch]``, code 0 while clear.
+    values: any float array; status: the (4,) int64 record ``[code, step, scratch, scratch]``, code 0 while
+    clear; clock: the (1,) int64 optimizer step.
     """
-    _check_finite(values, status, code, step)
+    _check_finite(values, status, code, clock)
 
 
 @numba.njit(**_JIT_OPTIONS)
@@ -433,12 +439,14 @@ def restore_if_diverged_(p, backup, status):
     _restore_if_diverged(p, backup, status)
 
 
+_clip_value = numba.njit(inline="always")(scalar_math.clip)
+
+
 @numba.njit(**_JIT_OPTIONS)
 def _clip_by_value(g, limit):
     limit = as_dtype_of(limit, g)
     for i in range(g.size):
-        v = g[i]
-        g[i] = limit if v > limit else (-limit if v < -limit else v)  # NaN stays NaN
+        g[i] = _clip_value(g[i], limit)
 
 
 def clip_by_value_(g, limit):
@@ -487,11 +495,12 @@ def _record(status, probe_g, probe_new, step):
     return False
 
 
-def _sgd_plain(p, g, lr, weight_decay, n_decayed, status, step):
-    """d = g + wd p (wd on the first n_decayed entries); p -= lr d."""
+def _sgd_plain(p, g, hyper, weight_decay, n_decayed, status, clock):
+    """d = g + wd p (wd on the first n_decayed entries); p -= lr d, lr = hyper[0]."""
     if status[0] != 0:
         return
-    lr = as_dtype_of(lr, p)
+    step = clock[0]
+    lr = as_dtype_of(hyper[0], p)
     weight_decay = as_dtype_of(weight_decay, p)
     zero = as_dtype_of(0.0, p)
     probe_g = zero
@@ -499,25 +508,23 @@ def _sgd_plain(p, g, lr, weight_decay, n_decayed, status, step):
     for i in prange(p.size):
         wd = weight_decay if i < n_decayed else zero
         probe_g += g[i] * zero
-        probe_new += (p[i] - lr * (g[i] + wd * p[i])) * zero
+        probe_new += _sgd_step(p[i], g[i], wd, lr) * zero
     if _record(status, probe_g, probe_new, step):
         for i in prange(p.size):
             wd = weight_decay if i < n_decayed else zero
-            p[i] -= lr * (g[i] + wd * p[i])
+            p[i] = _sgd_step(p[i], g[i], wd, lr)
 
 
-@numba.njit(inline="always")
-def _momentum_step(p, g, v, wd, lr, momentum, nesterov):
-    d = g + wd * p
-    velocity = momentum * v + d
-    return p - lr * (d + momentum * velocity if nesterov else velocity), velocity
+_sgd_step = numba.njit(inline="always")(scalar_math.sgd_step)
+_momentum_step = numba.njit(inline="always")(scalar_math.momentum_step)
 
 
-def _sgd_momentum(p, g, v, lr, momentum, nesterov, weight_decay, n_decayed, status, step):
-    """d = g + wd p; v = mu v + d; p -= lr * (d + mu v if nesterov else v)."""
+def _sgd_momentum(p, g, v, hyper, momentum, nesterov, weight_decay, n_decayed, status, clock):
+    """d = g + wd p; v = mu v + d; p -= lr * (d + mu v if nesterov else v), lr = hyper[0]."""
     if status[0] != 0:
         return
-    lr = as_dtype_of(lr, p)
+    step = clock[0]
+    lr = as_dtype_of(hyper[0], p)
     momentum = as_dtype_of(momentum, p)
     weight_decay = as_dtype_of(weight_decay, p)
     zero = as_dtype_of(0.0, p)
@@ -540,8 +547,8 @@ _SGD_PLAIN_KERNELS = _serial_and_parallel(_sgd_plain)
 _SGD_MOMENTUM_KERNELS = _serial_and_parallel(_sgd_momentum)
 
 
-def sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay, n_decayed, status, step):
-    """One guarded SGD step (PyTorch convention) on flat 1-D arrays p, g, v.
+def sgd_update_(p, g, v, hyper, momentum, nesterov, weight_decay, n_decayed, status, clock):
+    """One guarded SGD step (PyTorch convention) on flat 1-D arrays p, g, v; lr = hyper[0].
 
     d = g + wd p (wd on the first ``n_decayed`` entries, 0 on the rest); with
     momentum > 0: v = mu v + d, step = d + mu v (nesterov) or v; without:
@@ -551,26 +558,24 @@ def sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay, n_decayed, status
     large = p.size >= PARALLEL_THRESHOLD
     if momentum == 0.0:
         serial, parallel = _SGD_PLAIN_KERNELS
-        (parallel if large else serial)(p, g, lr, weight_decay, n_decayed, status, step)
+        (parallel if large else serial)(p, g, hyper, weight_decay, n_decayed, status, clock)
     else:
         serial, parallel = _SGD_MOMENTUM_KERNELS
-        (parallel if large else serial)(p, g, v, lr, momentum, bool(nesterov), weight_decay, n_decayed,
-                                        status, step)
+        (parallel if large else serial)(p, g, v, hyper, momentum, bool(nesterov), weight_decay, n_decayed,
+                                        status, clock)
 
 
-@numba.njit(inline="always")
-def _adam_step(p, g, m, v, wd, step_size, inv_bc2_sqrt, beta1, beta2, one_minus_beta1, one_minus_beta2, eps):
-    d = g + wd * p
-    first = beta1 * m + one_minus_beta1 * d
-    second = beta2 * v + one_minus_beta2 * d * d
-    return p - step_size * first / (math.sqrt(second) * inv_bc2_sqrt + eps), first, second
+_adam_step = numba.njit(inline="always")(scalar_math.adam_step)
 
 
-def _adam(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay, n_decayed, status, step):
+def _adam(p, g, m, v, hyper, beta1, beta2, eps, weight_decay, n_decayed, status, clock):
     """d = g + wd p; m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2;
-    p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps)."""
+    p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps), [step_size, bias_correction2_sqrt] = hyper."""
     if status[0] != 0:
         return
+    step = clock[0]
+    step_size = hyper[0]
+    bias_correction2_sqrt = hyper[1]
     # 1 - beta and 1 / bc2 are formed in float64 before the cast: in float32,
     # 1 - float32(0.999) would be off by 5e-5 relative.
     one_minus_beta1 = as_dtype_of(1.0 - beta1, p)
@@ -604,32 +609,28 @@ def _adam(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weigh
 _ADAM_KERNELS = _serial_and_parallel(_adam)
 
 
-def adam_update_(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay, n_decayed,
-                 status, step):
+def adam_update_(p, g, m, v, hyper, beta1, beta2, eps, weight_decay, n_decayed, status, clock):
     """One guarded Adam step on flat 1-D arrays p, g, m, v (torch.optim.Adam arithmetic).
 
-    The caller passes step_size = lr / (1 - b1^t) and bias_correction2_sqrt =
-    sqrt(1 - b2^t); wd applies to the first ``n_decayed`` entries. Nothing is
+    ``hyper`` holds [step_size, bias_correction2_sqrt] = [lr / (1 - b1^t),
+    sqrt(1 - b2^t)]; wd applies to the first ``n_decayed`` entries. Nothing is
     written when status is set or any gradient or new value is NaN/Inf.
     """
     serial, parallel = _ADAM_KERNELS
     (parallel if p.size >= PARALLEL_THRESHOLD else serial)(
-        p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay, n_decayed, status, step)
+        p, g, m, v, hyper, beta1, beta2, eps, weight_decay, n_decayed, status, clock)
 
 
-@numba.njit(inline="always")
-def _rmsprop_step(p, g, v, wd, lr, rho, one_minus_rho, eps):
-    d = g + wd * p
-    mean_square = rho * v + one_minus_rho * d * d
-    return p - lr * d / (math.sqrt(mean_square) + eps), mean_square
+_rmsprop_step = numba.njit(inline="always")(scalar_math.rmsprop_step)
 
 
-def _rmsprop(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step):
-    """d = g + wd p; v = rho v + (1 - rho) d^2; p -= lr d / (sqrt(v) + eps)."""
+def _rmsprop(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, clock):
+    """d = g + wd p; v = rho v + (1 - rho) d^2; p -= lr d / (sqrt(v) + eps), lr = hyper[0]."""
     if status[0] != 0:
         return
+    step = clock[0]
     one_minus_rho = as_dtype_of(1.0 - rho, p)
-    lr = as_dtype_of(lr, p)
+    lr = as_dtype_of(hyper[0], p)
     rho = as_dtype_of(rho, p)
     eps = as_dtype_of(eps, p)
     weight_decay = as_dtype_of(weight_decay, p)
@@ -652,25 +653,28 @@ def _rmsprop(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step):
 _RMSPROP_KERNELS = _serial_and_parallel(_rmsprop)
 
 
-def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step):
-    """One guarded RMSprop step (torch.optim.RMSprop, no momentum, not centered) on flat 1-D arrays p, g, v."""
+def rmsprop_update_(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, clock):
+    """One guarded RMSprop step (torch.optim.RMSprop, no momentum, not centered) on flat 1-D arrays p, g, v;
+    lr = hyper[0]."""
     serial, parallel = _RMSPROP_KERNELS
     (parallel if p.size >= PARALLEL_THRESHOLD else serial)(
-        p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step)
+        p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, clock)
 
 
 # --------------------------------------------------------------------------
 # Weight-gradient GEMM
 # --------------------------------------------------------------------------
 
-def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
+def weight_gradient_(x, delta, out, scale=None):
     """``out = alpha * x^T @ delta + beta * out``; x (B, fan_in), delta (B, fan_out), out (fan_in, fan_out).
 
-    With ``out`` the weights, ``alpha = -lr`` and ``beta = 1 - lr * wd`` this is
+    ``[alpha, beta] = scale`` (read on the host: free on the CPU), or 1 and 0
+    when scale is None. With ``out`` the weights, ``alpha = -lr`` and ``beta = 1 - lr * wd`` this is
     a whole plain-SGD update of W in one BLAS call. Uses NumPy's OpenBLAS
     through CBLAS directly when it is available (about 1 us of call overhead,
     no temporary); otherwise ``matmul`` (plus, for alpha != 1 or beta != 0, a temporary).
     """
+    alpha, beta = (1.0, 0.0) if scale is None else (float(scale[0]), float(scale[1]))
     if blas.gemm_at_b_(x, delta, out, alpha, beta):
         return
     if alpha == 1.0 and beta == 0.0:
@@ -680,6 +684,21 @@ def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
     out *= out.dtype.type(beta)
     product *= product.dtype.type(alpha)
     out += product
+
+
+def linear_(x, W, out):
+    """``out = x @ W``; x (B, fan_in), W (fan_in, fan_out), out (B, fan_out)."""
+    np.matmul(x, W, out=out)
+
+
+def gather_rows_(source, rows, out):
+    """``out[i] = source[rows[i]]``; rows (B,) int64 in range (NumPy's ``take``, which checks them)."""
+    np.take(source, rows, axis=0, out=out)
+
+
+def copy_(source, out):
+    """``out[...] = source`` (same shape and dtype)."""
+    np.copyto(out, source)
 
 
 # --------------------------------------------------------------------------

@@ -1,368 +1,642 @@
-"""Fused, in-place CUDA kernels for CuPy arrays: the :mod:`gpubp.kernels.contract` on a GPU.
+"""Fused, in-place CUDA kernels written with ``numba.cuda``: the :mod:`gpubp.kernels.contract` on a GPU.
 
-The same functions, with the same arguments, as ``gpubp.kernels.cpu``.
-Elementwise work is a CuPy ``ElementwiseKernel`` (one launch, one pass, the
-math written as a line of C where it is used, Chainer style); row-wise softmax
-work and the guarded optimizer updates are templates of one ``RawModule``.
-Nothing here reads a device value on the host: losses land in a (1,) device
-array and divergence in the device ``status`` record. Scratch buffers are
-cached per shape, so steady-state steps allocate nothing.
+The same functions, with the same arguments, as ``gpubp.kernels.cpu``. Every
+kernel is Python compiled by ``numba.cuda``, so Numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``) runs the very same code on the CPU in CI, with
+NumPy arrays, real thread and block indexing, shared memory and bounds
+checks. The optimizer and activation-derivative formulas are the ones the CPU
+kernels compile (``gpubp.kernels.scalar_math``).
+
+Where the arrays live and how GEMMs run is the runtime's business: on a GPU
+``gpubp.kernels.cuda_device`` (CuPy arrays, cuBLAS on the step's stream,
+CUDA graphs), under the simulator ``gpubp.kernels.cuda_simulated`` (NumPy).
+
+Design rules, each visible below:
+
+* nothing is read back to the host: losses are reduced on the device in a
+  fixed order (deterministic, no atomics) into the (1,) float64 ``loss``;
+  the divergence record is written on the device;
+* per-step values come from device memory (``clock``, ``hyper``, ``scale``),
+  so a captured step replays with current values;
+* every loop is grid-strided, so any launch shape is correct (the simulator
+  uses small blocks, a GPU large ones), and scratch buffers are made once per
+  shape by the runtime, so a steady-state step allocates nothing;
+* float32 kernels do float32 arithmetic (float64 only where documented: loss
+  sums and the gradient norm), checked on the PTX by the test suite.
 """
 
-import cupy as cp
-import numpy as np
+import math
 
+import numpy as np
+from numba import cuda
+from numba.core import config as numba_config
+
+from . import scalar_math
 from .contract import STATUS_GRADIENT, STATUS_UPDATE, unknown_activation
+
+if numba_config.ENABLE_CUDASIM:
+    from . import cuda_simulated as runtime
+else:
+    from . import cuda_device as runtime
 
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
-    "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_", "sgd_update_",
-    "adam_update_", "rmsprop_update_", "weight_gradient_", "input_gradient_", "bias_gradient_",
+    "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_",
+    "sgd_update_", "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_",
+    "bias_gradient_", "gather_rows_", "copy_",
 ]
 
-# --------------------------------------------------------------------------- activations
-_ACTIVATION_FORWARD = {
-    "linear": "z = t;",
-    "sigmoid": "z = (T)1 / ((T)1 + exp(-t));",  # exp(-t) = inf for t << 0 gives exactly 0, never NaN
-    "tanh": "z = tanh(t);",
-    "relu": "z = t < (T)0 ? (T)0 : t;",  # NaN stays NaN
-}
-# y = dy * f'(z), f' written with the forward output y
-_ACTIVATION_BACKWARD = {
-    "linear": "y = d;",
-    "sigmoid": "y = d * (y * ((T)1 - y));",
-    "tanh": "y = d * ((T)1 - y * y);",
-    "relu": "y = y > (T)0 ? d : (T)0;",
-}
-_bias_activation = {
-    name: cp.ElementwiseKernel("raw T b, int64 n", "T z", "T t = z + b[i % n]; " + body, f"gpubp_bias_{name}")
-    for name, body in _ACTIVATION_FORWARD.items()
-}
-_activation_backward = {
-    name: cp.ElementwiseKernel("T d", "T y", body, f"gpubp_{name}_backward")
-    for name, body in _ACTIVATION_BACKWARD.items()
-}
-_sigmoid = cp.ElementwiseKernel("", "T x", "x = (T)1 / ((T)1 + exp(-x));", "gpubp_sigmoid_inplace")
+#: Threads per block, and threads per row for row-wise kernels (one warp per row).
+THREADS = runtime.THREADS
+ROW_THREADS = runtime.ROW_THREADS
 
 
-def _lookup(kernels, activation):
+def _device(fn):
+    return cuda.jit(device=True, inline=True)(fn)
+
+
+_sigmoid_backward = _device(scalar_math.sigmoid_backward)
+_tanh_backward = _device(scalar_math.tanh_backward)
+_relu_backward = _device(scalar_math.relu_backward)
+_clip = _device(scalar_math.clip)
+_sgd_step = _device(scalar_math.sgd_step)
+_momentum_step = _device(scalar_math.momentum_step)
+_adam_step = _device(scalar_math.adam_step)
+_rmsprop_step = _device(scalar_math.rmsprop_step)
+
+
+def _blocks(n, threads=None):
+    threads = threads or THREADS
+    return max(1, min(runtime.MAX_BLOCKS, (n + threads - 1) // threads))
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def _launch(kernel, n, *args, threads=None):
+    kernel[_blocks(n, threads), threads or THREADS, runtime.stream()](*runtime.kernel_args(args))
+
+
+class _DtypeKernels:
+    """Every kernel of one float dtype: constants such as ``one`` are closure values of that dtype,
+    so numba types them as float32 in float32 kernels."""
+
+    def __init__(self, dtype):
+        T = np.dtype(dtype).type
+        one, zero, negative_infinity = T(1.0), T(0.0), T(-np.inf)
+        threads, row_threads = THREADS, ROW_THREADS
+
+        # ------------------------------------------------------------------ activations
+        @_device
+        def sigmoid(x):
+            # exp of -|x| only: never overflows, and gives exactly 0 or 1 at the ends
+            e = math.exp(-abs(x))
+            r = one / (one + e)
+            return r if x >= zero else e * r
+
+        @_device
+        def relu(x):
+            return zero if x < zero else x  # NaN stays NaN
+
+        @_device
+        def identity(x):
+            return x
+
+        forward = {"linear": identity, "sigmoid": sigmoid, "tanh": _device(lambda x: math.tanh(x)), "relu": relu}
+
+        def make_bias_activation(f):
+            @cuda.jit
+            def bias_activation(z, b):
+                n = z.shape[1]
+                start, stride = cuda.grid(1), cuda.gridsize(1)
+                for i in range(start, z.size, stride):
+                    r, c = i // n, i % n
+                    z[r, c] = f(z[r, c] + b[c])
+            return bias_activation
+
+        self.bias_activation = {name: make_bias_activation(f) for name, f in forward.items()}
+
+        def make_backward(derivative, constant):
+            @cuda.jit
+            def activation_backward(dy, y):
+                start, stride = cuda.grid(1), cuda.gridsize(1)
+                for i in range(start, y.size, stride):
+                    y[i] = derivative(dy[i], y[i], constant)
+            return activation_backward
+
+        self.activation_backward = {"sigmoid": make_backward(_sigmoid_backward, one),
+                                    "tanh": make_backward(_tanh_backward, one),
+                                    "relu": make_backward(_relu_backward, zero)}
+
+        @cuda.jit
+        def sigmoid_inplace(x):
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, x.size, stride):
+                x[i] = sigmoid(x[i])
+
+        self.sigmoid = sigmoid_inplace
+
+        # ------------------------------------------------------------------ row softmax (a warp per row)
+        @_device
+        def row_max_and_sum(x, r, shared_max, shared_sum):
+            """Max and sum(exp(x - max)) of row r, reduced in shared memory by the block's row_threads."""
+            t = cuda.threadIdx.x
+            K = x.shape[1]
+            m = negative_infinity
+            for k in range(t, K, row_threads):
+                v = x[r, k]
+                m = v if v > m or v != v else m  # a NaN wins, so it propagates
+            shared_max[t] = m
+            cuda.syncthreads()
+            width = row_threads // 2
+            while width > 0:
+                if t < width:
+                    a, b = shared_max[t], shared_max[t + width]
+                    shared_max[t] = b if b > a or b != b else a
+                cuda.syncthreads()
+                width //= 2
+            m = shared_max[0]
+            s = zero
+            for k in range(t, K, row_threads):
+                s += math.exp(x[r, k] - m)
+            shared_sum[t] = s
+            cuda.syncthreads()
+            width = row_threads // 2
+            while width > 0:
+                if t < width:
+                    shared_sum[t] += shared_sum[t + width]
+                cuda.syncthreads()
+                width //= 2
+            total = shared_sum[0]
+            cuda.syncthreads()  # every thread has read the results before the next row reuses them
+            return m, total
+
+        @cuda.jit
+        def softmax_rows(x):
+            shared_max = cuda.shared.array(row_threads, T)
+            shared_sum = cuda.shared.array(row_threads, T)
+            for r in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+                m, total = row_max_and_sum(x, r, shared_max, shared_sum)
+                inv = one / total
+                for k in range(cuda.threadIdx.x, x.shape[1], row_threads):
+                    x[r, k] = math.exp(x[r, k] - m) * inv
+
+        self.softmax = softmax_rows
+
+        @cuda.jit
+        def softmax_cross_entropy_rows(logits, labels, grad, row_loss):
+            """grad = (softmax - onehot) / B; row_loss[r] (float64) = log(sum) + max - z[label], NaN for a
+            label outside [0, K) (then only column 0 is touched, never out of bounds)."""
+            shared_max = cuda.shared.array(row_threads, T)
+            shared_sum = cuda.shared.array(row_threads, T)
+            B, K = logits.shape
+            inv_batch = one / T(B)
+            for r in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+                m, total = row_max_and_sum(logits, r, shared_max, shared_sum)
+                label = labels[r]
+                valid = label >= 0 and label < K
+                safe = label if valid else 0
+                scale = inv_batch / total
+                for k in range(cuda.threadIdx.x, K, row_threads):
+                    p = math.exp(logits[r, k] - m) * scale
+                    grad[r, k] = p - inv_batch if k == safe else p
+                if cuda.threadIdx.x == 0:
+                    margin = np.float64(m) - np.float64(logits[r, safe])
+                    row_loss[r] = math.log(np.float64(total)) + margin if valid else math.nan
+
+        self.softmax_cross_entropy = softmax_cross_entropy_rows
+
+        # ------------------------------------------------------------------ elementwise losses
+        @cuda.jit
+        def bce_terms(logits, targets, grad, partial, inv_count):
+            """grad = (sigmoid(z) - t) / n; per-block float64 partial sums of the loss terms."""
+            shared = cuda.shared.array(threads, np.float64)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            acc = 0.0
+            for i in range(start, logits.size, stride):
+                z, t = logits[i], targets[i]
+                e = math.exp(-abs(z))
+                r = one / (one + e)
+                s = r if z >= zero else e * r
+                grad[i] = (s - t) * inv_count
+                positive = z if z > zero else zero
+                acc += np.float64(positive - z * t) + math.log1p(np.float64(e))
+            block_sum(shared, acc, partial)
+
+        @cuda.jit
+        def mse_terms(outputs, targets, grad, partial, inv_batch):
+            """grad = (o - t) / B; per-block float64 partial sums of (o - t)^2."""
+            shared = cuda.shared.array(threads, np.float64)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            acc = 0.0
+            for i in range(start, outputs.size, stride):
+                d = outputs[i] - targets[i]
+                grad[i] = d * inv_batch
+                acc += np.float64(d) * np.float64(d)
+            block_sum(shared, acc, partial)
+
+        self.bce_terms, self.mse_terms = bce_terms, mse_terms
+
+        # ------------------------------------------------------------------ status and hooks
+        @cuda.jit
+        def mark_non_finite(values, status, clock):
+            """status[2] = step + 1 where a value is NaN/Inf (every writer writes the same value)."""
+            if status[0] != 0:
+                return
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, values.size, stride):
+                v = values[i]
+                if v * zero != zero:
+                    status[2] = clock[0] + 1
+
+        self.mark_non_finite = mark_non_finite
+
+        @cuda.jit
+        def restore(p, backup, status):
+            if status[0] == 0:
+                return
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                p[i] = backup[i]
+
+        @cuda.jit
+        def clip_values(g, limit):
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, g.size, stride):
+                g[i] = _clip(g[i], limit)
+
+        @cuda.jit
+        def square_terms(g, partial):
+            shared = cuda.shared.array(threads, np.float64)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            acc = 0.0
+            for i in range(start, g.size, stride):
+                acc += np.float64(g[i]) * np.float64(g[i])
+            block_sum(shared, acc, partial)
+
+        @cuda.jit
+        def scale_to_norm(g, sum_sq, max_norm):
+            norm = math.sqrt(sum_sq[0])
+            if not norm > max_norm:  # also for a NaN norm: the update's check then sees the NaN
+                return
+            scale = T(max_norm / norm)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, g.size, stride):
+                g[i] *= scale
+
+        self.restore, self.clip_values = restore, clip_values
+        self.square_terms, self.scale_to_norm = square_terms, scale_to_norm
+
+        # ------------------------------------------------------------------ guarded updates
+        # Two launches per update: "check" computes every new value and stamps step + 1 into
+        # status[2] (gradient) or status[3] (new value) where one is not finite; "apply" writes
+        # only when status is clear and neither stamp holds this step, and its thread 0 records
+        # a failure. No kernel reads a value another thread of the same launch writes.
+        @_device
+        def stamp(status, step, g, new_finite):
+            if g * zero != zero:
+                status[2] = step + 1
+            elif not new_finite:
+                status[3] = step + 1
+
+        @_device
+        def settle(status, step):
+            """True when this step's update may be written; thread 0 records a failure."""
+            bad = status[2] == step + 1 or status[3] == step + 1
+            if cuda.grid(1) == 0 and status[0] == 0 and bad:
+                status[0] = STATUS_GRADIENT if status[2] == step + 1 else STATUS_UPDATE
+                status[1] = step
+            return status[0] == 0 and not bad
+
+        @_device
+        def finite(x):
+            return x * zero == zero
+
+        @cuda.jit
+        def sgd_check(p, g, hyper, weight_decay, n_decayed, status, clock):
+            if status[0] != 0:
+                return
+            lr, wd_all, step = T(hyper[0]), T(weight_decay), clock[0]
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                wd = wd_all if i < n_decayed else zero
+                stamp(status, step, g[i], finite(_sgd_step(p[i], g[i], wd, lr)))
+
+        @cuda.jit
+        def sgd_apply(p, g, hyper, weight_decay, n_decayed, status, clock):
+            if not settle(status, clock[0]):
+                return
+            lr, wd_all = T(hyper[0]), T(weight_decay)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                p[i] = _sgd_step(p[i], g[i], wd_all if i < n_decayed else zero, lr)
+
+        @cuda.jit
+        def momentum_check(p, g, v, hyper, momentum, nesterov, weight_decay, n_decayed, status, clock):
+            if status[0] != 0:
+                return
+            lr, mu, wd_all, step = T(hyper[0]), T(momentum), T(weight_decay), clock[0]
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                wd = wd_all if i < n_decayed else zero
+                new_p, new_v = _momentum_step(p[i], g[i], v[i], wd, lr, mu, nesterov)
+                stamp(status, step, g[i], finite(new_p) and finite(new_v))
+
+        @cuda.jit
+        def momentum_apply(p, g, v, hyper, momentum, nesterov, weight_decay, n_decayed, status, clock):
+            if not settle(status, clock[0]):
+                return
+            lr, mu, wd_all = T(hyper[0]), T(momentum), T(weight_decay)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                p[i], v[i] = _momentum_step(p[i], g[i], v[i], wd_all if i < n_decayed else zero, lr, mu, nesterov)
+
+        @cuda.jit
+        def adam_check(p, g, m, v, hyper, beta1, beta2, eps, weight_decay, n_decayed, status, clock):
+            if status[0] != 0:
+                return
+            step_size, inv_bc2 = T(hyper[0]), T(1.0 / hyper[1])
+            b1, b2, c1, c2 = T(beta1), T(beta2), T(1.0 - beta1), T(1.0 - beta2)
+            e, wd_all, step = T(eps), T(weight_decay), clock[0]
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                wd = wd_all if i < n_decayed else zero
+                new_p, new_m, new_v = _adam_step(p[i], g[i], m[i], v[i], wd, step_size, inv_bc2, b1, b2, c1, c2, e)
+                stamp(status, step, g[i], finite(new_p) and finite(new_m) and finite(new_v))
+
+        @cuda.jit
+        def adam_apply(p, g, m, v, hyper, beta1, beta2, eps, weight_decay, n_decayed, status, clock):
+            if not settle(status, clock[0]):
+                return
+            step_size, inv_bc2 = T(hyper[0]), T(1.0 / hyper[1])
+            b1, b2, c1, c2 = T(beta1), T(beta2), T(1.0 - beta1), T(1.0 - beta2)
+            e, wd_all = T(eps), T(weight_decay)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                wd = wd_all if i < n_decayed else zero
+                p[i], m[i], v[i] = _adam_step(p[i], g[i], m[i], v[i], wd, step_size, inv_bc2, b1, b2, c1, c2, e)
+
+        @cuda.jit
+        def rmsprop_check(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, clock):
+            if status[0] != 0:
+                return
+            lr, r, c, e, wd_all, step = T(hyper[0]), T(rho), T(1.0 - rho), T(eps), T(weight_decay), clock[0]
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                wd = wd_all if i < n_decayed else zero
+                new_p, new_v = _rmsprop_step(p[i], g[i], v[i], wd, lr, r, c, e)
+                stamp(status, step, g[i], finite(new_p) and finite(new_v))
+
+        @cuda.jit
+        def rmsprop_apply(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, clock):
+            if not settle(status, clock[0]):
+                return
+            lr, r, c, e, wd_all = T(hyper[0]), T(rho), T(1.0 - rho), T(eps), T(weight_decay)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, p.size, stride):
+                p[i], v[i] = _rmsprop_step(p[i], g[i], v[i], wd_all if i < n_decayed else zero, lr, r, c, e)
+
+        self.updates = {"sgd": (sgd_check, sgd_apply), "momentum": (momentum_check, momentum_apply),
+                        "adam": (adam_check, adam_apply), "rmsprop": (rmsprop_check, rmsprop_apply)}
+
+        # ------------------------------------------------------------------ bias gradient
+        @cuda.jit
+        def column_sums(delta, out):
+            """out[c] = sum_r delta[r, c]: a thread per column, rows in order (coalesced across columns)."""
+            B, n = delta.shape
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for c in range(start, n, stride):
+                s = zero
+                for r in range(B):
+                    s += delta[r, c]
+                out[c] = s
+
+        self.column_sums = column_sums
+
+
+@cuda.jit
+def _gather(source, rows, out):
+    """out[r, c] = source[rows[r], c]; any dtype."""
+    n = out.shape[1]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, out.size, stride):
+        r, c = i // n, i % n
+        out[r, c] = source[rows[r], c]
+
+
+@cuda.jit
+def _copy(source, out):
+    """out = source, flat; any dtype."""
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, out.size, stride):
+        out[i] = source[i]
+
+
+@cuda.jit(device=True)
+def block_sum(shared, value, partial):
+    """Sum ``value`` over the block in a fixed tree order into partial[blockIdx.x] (float64)."""
+    t = cuda.threadIdx.x
+    shared[t] = value
+    cuda.syncthreads()
+    width = cuda.blockDim.x // 2
+    while width > 0:
+        if t < width:
+            shared[t] += shared[t + width]
+        cuda.syncthreads()
+        width //= 2
+    if t == 0:
+        partial[cuda.blockIdx.x] = shared[0]
+
+
+@cuda.jit
+def _finish_sum(partial, count, scale, out):
+    """out[0] = scale * sum(partial[:count]) in a fixed order, by one block; NaN if a term is NaN."""
+    shared = cuda.shared.array(THREADS, np.float64)
+    acc = 0.0
+    for i in range(cuda.threadIdx.x, count, cuda.blockDim.x):
+        acc += partial[i]
+    t = cuda.threadIdx.x
+    shared[t] = acc
+    cuda.syncthreads()
+    width = cuda.blockDim.x // 2
+    while width > 0:
+        if t < width:
+            shared[t] += shared[t + width]
+        cuda.syncthreads()
+        width //= 2
+    if t == 0:
+        out[0] = shared[0] * scale
+
+
+@cuda.jit
+def _record_mark(status, code, clock):
+    """Turn a mark of :func:`check_finite_` (status[2] = step + 1) into the record [code, step]."""
+    if status[0] == 0 and status[2] == clock[0] + 1:
+        status[0] = code
+        status[1] = clock[0]
+
+
+_kernels = {}
+
+
+def _of(a):
+    """The kernels of ``a``'s dtype (compiled on first use)."""
+    key = np.dtype(a.dtype)
+    table = _kernels.get(key)
+    if table is None:
+        table = _kernels[key] = _DtypeKernels(key)
+    return table
+
+
+def _lookup(table, activation):
     try:
-        return kernels[activation]
+        return table[activation]
     except KeyError:
         raise unknown_activation(activation) from None
 
 
+# --------------------------------------------------------------------------- activations
 def bias_activation_(z, b, activation):
     """In place: ``z = f(z + b)``; z (B, n), b (n,)."""
-    _lookup(_bias_activation, activation)(b, z.shape[1], z)
+    _launch(_lookup(_of(z).bias_activation, activation), z.size, z, b)
 
 
 def activation_backward_(dy, y, activation):
-    """In place: ``y = dy * f'(z)`` written with the output y."""
-    _lookup(_activation_backward, activation)(dy, y)
+    """In place: ``y = dy * f'(z)`` written with the output y (linear: y = dy)."""
+    if activation == "linear":
+        copy_(dy, y)
+        return
+    _launch(_lookup(_of(y).activation_backward, activation), y.size, _flat(dy), _flat(y))
 
 
 def sigmoid_(x):
     """In place logistic function."""
-    _sigmoid(x)
+    _launch(_of(x).sigmoid, x.size, _flat(x))
 
 
-# --------------------------------------------------------------------------- raw kernels
-_SOURCE = r"""
-template <typename T>
-__device__ T row_max(const T* z, int K) {
-    T m = z[0];
-    for (int k = 1; k < K; ++k) m = z[k] > m ? z[k] : m;
-    return m;
-}
-
-template <typename T>
-__global__ void softmax_xent(const T* logits, const long long* labels, T* grad, double* row_loss,
-                             long long B, int K) {
-    long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= B) return;
-    const T* z = logits + r * K;
-    T* g = grad + r * K;
-    T m = row_max(z, K);
-    T s = 0;
-    for (int k = 0; k < K; ++k) { T e = exp(z[k] - m); g[k] = e; s += e; }
-    T scale = (T)1 / (s * (T)B);
-    for (int k = 0; k < K; ++k) g[k] *= scale;
-    long long t = labels[r];
-    bool valid = t >= 0 && t < K;
-    long long safe = valid ? t : 0;
-    g[safe] -= (T)1 / (T)B;
-    row_loss[r] = valid ? log((double)s) - (double)(z[safe] - m) : nan("");
-}
-
-template <typename T>
-__global__ void softmax_inplace(T* x, long long B, int K) {
-    long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= B) return;
-    T* z = x + r * K;
-    T m = row_max(z, K);
-    T s = 0;
-    for (int k = 0; k < K; ++k) { T e = exp(z[k] - m); z[k] = e; s += e; }
-    T inv = (T)1 / s;
-    for (int k = 0; k < K; ++k) z[k] *= inv;
-}
-
-template <typename T>
-__global__ void check_finite(const T* values, long long n, long long* status, long long code, long long step) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n || status[0] != 0) return;
-    if (!isfinite(values[i])) {
-        if (atomicCAS((unsigned long long*)&status[0], 0ULL, (unsigned long long)code) == 0ULL) status[1] = step;
-    }
-}
-
-// The guarded updates run as two launches over the flat buffers: "check" computes
-// every new value and stamps step + 1 into status[2] (gradient) or status[3] (new
-// value) where one is not finite; "apply" recomputes and writes only when status
-// is clear and neither stamp holds this step, and its thread 0 records a failure.
-#define GUARD_CHECK(NEW_FINITE)                                                       \
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                   \
-    if (i >= n || status[0] != 0) return;                                              \
-    if (!isfinite(g[i])) status[2] = step + 1;                                         \
-    else if (!(NEW_FINITE)) status[3] = step + 1;
-
-#define GUARD_APPLY_BEGIN                                                              \
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                   \
-    bool bad = status[2] == step + 1 || status[3] == step + 1;                         \
-    if (i == 0 && status[0] == 0 && bad) {                                             \
-        status[0] = status[2] == step + 1 ? GRADIENT : UPDATE; status[1] = step; }     \
-    if (i >= n || bad || status[0] != 0) return;
-
-template <typename T>
-__device__ void adam_values(T p, T g, T m, T v, T wd, T step_size, T bc2_sqrt, T b1, T b2, T eps,
-                            T* new_p, T* new_m, T* new_v) {
-    T d = g + wd * p;
-    *new_m = b1 * m + ((T)1 - b1) * d;
-    *new_v = b2 * v + ((T)1 - b2) * d * d;
-    *new_p = p - step_size * *new_m / (sqrt(*new_v) / bc2_sqrt + eps);
-}
-
-template <typename T>
-__global__ void adam_check(const T* p, const T* g, const T* m, const T* v, T step_size, T bc2_sqrt, T b1, T b2,
-                           T eps, T weight_decay, long long n_decayed, long long n, long long* status,
-                           long long step) {
-    T np_, nm, nv;
-    T wd = (long long)blockIdx.x * blockDim.x + threadIdx.x < n_decayed ? weight_decay : (T)0;
-    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < n) adam_values(p[j], g[j], m[j], v[j], wd, step_size, bc2_sqrt, b1, b2, eps, &np_, &nm, &nv);
-    GUARD_CHECK(isfinite(np_) && isfinite(nm) && isfinite(nv))
-}
-
-template <typename T>
-__global__ void adam_apply(T* p, const T* g, T* m, T* v, T step_size, T bc2_sqrt, T b1, T b2, T eps,
-                           T weight_decay, long long n_decayed, long long n, long long* status,
-                           long long step) {
-    GUARD_APPLY_BEGIN
-    T wd = i < n_decayed ? weight_decay : (T)0;
-    adam_values(p[i], g[i], m[i], v[i], wd, step_size, bc2_sqrt, b1, b2, eps, &p[i], &m[i], &v[i]);
-}
-
-template <typename T>
-__device__ void rmsprop_values(T p, T g, T v, T wd, T lr, T rho, T eps, T* new_p, T* new_v) {
-    T d = g + wd * p;
-    *new_v = rho * v + ((T)1 - rho) * d * d;
-    *new_p = p - lr * d / (sqrt(*new_v) + eps);
-}
-
-template <typename T>
-__global__ void rmsprop_check(const T* p, const T* g, const T* v, T lr, T rho, T eps, T weight_decay,
-                              long long n_decayed, long long n, long long* status,
-                              long long step) {
-    T np_, nv;
-    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < n) rmsprop_values(p[j], g[j], v[j], j < n_decayed ? weight_decay : (T)0, lr, rho, eps, &np_, &nv);
-    GUARD_CHECK(isfinite(np_) && isfinite(nv))
-}
-
-template <typename T>
-__global__ void rmsprop_apply(T* p, const T* g, T* v, T lr, T rho, T eps, T weight_decay, long long n_decayed,
-                              long long n, long long* status, long long step) {
-    GUARD_APPLY_BEGIN
-    rmsprop_values(p[i], g[i], v[i], i < n_decayed ? weight_decay : (T)0, lr, rho, eps, &p[i], &v[i]);
-}
-
-template <typename T>
-__device__ void sgd_values(T p, T g, T v, T wd, T lr, T mu, bool nesterov, T* new_p, T* new_v) {
-    T d = g + wd * p;
-    if (mu == (T)0) { *new_p = p - lr * d; *new_v = v; return; }
-    T velocity = mu * v + d;
-    *new_v = velocity;
-    *new_p = p - lr * (nesterov ? d + mu * velocity : velocity);
-}
-
-template <typename T>
-__global__ void sgd_check(const T* p, const T* g, const T* v, T lr, T mu, bool nesterov, T weight_decay,
-                          long long n_decayed, long long n, long long* status, long long step) {
-    T np_, nv;
-    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < n) sgd_values(p[j], g[j], v[j], j < n_decayed ? weight_decay : (T)0, lr, mu, nesterov,
-                          &np_, &nv);
-    GUARD_CHECK(isfinite(np_) && isfinite(nv))
-}
-
-template <typename T>
-__global__ void sgd_apply(T* p, const T* g, T* v, T lr, T mu, bool nesterov, T weight_decay, long long n_decayed,
-                          long long n, long long* status, long long step) {
-    GUARD_APPLY_BEGIN
-    T nv;
-    sgd_values(p[i], g[i], v[i], i < n_decayed ? weight_decay : (T)0, lr, mu, nesterov, &p[i], &nv);
-    if (mu != (T)0) v[i] = nv;
-}
-"""
-_TEMPLATES = ("softmax_xent", "softmax_inplace", "check_finite", "adam_check", "adam_apply", "rmsprop_check",
-              "rmsprop_apply", "sgd_check", "sgd_apply")
-_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-_module = cp.RawModule(
-    code=f"#define GRADIENT {STATUS_GRADIENT}LL\n#define UPDATE {STATUS_UPDATE}LL\n" + _SOURCE,
-    options=("-std=c++14",),
-    name_expressions=[f"{fn}<{t}>" for fn in _TEMPLATES for t in _CTYPE.values()],
-)
-_THREADS = 256
-_functions = {}
-_scratch_cache = {}
+def softmax_(x):
+    """In place, numerically stable row softmax of (B, K): a warp per row."""
+    _launch(_of(x).softmax, x.shape[0] * ROW_THREADS, x, threads=ROW_THREADS)
 
 
-def _scratch(shape, dtype):
-    """A cached device buffer of ``shape``/``dtype`` (allocated on first use only)."""
-    key = (cp.cuda.Device().id, tuple(shape), np.dtype(dtype))
-    buf = _scratch_cache.get(key)
-    if buf is None:
-        buf = _scratch_cache[key] = cp.empty(shape, dtype=dtype)
-    return buf
-
-
-def _launch(name, dtype, n, args):
-    key = (name, np.dtype(dtype))
-    kernel = _functions.get(key)
-    if kernel is None:
-        kernel = _functions[key] = _module.get_function(f"{name}<{_CTYPE[np.dtype(dtype)]}>")
-    kernel(((max(n, 1) + _THREADS - 1) // _THREADS,), (_THREADS,), args)
+# --------------------------------------------------------------------------- losses
+def _reduce_into(loss, partial, count, scale):
+    _launch(_finish_sum, THREADS, partial, count, scale, loss, threads=THREADS)
 
 
 def softmax_cross_entropy(logits, labels, grad, loss):
     """Mean softmax cross-entropy into ``loss[0]``; ``grad = (softmax - onehot) / B``; bad labels give NaN."""
-    B, K = logits.shape
-    row_loss = _scratch((B,), np.float64)
-    _launch("softmax_xent", logits.dtype, B, (logits, labels, grad, row_loss, np.int64(B), np.int32(K)))
-    cp.mean(row_loss, out=loss.reshape(()))
+    B = logits.shape[0]
+    row_loss = runtime.scratch(("row_loss", B), (B,), np.float64)
+    _launch(_of(logits).softmax_cross_entropy, B * ROW_THREADS, logits, labels, grad, row_loss,
+            threads=ROW_THREADS)
+    _reduce_into(loss, row_loss, B, 1.0 / B)
 
 
-def softmax_(x):
-    """In place, numerically stable row softmax of (B, K)."""
-    B, K = x.shape
-    _launch("softmax_inplace", x.dtype, B, (x, np.int64(B), np.int32(K)))
-
-
-# --------------------------------------------------------------------------- elementwise losses
-_bce = cp.ElementwiseKernel(
-    "T z, T t, T inv_n", "T g, float64 l",
-    "T e = exp(-fabs(z)); T s = z >= (T)0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);"
-    "g = (s - t) * inv_n; l = (double)(z > (T)0 ? z : (T)0) - (double)z * (double)t + log1p((double)e);",
-    "gpubp_bce")
-_mse = cp.ElementwiseKernel(
-    "T o, T t, T inv_b", "T g, float64 l",
-    "T d = o - t; g = d * inv_b; l = (double)d * (double)d * 0.5 * (double)inv_b;",
-    "gpubp_mse")
+def _elementwise_loss(terms, a, targets, grad, loss, grad_scale, loss_scale):
+    blocks = _blocks(a.size)
+    partial = runtime.scratch(("loss_partial", blocks), (blocks,), np.float64)
+    _launch(terms, a.size, _flat(a), _flat(targets), _flat(grad), partial, a.dtype.type(grad_scale))
+    _reduce_into(loss, partial, blocks, loss_scale)
 
 
 def binary_cross_entropy(logits, targets, grad, loss):
     """Mean stable BCE-with-logits into ``loss[0]``; ``grad = (sigmoid(z) - t) / (B K)``."""
-    losses = _scratch(logits.shape, np.float64)
-    _bce(logits, targets, logits.dtype.type(1.0 / logits.size), grad, losses)
-    cp.mean(losses, out=loss.reshape(()))
+    _elementwise_loss(_of(logits).bce_terms, logits, targets, grad, loss, 1.0 / logits.size, 1.0 / logits.size)
 
 
 def mse(outputs, targets, grad, loss):
     """``loss[0] = 1/(2B) sum (o - t)^2``; ``grad = (o - t) / B``."""
-    losses = _scratch(outputs.shape, np.float64)
-    _mse(outputs, targets, outputs.dtype.type(1.0 / outputs.shape[0]), grad, losses)
-    cp.sum(losses, out=loss.reshape(()))
+    B = outputs.shape[0]
+    _elementwise_loss(_of(outputs).mse_terms, outputs, targets, grad, loss, 1.0 / B, 0.5 / B)
 
 
 # --------------------------------------------------------------------------- status and gradient hooks
-def check_finite_(values, status, code, step):
-    """Record ``[code, step]`` in status when values hold NaN/Inf and status is clear."""
-    _launch("check_finite", values.dtype, values.size, (values, np.int64(values.size), status, np.int64(code),
-                                                        np.int64(step)))
-
-
-_restore = cp.ElementwiseKernel("T backup, raw int64 status", "T p", "if (status[0] != 0) p = backup;",
-                                "gpubp_restore_if_diverged")
+def check_finite_(values, status, code, clock):
+    """Record ``[code, clock[0]]`` in status when values hold NaN/Inf and status is clear."""
+    _launch(_of(values).mark_non_finite, values.size, _flat(values), status, clock)
+    _launch(_record_mark, 1, status, np.int64(code), clock, threads=1)
 
 
 def restore_if_diverged_(p, backup, status):
-    """``p = backup`` when status records a failure (read on the device, per element)."""
-    _restore(backup, status, p)
+    """``p = backup`` when status records a failure (read on the device)."""
+    _launch(_of(p).restore, p.size, p, backup, status)
 
 
 def clip_by_value_(g, limit):
-    """In place: g clipped to [-limit, limit]."""
-    cp.clip(g, -limit, limit, out=g)
-
-
-_scale_to_norm = cp.ElementwiseKernel(
-    "raw float64 sum_sq, float64 max_norm", "T g",
-    "double norm = sqrt(sum_sq[0]); if (norm > max_norm) g = (T)((double)g * (max_norm / norm));",
-    "gpubp_scale_to_norm")
-_sum_of_squares = cp.ReductionKernel("T x", "float64 s", "(double)x * (double)x", "a + b", "s = a", "0",
-                                     "gpubp_sum_of_squares")
+    """In place: g clipped to [-limit, limit]; NaN stays NaN."""
+    _launch(_of(g).clip_values, g.size, g, g.dtype.type(limit))
 
 
 def clip_by_norm_(g, max_norm):
     """In place: ``g *= max_norm / ||g||`` when the norm (summed in float64 on the device) exceeds max_norm."""
-    sum_sq = _scratch((), np.float64)
-    _sum_of_squares(g, out=sum_sq)
-    _scale_to_norm(sum_sq, float(max_norm), g)
+    blocks = _blocks(g.size)
+    partial = runtime.scratch(("norm_partial", blocks), (blocks,), np.float64)
+    sum_sq = runtime.scratch(("norm_total",), (1,), np.float64)
+    table = _of(g)
+    _launch(table.square_terms, g.size, g, partial)
+    _reduce_into(sum_sq, partial, blocks, 1.0)
+    _launch(table.scale_to_norm, g.size, g, sum_sq, float(max_norm))
 
 
 # --------------------------------------------------------------------------- guarded optimizer updates
-def _guarded(name, p, arrays, scalars, n_decayed, status, step):
-    T = p.dtype.type
-    tail = (np.int64(n_decayed), np.int64(p.size), status, np.int64(step))
-    scalars = tuple(s if isinstance(s, (bool, np.bool_)) else T(s) for s in scalars)
-    _launch(name + "_check", p.dtype, p.size, arrays + scalars + tail)
-    _launch(name + "_apply", p.dtype, p.size, arrays + scalars + tail)
+def _guarded(name, p, args):
+    check, apply = _of(p).updates[name]
+    _launch(check, p.size, *args)
+    _launch(apply, p.size, *args)
 
 
-def sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay, n_decayed, status, step):
-    """Guarded SGD with optional (Nesterov) momentum, PyTorch convention, in place on p and v."""
-    velocity = v if momentum else g  # read but never written without momentum
-    _guarded("sgd", p, (p, g, velocity), (lr, momentum, bool(nesterov), weight_decay), n_decayed, status, step)
+def sgd_update_(p, g, v, hyper, momentum, nesterov, weight_decay, n_decayed, status, clock):
+    """Guarded SGD with optional (Nesterov) momentum, PyTorch convention, in place on p and v; lr = hyper[0]."""
+    if momentum == 0.0:
+        _guarded("sgd", p, (p, g, hyper, float(weight_decay), np.int64(n_decayed), status, clock))
+    else:
+        _guarded("momentum", p, (p, g, v, hyper, float(momentum), bool(nesterov), float(weight_decay),
+                                 np.int64(n_decayed), status, clock))
 
 
-def adam_update_(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay, n_decayed,
-                 status, step):
-    """Guarded Adam, ``torch.optim.Adam`` arithmetic, in place on p, m and v."""
-    _guarded("adam", p, (p, g, m, v), (step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay),
-             n_decayed, status, step)
+def adam_update_(p, g, m, v, hyper, beta1, beta2, eps, weight_decay, n_decayed, status, clock):
+    """Guarded Adam, ``torch.optim.Adam`` arithmetic, in place on p, m and v; hyper = [step_size, bc2_sqrt]."""
+    _guarded("adam", p, (p, g, m, v, hyper, float(beta1), float(beta2), float(eps), float(weight_decay),
+                         np.int64(n_decayed), status, clock))
 
 
-def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step):
-    """Guarded RMSprop, in place on p and v."""
-    _guarded("rmsprop", p, (p, g, v), (lr, rho, eps, weight_decay), n_decayed, status, step)
+def rmsprop_update_(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, clock):
+    """Guarded RMSprop, in place on p and v; lr = hyper[0]."""
+    _guarded("rmsprop", p, (p, g, v, hyper, float(rho), float(eps), float(weight_decay), np.int64(n_decayed),
+                            status, clock))
 
 
-# --------------------------------------------------------------------------- GEMMs and the bias gradient
-def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
-    """``out = alpha * x^T @ delta + beta * out`` in one cuBLAS call (plain SGD when out is W)."""
-    if alpha == 1.0 and beta == 0.0:
-        cp.matmul(x.T, delta, out=out)
-        return
-    from cupy import cublas
+# --------------------------------------------------------------------------- GEMMs, bias gradient, gather, copy
+def linear_(x, W, out):
+    """``out = x @ W`` (one GEMM on the runtime's BLAS)."""
+    runtime.gemm(x, W, out, transpose_a=False, transpose_b=False, scale=None)
 
-    cublas.gemm("T", "N", x, delta, out=out, alpha=alpha, beta=beta)
+
+def weight_gradient_(x, delta, out, scale=None):
+    """``out = alpha x^T delta + beta out`` with ``[alpha, beta] = scale`` read on the device (plain SGD when
+    out is W), or ``x^T delta`` when scale is None."""
+    runtime.gemm(x, delta, out, transpose_a=True, transpose_b=False, scale=scale)
 
 
 def input_gradient_(delta, W, out):
     """``out = delta @ W^T``; delta (B, fan_out), W (fan_in, fan_out), out (B, fan_in)."""
-    cp.matmul(delta, W.T, out=out)
+    runtime.gemm(delta, W, out, transpose_a=False, transpose_b=True, scale=None)
 
 
 def bias_gradient_(delta, out):
-    """``out = sum_b delta[b]``: the bias gradient, delta (B, n) -> out (n,)."""
-    cp.sum(delta, axis=0, out=out)
+    """``out = sum_b delta[b]``: the bias gradient, delta (B, n) -> out (n,), one kernel."""
+    _launch(_of(delta).column_sums, out.size, delta, out)
+
+
+def gather_rows_(source, rows, out):
+    """``out[i] = source[rows[i]]`` for the (B, n) batch buffer ``out`` (labels: (B,), through a 2-D view)."""
+    if out.ndim == 1:
+        source, out = source.reshape(-1, 1), out.reshape(-1, 1)
+    _launch(_gather, out.size, source, rows, out)
+
+
+def copy_(source, out):
+    """``out = source`` (same shape and dtype)."""
+    _launch(_copy, out.size, _flat(source), _flat(out))

@@ -15,7 +15,8 @@ from .contract import (ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, unknown_acti
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
     "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_", "sgd_update_",
-    "adam_update_", "rmsprop_update_", "weight_gradient_", "input_gradient_", "bias_gradient_",
+    "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_", "bias_gradient_",
+    "gather_rows_", "copy_",
 ]
 
 
@@ -90,9 +91,9 @@ def mse(outputs, targets, grad, loss):
     grad[...] = diff / outputs.shape[0]
 
 
-def check_finite_(values, status, code, step):
+def check_finite_(values, status, code, clock):
     if int(status[0]) == 0 and not bool(_xp(values).isfinite(values).all()):
-        status[0], status[1] = code, step
+        status[0], status[1] = code, int(clock[0])
 
 
 def restore_if_diverged_(p, backup, status):
@@ -130,8 +131,8 @@ def _guarded_write(status, step, g, pairs):
             array[...] = new
 
 
-def sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay, n_decayed, status, step):
-    T = p.dtype.type
+def sgd_update_(p, g, v, hyper, momentum, nesterov, weight_decay, n_decayed, status, clock):
+    T, lr, step = p.dtype.type, float(hyper[0]), int(clock[0])
     d = g + _decay(p, T(weight_decay), n_decayed) * p
     if momentum == 0:
         _guarded_write(status, step, g, [(p, p - T(lr) * d)])
@@ -141,9 +142,9 @@ def sgd_update_(p, g, v, lr, momentum, nesterov, weight_decay, n_decayed, status
     _guarded_write(status, step, g, [(p, p - T(lr) * direction), (v, velocity)])
 
 
-def adam_update_(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, weight_decay, n_decayed,
-                 status, step):
-    T = p.dtype.type
+def adam_update_(p, g, m, v, hyper, beta1, beta2, eps, weight_decay, n_decayed, status, clock):
+    T, step = p.dtype.type, int(clock[0])
+    step_size, bias_correction2_sqrt = float(hyper[0]), float(hyper[1])
     d = g + _decay(p, T(weight_decay), n_decayed) * p
     first = T(beta1) * m + T(1 - beta1) * d
     second = T(beta2) * v + T(1 - beta2) * d * d
@@ -151,17 +152,22 @@ def adam_update_(p, g, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps
     _guarded_write(status, step, g, [(p, new_p), (m, first), (v, second)])
 
 
-def rmsprop_update_(p, g, v, lr, rho, eps, weight_decay, n_decayed, status, step):
-    T = p.dtype.type
+def rmsprop_update_(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, clock):
+    T, lr, step = p.dtype.type, float(hyper[0]), int(clock[0])
     d = g + _decay(p, T(weight_decay), n_decayed) * p
     second = T(rho) * v + T(1 - rho) * d * d
     new_p = p - T(lr) * d / (_xp(p).sqrt(second) + T(eps))
     _guarded_write(status, step, g, [(p, new_p), (v, second)])
 
 
-def weight_gradient_(x, delta, out, alpha=1.0, beta=0.0):
+def weight_gradient_(x, delta, out, scale=None):
+    alpha, beta = (1.0, 0.0) if scale is None else (float(scale[0]), float(scale[1]))
     product = alpha * (x.T @ delta)
     out[...] = product if beta == 0 else product + beta * out  # BLAS: beta = 0 never reads out
+
+
+def linear_(x, W, out):
+    out[...] = x @ W
 
 
 def input_gradient_(delta, W, out):
@@ -170,3 +176,11 @@ def input_gradient_(delta, W, out):
 
 def bias_gradient_(delta, out):
     out[...] = delta.sum(axis=0)
+
+
+def gather_rows_(source, rows, out):
+    out[...] = source[rows]
+
+
+def copy_(source, out):
+    out[...] = source

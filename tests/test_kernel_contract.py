@@ -22,7 +22,7 @@ import pytest
 from gpubp.kernels import reference
 from gpubp.kernels.contract import (ACTIVATIONS, KERNELS, STATUS_GRADIENT, STATUS_LOSS, STATUS_UPDATE,
                                     unknown_activation)
-from helpers import requires_gpu
+from helpers import gpu_sim, requires_gpu
 
 # --------------------------------------------------------------------------- devices
 
@@ -51,10 +51,17 @@ def _gpu_device():
     return Device("gpu", cuda, cupy.array, cupy.asnumpy)
 
 
-DEVICE_FACTORIES = {"cpu": _cpu_device, "gpu": _gpu_device}
+def _simulated_device():
+    from gpubp.kernels import cuda
+
+    return Device("gpu-sim", cuda, lambda a: np.array(a, copy=True), lambda a: np.array(a, copy=True))
+
+
+DEVICE_FACTORIES = {"cpu": _cpu_device, "gpu": _gpu_device, "gpu-sim": _simulated_device}
 DEVICES = [
     pytest.param("cpu", id="cpu"),
     pytest.param("gpu", id="gpu", marks=[pytest.mark.gpu, requires_gpu]),
+    pytest.param("gpu-sim", id="gpu-sim", marks=gpu_sim),
 ]
 
 
@@ -94,6 +101,17 @@ def _rng(*seed):
 
 def _normal(shape, dtype, scale=3.0, seed=0):
     return (scale * _rng(seed, *np.atleast_1d(shape)).standard_normal(shape)).astype(dtype)
+
+
+def _large(device):
+    """A size past several blocks and partial at the end: 1001 (37 on the simulated GPU, a Python thread per
+    CUDA thread, where it still spans blocks of 8 threads)."""
+    return 37 if device.name == "gpu-sim" else 1001
+
+
+def _clock(step):
+    """The (1,) int64 optimizer step the kernels read on the device."""
+    return np.array([step], np.int64)
 
 
 def _fresh_status(code=0, step=0):
@@ -310,15 +328,16 @@ def test_softmax_cross_entropy_huge_logits(device, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_cross_entropy_out_of_range_label_gives_nan_loss(device, dtype, bad_row, bad_label):
     """Never raises (nothing is read back to check), never reads out of bounds; the loss says NaN."""
-    logits = _normal((1001, 3), dtype, seed=10)
-    labels = _rng(11).integers(0, 3, 1001).astype(np.int64)
+    n = _large(device)
+    logits = _normal((n, 3), dtype, seed=10)
+    labels = _rng(11).integers(0, 3, n).astype(np.int64)
     labels[bad_row] = bad_label
     args = dict(logits=logits, labels=labels, grad=np.full_like(logits, np.nan), loss=_loss_array())
     after = run_device(device, "softmax_cross_entropy", **args)
     assert np.isnan(after["loss"][0])
-    good = np.arange(1001) != bad_row  # rows with a valid label still get their gradient
+    good = np.arange(n) != bad_row  # rows with a valid label still get their gradient
     expected = run_reference("softmax_cross_entropy", **args)
-    assert_close(after["grad"][good], expected["grad"][good], dtype, scale=1 / 1001)
+    assert_close(after["grad"][good], expected["grad"][good], dtype, scale=1 / n)
 
 
 @covers("softmax_cross_entropy", "binary_cross_entropy", "mse")
@@ -383,7 +402,7 @@ def test_check_finite_leaves_a_clear_status_clear_for_finite_values(device, dtyp
     info = np.finfo(dtype)
     values.flat[0] = info.max  # huge and tiny finite values are still finite
     values.flat[-1] = -info.max if values.size > 1 else info.smallest_subnormal
-    after = run_device(device, "check_finite_", values=values, status=_fresh_status(), code=STATUS_LOSS, step=5)
+    after = run_device(device, "check_finite_", values=values, status=_fresh_status(), code=STATUS_LOSS, clock=_clock(5))
     np.testing.assert_array_equal(after["status"][:2], [0, 0])
 
 
@@ -395,9 +414,9 @@ def test_check_finite_leaves_a_clear_status_clear_for_finite_values(device, dtyp
 def test_check_finite_records_code_and_step(device, dtype, shape, where, value):
     values = _with_non_finite(dtype, shape, where % int(np.prod(shape)), value)
     for code, step in ((STATUS_LOSS, 12), (STATUS_GRADIENT, 2**40)):
-        after = run_device(device, "check_finite_", values=values, status=_fresh_status(), code=code, step=step)
+        after = run_device(device, "check_finite_", values=values, status=_fresh_status(), code=code, clock=_clock(step))
         np.testing.assert_array_equal(after["status"][:2], [code, step])
-        expected = run_reference("check_finite_", values=values, status=_fresh_status(), code=code, step=step)
+        expected = run_reference("check_finite_", values=values, status=_fresh_status(), code=code, clock=_clock(step))
         np.testing.assert_array_equal(after["status"][:2], expected["status"][:2])
 
 
@@ -405,11 +424,12 @@ def test_check_finite_records_code_and_step(device, dtype, shape, where, value):
 @pytest.mark.parametrize("finite", (True, False))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_check_finite_keeps_the_first_record(device, dtype, finite):
-    values = _normal((1001,), dtype, seed=20)
+    n = _large(device)
+    values = _normal((n,), dtype, seed=20)
     if not finite:
         values[500] = np.nan
     status = _fresh_status(STATUS_GRADIENT, 3)
-    after = run_device(device, "check_finite_", values=values, status=status, code=STATUS_LOSS, step=9)
+    after = run_device(device, "check_finite_", values=values, status=status, code=STATUS_LOSS, clock=_clock(9))
     np.testing.assert_array_equal(after["status"][:2], [STATUS_GRADIENT, 3])
 
 
@@ -461,10 +481,11 @@ def test_clip_by_norm_scales_a_gradient_over_the_limit_to_the_limit(device, dtyp
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_clip_by_norm_sums_squares_in_float64(device, dtype):
     """1e20**2 overflows float32; summed in float64 the norm stays finite and the scale right."""
-    g = np.full(1001, 1e20, dtype)
+    n = _large(device)
+    g = np.full(n, 1e20, dtype)
     g[::2] = -1e20
     after = run_device(device, "clip_by_norm_", g=g, max_norm=1.0)["g"]
-    np.testing.assert_allclose(after, np.sign(g) / np.sqrt(1001.0), rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(after, np.sign(g) / np.sqrt(float(n)), rtol=4 * np.finfo(dtype).eps)
 
 
 @covers("clip_by_norm_")
@@ -489,22 +510,25 @@ class Update:
 
 
 def _adam_hyper(t, lr=1e-2, beta1=0.9, beta2=0.999):
-    return dict(step_size=lr / (1 - beta1**t), bias_correction2_sqrt=np.sqrt(1 - beta2**t), beta1=beta1,
-                beta2=beta2, eps=1e-8)
+    return dict(hyper=np.array([lr / (1 - beta1**t), np.sqrt(1 - beta2**t)]), beta1=beta1, beta2=beta2, eps=1e-8)
+
+
+def _lr(lr):
+    return np.array([lr], np.float64)
 
 
 UPDATES = {
-    "sgd": Update("sgd_update_", ("v",), lambda t: dict(lr=0.1, momentum=0.0, nesterov=False)),
-    "sgd_momentum": Update("sgd_update_", ("v",), lambda t: dict(lr=0.1, momentum=0.9, nesterov=False)),
-    "sgd_nesterov": Update("sgd_update_", ("v",), lambda t: dict(lr=0.1, momentum=0.9, nesterov=True)),
+    "sgd": Update("sgd_update_", ("v",), lambda t: dict(hyper=_lr(0.1), momentum=0.0, nesterov=False)),
+    "sgd_momentum": Update("sgd_update_", ("v",), lambda t: dict(hyper=_lr(0.1), momentum=0.9, nesterov=False)),
+    "sgd_nesterov": Update("sgd_update_", ("v",), lambda t: dict(hyper=_lr(0.1), momentum=0.9, nesterov=True)),
     "adam": Update("adam_update_", ("m", "v"), _adam_hyper),
-    "rmsprop": Update("rmsprop_update_", ("v",), lambda t: dict(lr=1e-2, rho=0.99, eps=1e-8)),
+    "rmsprop": Update("rmsprop_update_", ("v",), lambda t: dict(hyper=_lr(1e-2), rho=0.99, eps=1e-8)),
 }
 
 
 def _update_args(update, t, p, g, state, weight_decay, n_decayed, status, step, **overrides):
     values = dict(p=p, g=g, **state, **update.hyper(t), weight_decay=weight_decay, n_decayed=n_decayed,
-                  status=status, step=step)
+                  status=status, clock=_clock(step))
     values.update(overrides)
     return _ordered(update.kernel, values)
 
@@ -603,7 +627,7 @@ def _overflowing(update, size, dtype, where):
     p, g, state = _params_grads_state(update, size, dtype, seed=29)
     big = np.finfo(dtype).max
     p[where], g[where] = -0.9 * big, big / 2
-    overrides = {"lr": 1.0} if update.kernel != "adam_update_" else {}
+    overrides = {"hyper": _lr(1.0)} if update.kernel != "adam_update_" else {}
     return p, g, state, overrides
 
 
@@ -631,11 +655,12 @@ def test_update_that_overflows_writes_nothing(device, dtype, update_name, size, 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sgd_with_an_overflowing_learning_rate_writes_nothing(device, dtype, update_name):
     """lr = 1e38 (float32) / 1e308 (float64): lr * g overflows only where |g| > ~3.4; one such entry suffices."""
+    n = _large(device)
     update = UPDATES[update_name]
-    p, g, state = _params_grads_state(update, 1001, dtype, seed=30)
+    p, g, state = _params_grads_state(update, n, dtype, seed=30)
     g[500] = 10.0
     lr = 1e38 if dtype == np.float32 else 1e308
-    args = _update_args(update, 1, p, g, state, 0.0, 0, _fresh_status(), 3, lr=lr)
+    args = _update_args(update, 1, p, g, state, 0.0, 0, _fresh_status(), 3, hyper=_lr(lr))
     after = run_device(device, update.kernel, **args)
     np.testing.assert_array_equal(after["status"][:2], [STATUS_UPDATE, 3])
     for name, array in _state_arrays(after, update).items():
@@ -647,12 +672,13 @@ def test_sgd_with_an_overflowing_learning_rate_writes_nothing(device, dtype, upd
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_update_does_nothing_once_status_is_set(device, dtype, update_name, bad_gradient):
     """The record keeps the first failure: no write, and a later NaN does not overwrite it."""
+    n = _large(device)
     update = UPDATES[update_name]
-    p, g, state = _params_grads_state(update, 1001, dtype, seed=31)
+    p, g, state = _params_grads_state(update, n, dtype, seed=31)
     if bad_gradient:
         g[3] = np.nan
     status = _fresh_status(STATUS_LOSS, 5)
-    args = _update_args(update, 1, p, g, state, 0.01, 1001, status, 6)
+    args = _update_args(update, 1, p, g, state, 0.01, n, status, 6)
     after = run_device(device, update.kernel, **args)
     np.testing.assert_array_equal(after["status"][:2], [STATUS_LOSS, 5])
     for name, array in _state_arrays(after, update).items():
@@ -673,6 +699,7 @@ def test_a_failed_update_is_recorded_once_and_later_steps_are_refused(device, dt
     for step, grad in ((1, bad), (2, g)):
         args = _update_args(update, step, arrays["p"], device.to_device(grad),
                             {name: arrays[name] for name in update.state}, 0.0, 33, status, step)
+        args = {name: device.to_device(value) if name in ("hyper", "clock") else value for name, value in args.items()}
         assert kernel(*args.values()) is None
     np.testing.assert_array_equal(device.to_host(status)[:2], [STATUS_GRADIENT, 1])
     assert _same_bits(device.to_host(arrays["p"]), p)
@@ -690,8 +717,8 @@ def test_weight_gradient(device, dtype, batch, fan_in, fan_out):
     x = _normal((batch, fan_in), dtype, scale=1.0, seed=33)
     delta = _normal((batch, fan_out), dtype, scale=1.0, seed=34)
     out = np.full((fan_in, fan_out), np.nan, dtype)  # overwritten, never accumulated into
-    after = run_device(device, "weight_gradient_", x=x, delta=delta, out=out, alpha=1.0, beta=0.0)["out"]
-    expected = run_reference("weight_gradient_", x=x, delta=delta, out=out, alpha=1.0, beta=0.0)["out"]
+    after = run_device(device, "weight_gradient_", x=x, delta=delta, out=out, scale=None)["out"]
+    expected = run_reference("weight_gradient_", x=x, delta=delta, out=out, scale=None)["out"]
     assert_gemm_close(after, expected, np.abs(x.T.astype(np.float64)), np.abs(delta.astype(np.float64)), batch,
                       dtype)
 
@@ -704,7 +731,7 @@ def test_weight_gradient_as_a_plain_sgd_update(device, dtype, batch):
     x = _normal((batch, 70), dtype, scale=1.0, seed=38)
     delta = _normal((batch, 3), dtype, scale=1.0, seed=39)
     W = _normal((70, 3), dtype, scale=1.0, seed=40)
-    args = dict(x=x, delta=delta, out=W, alpha=-0.1, beta=0.999)
+    args = dict(x=x, delta=delta, out=W, scale=np.array([-0.1, 0.999], dtype))
     after = run_device(device, "weight_gradient_", **args)["out"]
     expected = run_reference("weight_gradient_", **args)["out"]
     magnitude = 0.1 * np.abs(x.T.astype(np.float64)) @ np.abs(delta.astype(np.float64)) + np.abs(W)
@@ -716,8 +743,9 @@ def test_weight_gradient_as_a_plain_sgd_update(device, dtype, batch):
 @pytest.mark.parametrize("code", (0, STATUS_LOSS, STATUS_UPDATE))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_restore_if_diverged(device, dtype, code):
-    p = _normal(1001, dtype, seed=41)
-    backup = _normal(1001, dtype, seed=42)
+    n = _large(device)
+    p = _normal(n, dtype, seed=41)
+    backup = _normal(n, dtype, seed=42)
     after = run_device(device, "restore_if_diverged_", p=p, backup=backup, status=_fresh_status(code, 4))
     assert _same_bits(after["p"], backup if code else p)
     np.testing.assert_array_equal(after["status"], _fresh_status(code, 4))
@@ -747,3 +775,42 @@ def test_bias_gradient(device, dtype, shape):
     after = run_device(device, "bias_gradient_", delta=delta, out=out)["out"]
     expected = run_reference("bias_gradient_", delta=delta, out=out)["out"]
     assert_gemm_close(after, expected, np.ones(shape[0]), np.abs(delta.astype(np.float64)), shape[0], dtype)
+
+
+@covers("linear_")
+@pytest.mark.parametrize("fan_out", WIDTHS)
+@pytest.mark.parametrize("fan_in", WIDTHS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear(device, dtype, batch, fan_in, fan_out):
+    x = _normal((batch, fan_in), dtype, scale=1.0, seed=43)
+    W = _normal((fan_in, fan_out), dtype, scale=0.1, seed=44)
+    out = np.full((batch, fan_out), np.nan, dtype)  # overwritten, never read
+    after = run_device(device, "linear_", x=x, W=W, out=out)["out"]
+    expected = run_reference("linear_", x=x, W=W, out=out)["out"]
+    assert_gemm_close(after, expected, np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), fan_in, dtype)
+
+
+@covers("gather_rows_")
+@pytest.mark.parametrize("width", (None,) + WIDTHS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("dtype", DTYPES + (np.int64,))
+def test_gather_rows(device, dtype, batch, width):
+    """Rows in any order, repeated, first and last: the batch gather of shuffled training, exactly."""
+    n = 1009
+    shape = (n,) if width is None else (n, width)
+    source = (_rng(45, batch).standard_normal(shape) * 100).astype(dtype)
+    rows = _rng(46, batch).integers(0, n, batch).astype(np.int64)
+    rows[0], rows[-1] = n - 1, 0
+    out = np.zeros((batch,) + shape[1:], dtype)
+    after = run_device(device, "gather_rows_", source=source, rows=rows, out=out)["out"]
+    np.testing.assert_array_equal(after, source[rows])
+
+
+@covers("copy_")
+@pytest.mark.parametrize("shape", ((1,), (7, 3), (1001, 70)))
+@pytest.mark.parametrize("dtype", DTYPES + (np.int64,))
+def test_copy(device, dtype, shape):
+    source = (_normal(shape, np.float64, seed=47) * 100).astype(dtype)
+    after = run_device(device, "copy_", source=source, out=np.zeros(shape, dtype))["out"]
+    assert _same_bits(after, source)

@@ -176,12 +176,11 @@ def test_every_kernel_pair_is_a_serial_and_a_parallel_build():
 
 
 _UPDATE_HYPER = {
-    "sgd": ("sgd_update_", ("v",), dict(lr=0.1, momentum=0.0, nesterov=False)),
-    "sgd_momentum": ("sgd_update_", ("v",), dict(lr=0.1, momentum=0.9, nesterov=False)),
-    "sgd_nesterov": ("sgd_update_", ("v",), dict(lr=0.1, momentum=0.9, nesterov=True)),
-    "adam": ("adam_update_", ("m", "v"), dict(step_size=0.1, bias_correction2_sqrt=0.0316, beta1=0.9, beta2=0.999,
-                                              eps=1e-8)),
-    "rmsprop": ("rmsprop_update_", ("v",), dict(lr=0.01, rho=0.99, eps=1e-8)),
+    "sgd": ("sgd_update_", ("v",), dict(hyper=np.array([0.1]), momentum=0.0, nesterov=False)),
+    "sgd_momentum": ("sgd_update_", ("v",), dict(hyper=np.array([0.1]), momentum=0.9, nesterov=False)),
+    "sgd_nesterov": ("sgd_update_", ("v",), dict(hyper=np.array([0.1]), momentum=0.9, nesterov=True)),
+    "adam": ("adam_update_", ("m", "v"), dict(hyper=np.array([0.1, 0.0316]), beta1=0.9, beta2=0.999, eps=1e-8)),
+    "rmsprop": ("rmsprop_update_", ("v",), dict(hyper=np.array([0.01]), rho=0.99, eps=1e-8)),
 }
 
 
@@ -206,10 +205,10 @@ def _update_case(update, scenario):
         elif scenario == "overflow":
             p[-1], g[-1] = -0.9 * np.finfo(dtype).max, np.finfo(dtype).max / 2
             if kernel != "adam_update_":
-                args["lr"] = 1.0
+                args["hyper"] = np.array([1.0])
         elif scenario == "status_set":
             status = _status(STATUS_LOSS, 4)
-        values = dict(p=p, g=g, **state, **args, weight_decay=0.01, n_decayed=size // 2, status=status, step=9)
+        values = dict(p=p, g=g, **state, **args, weight_decay=0.01, n_decayed=size // 2, status=status, clock=np.array([9]))
         return kernel, {name: values[name] for name in KERNELS[kernel].args}
 
     return build
@@ -335,7 +334,7 @@ def test_updates_never_write_outside_their_arrays(monkeypatch, update, threshold
     buffers = {name: np.full(size + spare, 0.5, np.float32) for name in ("p", "g") + state_names}
     views = {name: buffer[:size] for name, buffer in buffers.items()}
     status = _status()
-    values = dict(views, **hyper, weight_decay=0.1, n_decayed=size + spare, status=status, step=1)
+    values = dict(views, **hyper, weight_decay=0.1, n_decayed=size + spare, status=status, clock=np.array([1]))
     assert getattr(cpu, kernel)(*[values[name] for name in KERNELS[kernel].args]) is None
     assert status[0] == 0 and np.all(views["p"] != 0.5), "the update was applied"
     for name, buffer in buffers.items():
@@ -527,6 +526,7 @@ def test_kernels_do_not_allocate(shape):
     wide_delta = _normal((16, 512), dtype, scale=1.0, seed=36)
     wide_dx = np.empty((16, 512), dtype)
     assert cpu.transposed_input_gradient_is_faster(16, 512, 512)
+    clock, lr, adam_hyper = np.array([1]), np.array([0.01]), np.array([1e-3, 0.1])
     calls = [
         lambda: cpu.bias_activation_(z, b, "sigmoid"),
         lambda: cpu.bias_activation_(z, b, "tanh"),
@@ -537,13 +537,13 @@ def test_kernels_do_not_allocate(shape):
         lambda: cpu.mse(z, targets, grad, loss),
         lambda: cpu.softmax_(z),
         lambda: cpu.sigmoid_(z),
-        lambda: cpu.check_finite_(loss, status, STATUS_LOSS, 1),
+        lambda: cpu.check_finite_(loss, status, STATUS_LOSS, clock),
         lambda: cpu.clip_by_value_(g, 1.0),
         lambda: cpu.clip_by_norm_(g, 1e9),
-        lambda: cpu.sgd_update_(p, g, None, 0.01, 0.0, False, 1e-4, n_decayed, status, 1),
-        lambda: cpu.sgd_update_(p, g, velocity, 0.01, 0.9, True, 1e-4, n_decayed, status, 1),
-        lambda: cpu.adam_update_(p, g, m, v, 1e-3, 0.1, 0.9, 0.999, 1e-8, 1e-4, n_decayed, status, 1),
-        lambda: cpu.rmsprop_update_(p, g, v, 1e-3, 0.99, 1e-8, 1e-4, n_decayed, status, 1),
+        lambda: cpu.sgd_update_(p, g, None, lr, 0.0, False, 1e-4, n_decayed, status, clock),
+        lambda: cpu.sgd_update_(p, g, velocity, lr, 0.9, True, 1e-4, n_decayed, status, clock),
+        lambda: cpu.adam_update_(p, g, m, v, adam_hyper, 0.9, 0.999, 1e-8, 1e-4, n_decayed, status, clock),
+        lambda: cpu.rmsprop_update_(p, g, v, lr, 0.99, 1e-8, 1e-4, n_decayed, status, clock),
         lambda: cpu.weight_gradient_(x_small, delta, weight_grad),
         lambda: cpu.input_gradient_(wide_delta, wide_W, wide_dx),
         lambda: cpu.bias_gradient_(delta, b),

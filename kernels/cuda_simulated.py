@@ -1,0 +1,106 @@
+"""The runtime of ``gpubp.kernels.cuda`` under Numba's CUDA simulator: NumPy arrays on the host.
+
+It stands in for ``gpubp.kernels.cuda_device`` (CuPy, cuBLAS, CUDA graphs) so
+that CI executes every GPU kernel and the whole GPU training step on a CPU.
+Small blocks keep the simulator (a Python thread per CUDA thread) fast, and
+exercise the kernels' grid-stride loops and partial blocks.
+
+It is also the instrument for the step's "fast by construction" promises: it
+counts allocations and host reads, and its :class:`SimulatedGraph` records a
+step's kernel calls once, refusing any allocation or host read while it
+records (as CUDA stream capture would), and replays exactly those calls, with
+their scalar arguments frozen, as a CUDA graph does.
+"""
+
+import numpy as np
+
+from .step_monitor import Monitor
+
+THREADS = 8
+MAX_BLOCKS = 2
+ROW_THREADS = 4
+DEVICE_NAME = "CUDA simulator (Numba), NumPy arrays"
+
+
+monitor = Monitor()
+_scratch = {}
+
+
+def stream():
+    return 0
+
+
+def synchronize():
+    pass
+
+
+def kernel_args(args):
+    return args
+
+
+def scratch(key, shape, dtype):
+    """A buffer of ``shape``/``dtype`` made once per ``key`` (and shape), reused by every later call."""
+    key = (key, tuple(shape), np.dtype(dtype))
+    buf = _scratch.get(key)
+    if buf is None:
+        monitor.allocation(f"scratch {key}")
+        buf = _scratch[key] = np.empty(shape, dtype)
+    return buf
+
+
+def gemm(a, b, out, transpose_a, transpose_b, scale):
+    """``out = alpha op(a) op(b) + beta out``, ``[alpha, beta] = scale`` or 1, 0 (NumPy stands in for cuBLAS)."""
+    a = a.T if transpose_a else a
+    b = b.T if transpose_b else b
+    if scale is None:
+        np.matmul(a, b, out=out)
+        return
+    product = np.matmul(a, b)
+    product *= scale[0]
+    out *= scale[1]
+    out += product
+
+
+class Recorder:
+    """Stands in for the kernel module while a step is captured: records each call, runs nothing."""
+
+    def __init__(self, kernels, calls):
+        self._kernels = kernels
+        self._calls = calls
+
+    def __getattr__(self, name):
+        kernel = getattr(self._kernels, name)
+
+        def record(*args):
+            self._calls.append((kernel, args))
+        return record
+
+
+class SimulatedGraph:
+    """A step captured once (its kernel calls, arguments frozen) and replayed by :meth:`launch`."""
+
+    def __init__(self, kernels, body):
+        self.calls = []
+        with monitor.capturing():
+            body(Recorder(kernels, self.calls))
+
+    def launch(self):
+        for kernel, args in self.calls:
+            kernel(*args)
+
+
+def capture(kernels, body):
+    return SimulatedGraph(kernels, body)
+
+
+def staged(initial):
+    """A host array and its "device" twin; ``upload()`` copies the host values over."""
+    return Staged(np.array(initial, copy=True), np.array(initial, copy=True))
+
+
+class Staged:
+    def __init__(self, host, device):
+        self.host, self.device = host, device
+
+    def upload(self):
+        np.copyto(self.device, self.host)

@@ -1,0 +1,143 @@
+"""The whole GPU training step, run in Numba's CUDA simulator (``backend="gpu-sim"``).
+
+Same kernels and same step code as on a GPU, with NumPy arrays: fit on the
+simulated GPU must give the CPU's losses and weights within float32
+tolerance, for every optimizer and loss; the step must allocate nothing and
+read nothing back once warm; captured steps (the simulator's stand-in for a
+CUDA graph records the kernel calls once and replays them) must see the
+current learning rate and step; a capture that fails falls back to eager.
+"""
+
+import logging
+
+import numpy as np
+import pytest
+
+import gpubp as gb
+from gpubp.errors import TrainingDiverged
+from helpers import gpu_sim
+
+pytestmark = gpu_sim
+
+OPTIMIZERS = {
+    "sgd": lambda: gb.optim.SGD(0.2),
+    "sgd_momentum_clipped": lambda: gb.optim.SGD(0.1, momentum=0.9, nesterov=True, clip_norm=0.5, clip_value=0.3,
+                                                  weight_decay=0.01),
+    "adam": lambda: gb.optim.Adam(0.02, weight_decay=0.01),
+    "rmsprop": lambda: gb.optim.RMSprop(0.01),
+}
+
+
+def _data(loss, n=20, n_in=5, n_out=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, n_in)).astype(np.float32)
+    if loss == "softmax_cross_entropy":
+        y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    elif loss == "binary_cross_entropy":
+        y = (X[:, :n_out] > 0).astype(np.float32)
+    else:
+        y = X[:, :n_out] @ rng.standard_normal((n_out, n_out)).astype(np.float32)
+    return X, y
+
+
+def _fit(backend, loss, optimizer, cuda_graphs=True, epochs=2):
+    X, y = _data(loss)
+    model = gb.Sequential([gb.Dense(6, "tanh"), gb.Dense(4, "relu"), gb.Dense(3)], backend=backend, seed=3)
+    model.cuda_graphs = cuda_graphs
+    model.compile(loss=loss, optimizer=optimizer)
+    history = model.fit(X, y, batch_size=8, epochs=epochs, verbose=0)  # 8, 8, then a partial batch of 4
+    return history.history["loss"], model.params.copy()
+
+
+@pytest.mark.parametrize("loss, optimizer", [("softmax_cross_entropy", name) for name in OPTIMIZERS]
+                         + [("binary_cross_entropy", "adam"), ("mse", "sgd_momentum_clipped")])
+def test_fit_on_the_simulated_gpu_matches_the_cpu(loss, optimizer):
+    cpu_losses, cpu_params = _fit("cpu", loss, OPTIMIZERS[optimizer]())
+    gpu_losses, gpu_params = _fit("gpu-sim", loss, OPTIMIZERS[optimizer]())
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=2e-6)
+    np.testing.assert_allclose(gpu_params, cpu_params, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(gpu_params, _fit("gpu-sim", loss, OPTIMIZERS[optimizer](), epochs=1)[1])
+
+
+def test_captured_steps_see_the_current_learning_rate_and_step():
+    """A schedule that changes lr every step, and Adam's per-step bias corrections: replayed steps must match
+    eager steps bit for bit (a graph that froze lr or the step would not)."""
+    schedule = gb.schedules.StepDecay(0.05, step_size=1, gamma=0.5)
+    eager = _fit("gpu-sim", "softmax_cross_entropy", gb.optim.Adam(schedule), cuda_graphs=False, epochs=3)
+    graphed = _fit("gpu-sim", "softmax_cross_entropy", gb.optim.Adam(schedule), cuda_graphs=True, epochs=3)
+    assert eager[0] == graphed[0]
+    np.testing.assert_array_equal(eager[1], graphed[1])
+
+
+def _warm_model(optimizer, cuda_graphs):
+    X, y = _data("softmax_cross_entropy", n=8)
+    model = gb.Sequential([gb.Dense(4, "sigmoid"), gb.Dense(3)], backend="gpu-sim", seed=0)
+    model.cuda_graphs = cuda_graphs
+    model.compile(optimizer=optimizer)
+    model.build_for(X)
+    Xd, yd, _ = model.prepare(X, y)
+    plan = model.batch_plan(8, yd)
+    rows = model.backend.asarray(np.arange(8))
+    for _ in range(3):  # eager warm-up, capture, first replay
+        plan.gather(Xd, yd, rows)
+        model.train_step(plan)
+    return model, plan, Xd, yd, rows
+
+
+@pytest.mark.parametrize("cuda_graphs", (True, False), ids=("graph", "eager"))
+@pytest.mark.parametrize("optimizer", ("sgd", "sgd_momentum_clipped", "adam"))
+def test_a_steady_state_step_allocates_nothing_and_reads_nothing_back(optimizer, cuda_graphs):
+    model, plan, Xd, yd, rows = _warm_model(OPTIMIZERS[optimizer](), cuda_graphs)
+    monitor = model.backend.runtime.monitor
+    allocations, host_reads = monitor.allocations, monitor.host_reads
+    before = model.params.copy()
+    for _ in range(4):
+        plan.gather(Xd, yd, rows)
+        model.train_step(plan)
+    assert (monitor.allocations - allocations, monitor.host_reads - host_reads) == (0, 0)
+    assert not np.array_equal(model.params, before)  # the steps did run
+    assert model.read_divergence() is None
+
+
+def test_a_captured_step_records_each_kernel_once_and_replays_them():
+    model, plan, *_ = _warm_model(OPTIMIZERS["adam"](), cuda_graphs=True)
+    (graph,) = plan.captured.values()
+    names = [kernel.__name__ for kernel, _ in graph.calls]
+    assert names[:2] == ["linear_", "bias_activation_"] and names[-1] == "adam_update_"
+    assert names.count("adam_update_") == 1 and names.count("weight_gradient_") == 2
+
+
+def test_inside_a_capture_a_host_read_or_an_allocation_raises():
+    from gpubp.kernels.step_monitor import CaptureViolation
+
+    backend = gb.get_backend("gpu-sim")
+    with backend.runtime.monitor.capturing():
+        with pytest.raises(CaptureViolation, match="host read"):
+            backend.to_host(np.zeros(3))
+        with pytest.raises(CaptureViolation, match="allocation"):
+            backend.empty((3,), np.float32)
+
+
+def test_a_failed_capture_falls_back_to_eager_steps(monkeypatch, caplog):
+    def refuse(kernels, body):
+        raise RuntimeError("capture refused")
+
+    backend = gb.get_backend("gpu-sim")
+    monkeypatch.setattr(backend.runtime, "capture", refuse)
+    with caplog.at_level(logging.WARNING, logger="gpubp"):
+        losses, params = _fit("gpu-sim", "softmax_cross_entropy", OPTIMIZERS["adam"]())
+    assert "CUDA graph capture failed" in caplog.text
+    np.testing.assert_allclose(params, _fit("cpu", "softmax_cross_entropy", OPTIMIZERS["adam"]())[1], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_divergence_on_the_simulated_gpu_keeps_the_weights():
+    X, y = _data("softmax_cross_entropy", n=8)
+    model = gb.Sequential([gb.Dense(4, "relu"), gb.Dense(3)], backend="gpu-sim", seed=0)
+    model.compile(optimizer=gb.optim.SGD(1e38, momentum=0.5))
+    model.build_for(X)
+    before = model.params.copy()
+    with pytest.raises(TrainingDiverged):
+        for _ in range(3):
+            model.train_on_batch(X * 1e3, y)
+    np.testing.assert_array_equal(model.params, before)
