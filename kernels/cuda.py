@@ -456,17 +456,9 @@ def _finish_sum(partial, count, scale, out):
     acc = 0.0
     for i in range(cuda.threadIdx.x, count, cuda.blockDim.x):
         acc += partial[i]
-    t = cuda.threadIdx.x
-    shared[t] = acc
-    cuda.syncthreads()
-    width = cuda.blockDim.x // 2
-    while width > 0:
-        if t < width:
-            shared[t] += shared[t + width]
-        cuda.syncthreads()
-        width //= 2
-    if t == 0:
-        out[0] = shared[0] * scale
+    block_sum(shared, acc, out)  # one block: thread 0 writes out[0], then scales it
+    if cuda.threadIdx.x == 0:
+        out[0] *= scale
 
 
 @cuda.jit
