@@ -179,4 +179,6 @@ def sgemm_engine(backend, m, k, n):
     A = b.asarray(rng.normal(size=(m, k)).astype(np.float32))
     B = b.asarray(rng.normal(size=(k, n)).astype(np.float32))
     C = b.empty((m, n), np.float32)
-    return Engine("sgemm", b.name, lambda: b.xp.matmul(A, B, out=C), b.synchronize)
+    # the matmul runs on CuPy's current stream, not the training step's: wait for the whole device
+    sync = b.xp.cuda.runtime.deviceSynchronize if b.name == "gpu" else b.synchronize
+    return Engine("sgemm", b.name, lambda: b.xp.matmul(A, B, out=C), sync)

@@ -10,7 +10,7 @@ or CuPy (CUDA GPU, fused elementwise kernels)::
 """
 
 from . import optim, schedules
-from .backend import Backend, get_backend
+from .backend import Backend, get_backend, get_float32_matmul_precision, set_float32_matmul_precision
 from .callbacks import Callback, CallbackList, EarlyStopping, History
 from .divergence import Divergence
 from .errors import (BackendUnavailableError, GpubpError, InvalidInputError, InvalidTypeError,
@@ -23,7 +23,8 @@ from .model import Sequential
 from .version import __version__
 
 __all__ = [
-    "__version__", "optim", "schedules", "Backend", "get_backend", "Callback", "CallbackList", "EarlyStopping", "History", "Divergence",
+    "__version__", "optim", "schedules", "Backend", "get_backend", "set_float32_matmul_precision",
+    "get_float32_matmul_precision", "Callback", "CallbackList", "EarlyStopping", "History", "Divergence",
     "GpubpError", "InvalidInputError", "InvalidTypeError", "BackendUnavailableError", "NotCompiledError",
     "ModelFileError", "TrainingDiverged", "InsufficientMemory", "GradcheckResult", "gradcheck", "load", "Dense", "BinaryCrossEntropy",
     "MeanSquaredError", "SoftmaxCrossEntropy", "Sequential",

@@ -14,6 +14,7 @@ import logging
 import numpy as np
 
 from .errors import BackendUnavailableError, InvalidInputError, InvalidTypeError
+from .kernels.contract import MATMUL_PRECISIONS
 
 logger = logging.getLogger("gpubp")
 
@@ -251,7 +252,45 @@ def probe_gpu():
     return Backend("gpu", cupy, cuda, name, runtime=cuda_device), None
 
 
+def gpu_library_versions():
+    """``({driver, runtime, nvrtc, cublas}, None)`` as found by the GPU runtime, or ``(None, reason)``
+    where CuPy or a CUDA device is missing. Libraries that fail to load are named, not raised."""
+    cupy, reason = probe_cupy()
+    if cupy is None:
+        return None, reason
+    try:
+        from .kernels import cuda_device
+    except Exception as exc:  # noqa: BLE001 - a missing numba-cuda shows up here
+        return None, f"the GPU runtime failed to load ({type(exc).__name__}: {exc})"
+    return cuda_device.versions(), None
+
+
 _CACHE = {}
+_MATMUL_PRECISION = ["highest"]
+
+
+def set_float32_matmul_precision(precision):
+    """Set the precision of float32 GEMMs on the GPU, as PyTorch's function of the same name does.
+
+    ``"highest"`` (default): float32. ``"high"``: TF32 tensor cores (operands
+    rounded to 10 mantissa bits, float32 accumulation). ``"medium"``: bf16
+    tensor cores (7 mantissa bits) -- bf16 mixed precision with float32
+    master weights: parameters, activations, gradients and updates stay
+    float32; only GEMM operands are rounded. Every GEMM of a step (forward and
+    backward) uses the one setting. CPU GEMMs always run at "highest".
+    """
+    if precision not in MATMUL_PRECISIONS:
+        raise InvalidInputError(
+            f"matmul precision must be one of {list(MATMUL_PRECISIONS)}, got {precision!r}")
+    _MATMUL_PRECISION[0] = precision
+    for backend in _CACHE.values():
+        backend.kernels.set_matmul_precision(precision)
+
+
+def get_float32_matmul_precision():
+    """The precision set by :func:`set_float32_matmul_precision` (``"highest"`` until then)."""
+    return _MATMUL_PRECISION[0]
+
 
 
 def get_backend(name="auto"):
@@ -288,6 +327,7 @@ def get_backend(name="auto"):
         else:
             logger.info("gpubp: using the CPU backend (%s)", reason)
             backend = get_backend("cpu")
+    backend.kernels.set_matmul_precision(_MATMUL_PRECISION[0])
     _CACHE[key] = backend
     return backend
 

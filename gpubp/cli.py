@@ -74,6 +74,9 @@ def build_parser():
     run = train.add_argument_group("run")
     run.add_argument("--backend", default="auto", help="auto, cpu or gpu (default: auto)")
     run.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
+    run.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"],
+                     help="float32 GEMMs on the GPU: highest (float32), high (TF32 tensor cores) or medium "
+                          "(bf16 tensor cores, float32 master weights) (default: highest)")
     run.add_argument("--seed", type=int, default=0, help="seed of data split, init and shuffling (default: 0)")
     run.add_argument("--save", metavar="PATH", help="write the trained model to PATH (.npz)")
     run.add_argument("--checkpoint-dir", metavar="DIR", help="write a full training checkpoint into DIR after every "
@@ -150,6 +153,7 @@ def _apply_config(parser, argv):
 def _build_model(args, n_features, n_outputs):
     import gpubp as gb
 
+    gb.set_float32_matmul_precision(args.matmul_precision)
     layers = [gb.Dense(h, activation=args.activation) for h in args.hidden] + [gb.Dense(n_outputs)]
     model = gb.Sequential(layers, input_dim=n_features, backend=args.backend, dtype=args.dtype, seed=args.seed)
     if args.optimizer == "sgd":
@@ -323,7 +327,7 @@ def cmd_evaluate(args):
 def cmd_info(args):
     import numba
 
-    from .backend import probe_cupy
+    from .backend import get_float32_matmul_precision, gpu_library_versions, probe_gpu
     from .kernels import blas, cpu
 
     print(f"gpubp {__version__}")
@@ -340,16 +344,15 @@ def cmd_info(args):
     parallel = "off" if cpu.PARALLEL_THRESHOLD >= 1 << 62 else f"from {cpu.PARALLEL_THRESHOLD} elements"
     print(f"numba: threading layer {numba.config.THREADING_LAYER}, {numba.get_num_threads()} threads, "
           f"parallel kernels {parallel}")
-    cupy, reason = probe_cupy()
-    if cupy is None:
+    print(f"float32 GEMM precision: {get_float32_matmul_precision()} (GPU only; CPU GEMMs are always float32)")
+    backend, reason = probe_gpu()
+    if backend is None:
         print(f"backends: cpu (gpu unavailable: {reason})")
     else:
-        from .backend import get_backend
-
-        gpu = get_backend("gpu")
-        driver = cupy.cuda.runtime.driverGetVersion()
-        print(f"backends: cpu, gpu ({gpu.device_name}, CuPy {cupy.__version__}, "
-              f"CUDA driver {driver // 1000}.{driver % 1000 // 10})")
+        print(f"backends: cpu, gpu ({backend.device_name}, CuPy {backend.xp.__version__})")
+    found, _ = gpu_library_versions()
+    if found is not None:
+        print("CUDA: " + ", ".join(f"{name} {version}" for name, version in found.items()))
     return 0
 
 

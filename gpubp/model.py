@@ -263,7 +263,7 @@ class Sequential:
             loss = plan.loss if loss_out is None else loss_out
             self._step_body(kernels, plan, loss)
             return loss
-        key = (id(self.loss), id(self.optimizer), self.optimizer.step_signature())
+        key = (id(self.loss), id(self.optimizer), self.optimizer.step_signature(), kernels.matmul_precision())
         self.backend.run_step(plan, key, lambda recorder: self._step_body(recorder, plan, plan.loss))
         if loss_out is None:
             return plan.loss

@@ -26,6 +26,10 @@ Shared rules:
   of a GEMM in the arrays' dtype. Fixed hyperparameters (momentum, betas, eps,
   weight decay, clipping limits) are plain scalars.
 * An unknown activation name raises ValueError (see :func:`unknown_activation`).
+* Besides the kernels, a device exports ``set_matmul_precision(precision)``
+  and ``matmul_precision()``: the precision of its float32 GEMMs
+  (:data:`MATMUL_PRECISIONS`), one setting for every GEMM of a step, so no
+  layer mixes precisions.
 """
 
 from __future__ import annotations
@@ -46,6 +50,21 @@ STATUS_MEANING = {
     STATUS_GRADIENT: "the gradient is not finite (NaN/Inf)",
     STATUS_UPDATE: "the update overflowed: new parameters or optimizer state would not be finite",
 }
+
+
+#: Float32 GEMM precisions (the names of PyTorch's ``set_float32_matmul_precision``). A device
+#: computes at the precision asked for or a higher one; float64 GEMMs are always float64.
+MATMUL_PRECISIONS = {
+    "highest": "float32 products and accumulation",
+    "high": "TF32 tensor cores: operands rounded to 10 mantissa bits, float32 accumulation",
+    "medium": "bf16 tensor cores: operands rounded to 7 mantissa bits, float32 accumulation",
+}
+
+
+def check_matmul_precision(precision):
+    """Raise ValueError unless ``precision`` is one of :data:`MATMUL_PRECISIONS`."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"unknown matmul precision {precision!r}; expected one of {list(MATMUL_PRECISIONS)}")
 
 
 def unknown_activation(name):

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from . import blas, scalar_math
-from .contract import ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, unknown_activation
+from .contract import ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, check_matmul_precision, unknown_activation
 from .fastmath import as_dtype_of, fast_exp, fast_tanh
 
 __all__ = [
@@ -47,6 +47,8 @@ __all__ = [
     "bias_gradient_",
     "gather_rows_",
     "copy_",
+    "set_matmul_precision",
+    "matmul_precision",
 ]
 
 #: Arrays with at least this many elements use the multithreaded kernels.
@@ -684,6 +686,17 @@ def weight_gradient_(x, delta, out, scale=None):
     out *= out.dtype.type(beta)
     product *= product.dtype.type(alpha)
     out += product
+
+
+def set_matmul_precision(precision):
+    """Accepts every precision of the contract; the CPU's BLAS has no reduced-precision mode, so its
+    GEMMs stay "highest" (see :func:`matmul_precision`)."""
+    check_matmul_precision(precision)
+
+
+def matmul_precision():
+    """The precision of this device's float32 GEMMs: always ``"highest"`` on the CPU."""
+    return "highest"
 
 
 def linear_(x, W, out):

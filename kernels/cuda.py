@@ -32,7 +32,7 @@ from numba import cuda
 from numba.core import config as numba_config
 
 from . import scalar_math
-from .contract import STATUS_GRADIENT, STATUS_UPDATE, unknown_activation
+from .contract import STATUS_GRADIENT, STATUS_UPDATE, check_matmul_precision, unknown_activation
 
 if numba_config.ENABLE_CUDASIM:
     from . import cuda_simulated as runtime
@@ -43,7 +43,7 @@ __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
     "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_",
     "sgd_update_", "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_",
-    "bias_gradient_", "gather_rows_", "copy_",
+    "bias_gradient_", "gather_rows_", "copy_", "set_matmul_precision", "matmul_precision",
 ]
 
 #: Threads per block, and threads per row for row-wise kernels (one warp per row).
@@ -601,6 +601,17 @@ def rmsprop_update_(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, c
 
 
 # --------------------------------------------------------------------------- GEMMs, bias gradient, gather, copy
+def set_matmul_precision(precision):
+    """Float32 GEMMs at ``precision`` from now on (see ``contract.MATMUL_PRECISIONS``): "high" and
+    "medium" run on TF32 or bf16 tensor cores through one cuBLAS compute type for every GEMM."""
+    check_matmul_precision(precision)
+    runtime.set_matmul_precision(precision)
+
+
+def matmul_precision():
+    return runtime.matmul_precision()
+
+
 def linear_(x, W, out):
     """``out = x @ W`` (one GEMM on the runtime's BLAS)."""
     runtime.gemm(x, W, out, transpose_a=False, transpose_b=False, scale=None)

@@ -34,13 +34,17 @@ CUBLAS_WORKSPACE_BYTES = 32 << 20
 #: pinned host slots per staged array: the host refills a slot only after its copy has run
 STAGING_SLOTS = 16
 
-# cuBLAS enums (cublas_api.h)
+# cuBLAS and CUDA enums (cublas_api.h, library_types.h)
 _OP_N, _OP_T = 0, 1
 _POINTER_MODE_DEVICE = 1
-_DEFAULT_MATH, _TF32_TENSOR_OP_MATH = 0, 3
+_GEMM_DEFAULT = -1
+_DATA_TYPE = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}  # CUDA_R_32F, CUDA_R_64F
+_COMPUTE_64F = 70
+#: float32 compute type per matmul precision: CUBLAS_COMPUTE_32F, _32F_FAST_TF32, _32F_FAST_16BF
+_COMPUTE_32F = {"highest": 68, "high": 77, "medium": 75}
 
 monitor = Monitor()
-_state = {}
+_state = {"precision": "highest"}
 
 
 def _stream():
@@ -116,50 +120,54 @@ def _check(status, what):
 class _Cublas:
     """One cuBLAS handle bound to the step's stream, device pointer mode, fixed workspace."""
 
-    def __init__(self, tf32=False):
+    def __init__(self):
         self.lib = lib = _load_cublas()
         handle = ctypes.c_void_p()
         _check(lib.cublasCreate_v2(ctypes.byref(handle)), "create")
         self.handle = handle
         _check(lib.cublasSetStream_v2(handle, ctypes.c_void_p(_stream().ptr)), "setStream")
         _check(lib.cublasSetPointerMode_v2(handle, _POINTER_MODE_DEVICE), "setPointerMode")
-        _check(lib.cublasSetMathMode(handle, _TF32_TENSOR_OP_MATH if tf32 else _DEFAULT_MATH), "setMathMode")
         self.workspace = cupy.empty(CUBLAS_WORKSPACE_BYTES, np.uint8)
         _check(lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(self.workspace.data.ptr),
                                          ctypes.c_size_t(CUBLAS_WORKSPACE_BYTES)), "setWorkspace")
         self.ones = {np.dtype(t): cupy.array([1.0, 0.0], t) for t in (np.float32, np.float64)}
-        self.gemm_fn = {np.dtype(np.float32): lib.cublasSgemm_v2, np.dtype(np.float64): lib.cublasDgemm_v2}
 
 
 def _cublas():
     handle = _state.get("cublas")
     if handle is None:
-        handle = _state["cublas"] = _Cublas(tf32=_state.get("tf32", False))
+        handle = _state["cublas"] = _Cublas()
     return handle
 
 
-def set_tf32(enabled):
-    """TF32 tensor-core math for every float32 GEMM of the step (one handle: no layer mixes precisions)."""
-    _state["tf32"] = bool(enabled)
-    handle = _state.get("cublas")
-    if handle is not None:
-        _check(handle.lib.cublasSetMathMode(handle.handle, _TF32_TENSOR_OP_MATH if enabled else _DEFAULT_MATH),
-               "setMathMode")
+def set_matmul_precision(precision):
+    """The compute type of every later float32 GEMM (a captured graph keeps the one it was captured with)."""
+    _state["precision"] = precision
+
+
+def matmul_precision():
+    return _state["precision"]
 
 
 def gemm(a, b, out, transpose_a, transpose_b, scale):
     """Row-major ``out (M, N) = alpha op(a) op(b) + beta out`` as the column-major
-    ``out^T = op(b)^T op(a)^T``; ``[alpha, beta] = scale`` on the device, or 1, 0."""
+    ``out^T = op(b)^T op(a)^T``; ``[alpha, beta] = scale`` on the device, or 1, 0.
+
+    One ``cublasGemmEx`` whose compute type carries the matmul precision (TF32
+    or bf16 tensor cores for float32 when asked), so every GEMM of a step runs
+    at the same precision."""
     h = _cublas()
     M, N = out.shape
     K = a.shape[0] if transpose_a else a.shape[1]
     coefficients = h.ones[out.dtype] if scale is None else scale
     alpha = ctypes.c_void_p(coefficients.data.ptr)
     beta = ctypes.c_void_p(coefficients.data.ptr + coefficients.itemsize)
-    _check(h.gemm_fn[out.dtype](
+    data_type = _DATA_TYPE[out.dtype]
+    compute = _COMPUTE_64F if out.dtype == np.float64 else _COMPUTE_32F[_state["precision"]]
+    _check(h.lib.cublasGemmEx(
         h.handle, _OP_T if transpose_b else _OP_N, _OP_T if transpose_a else _OP_N, N, M, K, alpha,
-        ctypes.c_void_p(b.data.ptr), b.shape[1], ctypes.c_void_p(a.data.ptr), a.shape[1], beta,
-        ctypes.c_void_p(out.data.ptr), N), "gemm")
+        ctypes.c_void_p(b.data.ptr), data_type, b.shape[1], ctypes.c_void_p(a.data.ptr), data_type, a.shape[1],
+        beta, ctypes.c_void_p(out.data.ptr), data_type, N, compute, _GEMM_DEFAULT), "gemm")
 
 
 # --------------------------------------------------------------------------- staging and graphs
@@ -224,21 +232,29 @@ def available_memory():
     return free + pool.total_bytes() - pool.used_bytes()
 
 
+def _cuda_version(number):
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
 def versions():
-    """Driver, runtime, NVRTC and cuBLAS versions as strings (what ``gpubp info`` shows)."""
-    found = {"driver": cupy.cuda.runtime.driverGetVersion(), "runtime": cupy.cuda.runtime.runtimeGetVersion()}
+    """Driver, runtime, NVRTC and cuBLAS versions as strings (what ``gpubp info`` shows); a library that
+    cannot be loaded shows as "not found (reason)"."""
+    found = {"driver": _cuda_version(cupy.cuda.runtime.driverGetVersion()),
+             "runtime": _cuda_version(cupy.cuda.runtime.runtimeGetVersion())}
     try:
-        major, minor = cupy.cuda.nvrtc.getVersion()
-        found["nvrtc"] = f"{major}.{minor}"
+        found["nvrtc"] = "%d.%d" % cupy.cuda.nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         found["nvrtc"] = f"not found ({exc})"
     try:
-        version = ctypes.c_int()
-        _load_cublas().cublasGetProperty(0, ctypes.byref(version))
-        found["cublas"] = str(version.value)
+        lib, parts = _load_cublas(), []
+        for kind in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL (library_types.h)
+            value = ctypes.c_int()
+            _check(lib.cublasGetProperty(kind, ctypes.byref(value)), "getProperty")
+            parts.append(str(value.value))
+        found["cublas"] = ".".join(parts)
     except Exception as exc:  # noqa: BLE001
         found["cublas"] = f"not found ({exc})"
-    return {name: str(value) for name, value in found.items()}
+    return found
 
 
 def probe(gpu_kernels):

@@ -14,6 +14,7 @@ their scalar arguments frozen, as a CUDA graph does.
 
 import numpy as np
 
+from .reference import round_to_precision
 from .step_monitor import Monitor
 
 THREADS = 8
@@ -24,6 +25,7 @@ DEVICE_NAME = "CUDA simulator (Numba), NumPy arrays"
 
 monitor = Monitor()
 _scratch = {}
+_settings = {"precision": "highest"}
 
 
 def stream():
@@ -48,8 +50,20 @@ def scratch(key, shape, dtype):
     return buf
 
 
+def set_matmul_precision(precision):
+    _settings["precision"] = precision
+
+
+def matmul_precision():
+    return _settings["precision"]
+
+
 def gemm(a, b, out, transpose_a, transpose_b, scale):
-    """``out = alpha op(a) op(b) + beta out``, ``[alpha, beta] = scale`` or 1, 0 (NumPy stands in for cuBLAS)."""
+    """``out = alpha op(a) op(b) + beta out``, ``[alpha, beta] = scale`` or 1, 0 (NumPy stands in for cuBLAS).
+
+    TF32 and bf16 tensor-core GEMMs are emulated by rounding float32 operands to their mantissa first."""
+    if out.dtype == np.float32 and _settings["precision"] != "highest":
+        a, b = round_to_precision(a, _settings["precision"]), round_to_precision(b, _settings["precision"])
     a = a.T if transpose_a else a
     b = b.T if transpose_b else b
     if scale is None:

@@ -184,3 +184,22 @@ def gather_rows_(source, rows, out):
 
 def copy_(source, out):
     out[...] = source
+
+
+#: Mantissa bits a float32 GEMM operand keeps at each precision of ``contract.MATMUL_PRECISIONS``.
+MANTISSA_BITS = {"highest": 23, "high": 10, "medium": 7}
+
+
+def round_to_precision(a, precision):
+    """A float32 copy of ``a`` rounded to the mantissa of ``precision`` (TF32: 10 bits, bf16: 7),
+    to nearest, ties to even; NaN and Inf pass through."""
+    a = np.array(a, dtype=np.float32, copy=True)
+    drop = 23 - MANTISSA_BITS[precision]
+    if drop == 0:
+        return a
+    bits = a.view(np.uint32)
+    finite = np.isfinite(a)
+    half = np.uint32((1 << (drop - 1)) - 1)
+    rounded = (bits + half + ((bits >> np.uint32(drop)) & np.uint32(1))) & ~np.uint32((1 << drop) - 1)
+    bits[finite] = rounded[finite]
+    return a

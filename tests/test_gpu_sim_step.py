@@ -141,3 +141,42 @@ def test_divergence_on_the_simulated_gpu_keeps_the_weights():
         for _ in range(3):
             model.train_on_batch(X * 1e3, y)
     np.testing.assert_array_equal(model.params, before)
+
+
+@pytest.fixture
+def matmul_precision():
+    yield gb.set_float32_matmul_precision
+    gb.set_float32_matmul_precision("highest")
+
+
+def _moons_accuracy(backend):
+    from gpubp.data import StandardScaler, load_builtin, train_test_split
+
+    X, y = load_builtin("moons", 240, 0.15, 0)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, 0.25, seed=0)
+    scaler = StandardScaler().fit(Xtr)
+    model = gb.Sequential([gb.Dense(12, "tanh"), gb.Dense(12, "tanh"), gb.Dense(2)], input_dim=2, backend=backend,
+                          seed=0)
+    model.compile(loss="softmax_cross_entropy", optimizer=gb.optim.Adam(0.08))
+    model.fit(scaler.transform(Xtr), ytr, batch_size=90, epochs=8, verbose=0)
+    return model.evaluate(scaler.transform(Xte), yte, batch_size=90), model.params.copy()
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_tf32_and_bf16_matmuls_train_to_the_same_accuracy(matmul_precision, precision):
+    """TF32 ("high") and bf16 ("medium", float32 master weights) GEMMs, emulated by rounding the operands,
+    train two moons to the accuracy of full float32 GEMMs; the weights show the rounding took effect."""
+    full, full_params = _moons_accuracy("cpu")
+    matmul_precision(precision)
+    assert gb.get_backend("cpu").kernels.matmul_precision() == "highest"
+    assert gb.get_backend("gpu-sim").kernels.matmul_precision() == precision
+    reduced, reduced_params = _moons_accuracy("gpu-sim")
+    assert full["accuracy"] >= 0.95 and reduced["accuracy"] >= full["accuracy"] - 1 / 60
+    assert reduced["loss"] == pytest.approx(full["loss"], rel=0.05)
+    assert np.max(np.abs(reduced_params - full_params)) > 1e-4
+
+
+def test_an_unknown_matmul_precision_is_refused(matmul_precision):
+    with pytest.raises(gb.InvalidInputError, match="'highest', 'high', 'medium'"):
+        matmul_precision("tf32")
+    assert gb.get_float32_matmul_precision() == "highest"

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from gpubp.kernels import reference
-from gpubp.kernels.contract import (ACTIVATIONS, KERNELS, STATUS_GRADIENT, STATUS_LOSS, STATUS_UPDATE,
-                                    unknown_activation)
+from gpubp.kernels.contract import (ACTIVATIONS, KERNELS, MATMUL_PRECISIONS, STATUS_GRADIENT, STATUS_LOSS,
+                                    STATUS_UPDATE, unknown_activation)
 from helpers import gpu_sim, requires_gpu
 
 # --------------------------------------------------------------------------- devices
@@ -789,6 +789,42 @@ def test_linear(device, dtype, batch, fan_in, fan_out):
     after = run_device(device, "linear_", x=x, W=W, out=out)["out"]
     expected = run_reference("linear_", x=x, W=W, out=out)["out"]
     assert_gemm_close(after, expected, np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), fan_in, dtype)
+
+
+@pytest.fixture
+def precision_of(device):
+    """Sets the device's float32 GEMM precision for one test, and "highest" again after it."""
+    yield device.module.set_matmul_precision
+    device.module.set_matmul_precision("highest")
+
+
+_PRECISION_ORDER = list(MATMUL_PRECISIONS)  # highest first
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("precision", list(MATMUL_PRECISIONS))
+@pytest.mark.parametrize("name", ("linear_", "weight_gradient_", "input_gradient_"))
+def test_gemm_at_each_matmul_precision(device, precision_of, name, precision, dtype):
+    """Every GEMM kernel computes float32 products of operands rounded to the device's precision, which
+    is the one asked for or a higher one; float64 GEMMs stay float64; an unknown name raises ValueError."""
+    precision_of(precision)
+    used = device.module.matmul_precision()
+    assert _PRECISION_ORDER.index(used) <= _PRECISION_ORDER.index(precision)
+    a = _normal((9, 37), dtype, scale=1.0, seed=60)
+    b = _normal((37, 5), dtype, scale=1.0, seed=61)
+    args = {"linear_": dict(x=a, W=b), "weight_gradient_": dict(x=np.ascontiguousarray(a.T), delta=b, scale=None),
+            "input_gradient_": dict(delta=a, W=np.ascontiguousarray(b.T))}[name]
+    after = run_device(device, name, **args, out=np.full((9, 5), np.nan, dtype))["out"]
+    if dtype == np.float32:
+        a, b = reference.round_to_precision(a, used), reference.round_to_precision(b, used)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert_gemm_close(after, exact, np.abs(a.astype(np.float64)), np.abs(b.astype(np.float64)), 37, dtype)
+    if used != "highest" and dtype == np.float32:  # the rounding happened: far from the unrounded product
+        unrounded = _normal((9, 37), dtype, scale=1.0, seed=60).astype(np.float64) @ \
+            _normal((37, 5), dtype, scale=1.0, seed=61).astype(np.float64)
+        assert np.max(np.abs(after - unrounded)) > 100 * np.finfo(np.float32).eps * np.max(np.abs(unrounded))
+    with pytest.raises(ValueError, match="matmul precision"):
+        device.module.set_matmul_precision("bf16")
 
 
 @covers("gather_rows_")
