@@ -65,16 +65,17 @@ class Backend:
         return self.xp.asnumpy(a)
 
     def empty(self, shape, dtype):
-        self._count_allocation(shape)
+        self._count_allocation(shape, dtype)
         return self.xp.empty(shape, dtype=dtype)
 
     def zeros(self, shape, dtype):
-        self._count_allocation(shape)
+        self._count_allocation(shape, dtype)
         return self.xp.zeros(shape, dtype=dtype)
 
-    def _count_allocation(self, shape):
+    def _count_allocation(self, shape, dtype):
         if self.runtime is not None:
-            self.runtime.monitor.allocation(f"array of shape {shape}")
+            self.runtime.monitor.allocation(f"array of shape {shape}",
+                                            int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
 
     def synchronize(self):
         """Block until queued device work has finished (no-op on the CPU)."""
@@ -104,6 +105,8 @@ class Backend:
         """
         graph = plan.captured.get(key)
         if graph is None:
+            while len(plan.captured) >= MAX_CAPTURED_STEPS:  # oldest first: e.g. the steps of an earlier fit
+                del plan.captured[next(iter(plan.captured))]
             plan.captured[key] = _WARMED_UP
             body(self.kernels)
             return
@@ -161,6 +164,8 @@ class Backend:
 
 
 _WARMED_UP = "warmed up"
+#: captured steps kept per plan (each holds device memory for its graph)
+MAX_CAPTURED_STEPS = 4
 
 
 class _HostStaged:

@@ -11,6 +11,8 @@ activation backward kernel turns into dL/dz written over that layer's output
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
@@ -37,6 +39,7 @@ class BatchPlan:
         self.kernels = backend.kernels
         #: captured steps of this plan (see ``Backend.run_step``), dropped with the plan
         self.captured = {}
+        self._origin = backend.zeros(2, np.int64)  # the gather position of :meth:`gather`
         self.y = self.loss_grad = self.loss = self.scratch = None
         if target_shape is not None:
             self.y = backend.empty((B,) + tuple(target_shape), target_dtype)
@@ -48,14 +51,60 @@ class BatchPlan:
 
     def gather(self, X, y, rows):
         """Copy rows ``rows`` (a (B,) device index array) of the device arrays X and y into x and y."""
-        self.kernels.gather_rows_(X, rows, self.x)
-        self.kernels.gather_rows_(y, rows, self.y)
+        self.kernels.gather_rows_(X, rows, self._origin, self.x)
+        self.kernels.gather_rows_(y, rows, self._origin, self.y)
 
     def load(self, x, y=None):
         """Copy a whole batch (device arrays of B rows) into x (and y)."""
         self.kernels.copy_(x, self.x)
         if y is not None:
             self.kernels.copy_(y, self.y)
+
+
+class EpochBatches:
+    """The training set on the device and the batches of an epoch, for steps that gather their own batch.
+
+    A step (see ``Sequential.train_step``) copies rows ``rows[first:first + B]``
+    of ``X`` and ``y`` into its plan and stores its loss in ``losses[slot]``,
+    with ``[first, slot]`` read from the device array ``cursor.device``: so the
+    gather and the loss belong to the step, and a step captured once as a CUDA
+    graph replays with each batch's position. Every buffer is made once, so a
+    captured step stays valid for the whole of ``fit``.
+
+    Attributes
+    ----------
+    X : (n, d) device array; y : (n, ...) device targets
+    rows : (n,) int64 device array, the epoch's order (see :meth:`set_order`)
+    cursor : staged (2,) int64 ``[first, slot]`` (see ``Backend.staged``)
+    losses : (n_steps,) float64 device array, each step's loss
+    serial : a number no other instance has (part of a captured step's key)
+    """
+
+    _serials = itertools.count()
+
+    def __init__(self, backend, X, y, n_steps):
+        self.backend, self.X, self.y = backend, X, y
+        self.rows = backend.empty(X.shape[0], np.int64)
+        self.set_order(np.arange(X.shape[0], dtype=np.int64))
+        self.cursor = backend.staged(np.zeros(2, np.int64))
+        self.losses = backend.zeros(n_steps, np.float64)
+        self.serial = next(self._serials)
+
+    def set_order(self, order):
+        """Copy the epoch's order (host int64 (n,)) into :attr:`rows` (one upload per epoch)."""
+        self.backend.copy_into(self.rows, order)
+
+    def select(self, first, slot):
+        """Make the next step take rows ``rows[first:first + B]`` and store its loss in ``losses[slot]``."""
+        self.cursor.host[0], self.cursor.host[1] = first, slot
+        self.cursor.upload()
+
+    def gather_(self, kernels, plan):
+        kernels.gather_rows_(self.X, self.rows, self.cursor.device, plan.x)
+        kernels.gather_rows_(self.y, self.rows, self.cursor.device, plan.y)
+
+    def store_loss_(self, kernels, loss):
+        kernels.store_at_(loss, self.losses, self.cursor.device)
 
 
 def plan_bytes(batch_size, n_inputs, widths, itemsize, target_row=(), target_itemsize=8):

@@ -241,7 +241,7 @@ class Sequential:
         """
         return self.optimizer.gradient_hooks()
 
-    def train_step(self, plan, loss_out=None):
+    def train_step(self, plan, loss_out=None, batches=None):
         """One optimizer step on the batch already in ``plan`` (see :meth:`batch_plan`).
 
         gather (done) -> forward -> loss -> backward -> gradient hooks -> guarded update.
@@ -252,22 +252,36 @@ class Sequential:
         NaN/Inf loss, gradient or update is recorded in :attr:`status`, after
         which no update is applied until :meth:`read_divergence` reports it.
 
-        The host stages the step's values (step count, learning rate) first;
-        the device work that follows reads them from device memory, so on a
-        backend that captures steps (:attr:`cuda_graphs`) it is recorded once
-        per plan as a CUDA graph and replayed.
+        With ``batches`` (a :class:`~gpubp.buffers.EpochBatches` whose
+        ``select`` was called), the step first gathers its batch into ``plan``
+        and ends by storing its loss in ``batches.losses``.
+
+        The host stages the step's values (step count, learning rate, batch
+        position) first; the device work that follows reads them from device
+        memory, so on a backend that captures steps (:attr:`cuda_graphs`) the
+        whole step is recorded once per plan as one CUDA graph and replayed.
         """
         kernels = self.backend.kernels
         self.optimizer.begin_step()
-        if not (self.cuda_graphs and self.backend.captures_steps):
-            loss = plan.loss if loss_out is None else loss_out
-            self._step_body(kernels, plan, loss)
+        graphs = self.cuda_graphs and self.backend.captures_steps
+        loss = plan.loss if graphs or loss_out is None else loss_out
+
+        def body(step_kernels):
+            if batches is not None:
+                batches.gather_(step_kernels, plan)
+            self._step_body(step_kernels, plan, loss)
+            if batches is not None:
+                batches.store_loss_(step_kernels, loss)
+
+        if graphs:
+            key = (id(self.loss), id(self.optimizer), self.optimizer.step_signature(), kernels.matmul_precision(),
+                   None if batches is None else batches.serial)
+            self.backend.run_step(plan, key, body)
+        else:
+            body(kernels)
+        if loss_out is None or loss_out is loss:
             return loss
-        key = (id(self.loss), id(self.optimizer), self.optimizer.step_signature(), kernels.matmul_precision())
-        self.backend.run_step(plan, key, lambda recorder: self._step_body(recorder, plan, plan.loss))
-        if loss_out is None:
-            return plan.loss
-        kernels.copy_(plan.loss, loss_out)
+        kernels.copy_(loss, loss_out)
         return loss_out
 
     def _step_body(self, kernels, plan, loss):

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from .buffers import plan_bytes
+from .buffers import EpochBatches, plan_bytes
 from .callbacks import CallbackList, History
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
 from .errors import InsufficientMemory, InvalidInputError, ModelFileError, TrainingDiverged
@@ -42,16 +42,25 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _check_memory(model, batch_sizes, y):
-    """Raise InsufficientMemory before training when the batch buffers would not fit."""
+def training_bytes(model, batch_sizes, y, n_steps):
+    """Device memory ``fit`` allocates once the data is on the device: a batch plan per batch size,
+    the epoch's order and step losses (:class:`~gpubp.buffers.EpochBatches`) and the kernels' scratch."""
     widths = [layer.units for layer in model.layers]
-    needed = sum(plan_bytes(b, model.input_dim, widths, model.dtype.itemsize, y.shape[1:], y.dtype.itemsize)
-                 for b in batch_sizes)
+    plans = sum(plan_bytes(b, model.input_dim, widths, model.dtype.itemsize, y.shape[1:], y.dtype.itemsize)
+                for b in batch_sizes)
+    epoch = 8 * (y.shape[0] + n_steps)
+    return plans + epoch + model.backend.kernels.scratch_bytes(batch_sizes, widths[-1], model.params.size)
+
+
+def _check_memory(model, batch_sizes, y, n_steps):
+    """Raise InsufficientMemory before training when the buffers of :func:`training_bytes` would not fit."""
+    needed = training_bytes(model, batch_sizes, y, n_steps)
     available = model.backend.available_memory()
     if available is not None and needed > available:
         mib = 2.0 ** 20
         raise InsufficientMemory(
-            f"this run needs {needed / mib:,.0f} MiB for the activations, gradients and batch buffers of "
+            f"this run needs {needed / mib:,.0f} MiB for the activations, gradients, batch buffers and kernel "
+            f"scratch of "
             f"batch_size={max(batch_sizes)} (parameters, gradients and optimizer state already take "
             f"{model.params.nbytes * (2 + len(model.optimizer.state_names)) / mib:,.0f} MiB), but only "
             f"{available / mib:,.0f} MiB are available on {model.backend.device_name}; lower batch_size")
@@ -170,7 +179,7 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     batch_size = min(batch_size, n)
     starts = list(range(0, n, batch_size))
     sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
-    _check_memory(model, sorted(set(sizes.astype(int))), y)
+    _check_memory(model, sorted(set(sizes.astype(int))), y, len(starts))
     plans = {b: model.batch_plan(int(b), y) for b in set(sizes.astype(int))}
     if check_every is None:
         check_every = 1 if model.backend.reads_are_free else len(starts)
@@ -239,23 +248,22 @@ class _EpochLoop:
         self.model, self.X, self.y = model, X, y
         self.starts, self.sizes, self.plans = starts, sizes, plans
         self.shuffle, self.check_every, self.callbacks = shuffle, check_every, callbacks
-        xp = model.backend.xp
-        self.order = xp.arange(X.shape[0])
-        self.step_losses = xp.zeros(len(starts), dtype=np.float64)
+        self.batches = EpochBatches(model.backend, X, y, len(starts))
         self.first_iteration = 0
 
     def run(self, interrupt):
         """Run the epoch's steps; returns ``(divergence or None, steps run)``."""
         model, n = self.model, self.X.shape[0]
         if self.shuffle:
-            self.order = model.backend.asarray(model.shuffle_rng.permutation(n))
+            self.batches.set_order(model.shuffle_rng.permutation(n))
         self.first_iteration = model.optimizer.iterations
         last = len(self.starts) - 1
         for i, start in enumerate(self.starts):
             plan = self.plans[int(self.sizes[i])]
             self.callbacks.on_batch_begin(i)
-            plan.gather(self.X, self.y, self.order[start:start + plan.batch_size])
-            loss = model.train_step(plan, loss_out=self.step_losses[i:i + 1])
+            self.batches.select(start, i)
+            model.train_step(plan, batches=self.batches)
+            loss = self.batches.losses[i:i + 1]
             self.callbacks.on_batch_end(i, {"batch": i, "size": plan.batch_size, "loss": loss})
             stop = interrupt.requested or model.stop_training
             if (i + 1) % self.check_every == 0 or i == last or stop:
@@ -268,7 +276,7 @@ class _EpochLoop:
 
     def mean_loss(self, steps):
         """The training loss of the epoch's first ``steps`` steps, weighted by batch size (one host read)."""
-        losses = self.model.backend.to_host(self.step_losses)[:steps]
+        losses = self.model.backend.to_host(self.batches.losses)[:steps]
         return float(losses @ self.sizes[:steps]) / float(self.sizes[:steps].sum())
 
 

@@ -26,7 +26,9 @@ Shared rules:
   of a GEMM in the arrays' dtype. Fixed hyperparameters (momentum, betas, eps,
   weight decay, clipping limits) are plain scalars.
 * An unknown activation name raises ValueError (see :func:`unknown_activation`).
-* Besides the kernels, a device exports ``set_matmul_precision(precision)``
+* Besides the kernels, a device exports ``scratch_bytes(batch_sizes,
+  n_outputs, n_params)``, the memory its kernels allocate for steps of
+  those shapes beyond the arrays they are given, and ``set_matmul_precision(precision)``
   and ``matmul_precision()``: the precision of its float32 GEMMs
   (:data:`MATMUL_PRECISIONS`), one setting for every GEMM of a step, so no
   layer mixes precisions.
@@ -130,6 +132,9 @@ KERNELS = {
     "input_gradient_": KernelSpec(("delta", "W", "out"), ("out",), "out (B, fan_in) = delta W^T"),
     "bias_gradient_": KernelSpec(("delta", "out"), ("out",), "out (n,) = sum over rows of delta (B, n)"),
     "gather_rows_": KernelSpec(
-        ("source", "rows", "out"), ("out",), "out[i] = source[rows[i]]; rows (B,) int64 in [0, len(source))"),
+        ("source", "rows", "cursor", "out"), ("out",),
+        "out[i] = source[rows[cursor[0] + i]] for i < len(out); rows int64 in [0, len(source)); cursor (2,) int64 "
+        "the batch's position [first entry of rows, step slot], read on the device"),
+    "store_at_": KernelSpec(("value", "out", "cursor"), ("out",), "out[cursor[1]] = value[0]; cursor as above"),
     "copy_": KernelSpec(("source", "out"), ("out",), "out = source (same shape and dtype)"),
 }

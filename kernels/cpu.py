@@ -46,7 +46,9 @@ __all__ = [
     "input_gradient_",
     "bias_gradient_",
     "gather_rows_",
+    "store_at_",
     "copy_",
+    "scratch_bytes",
     "set_matmul_precision",
     "matmul_precision",
 ]
@@ -688,6 +690,11 @@ def weight_gradient_(x, delta, out, scale=None):
     out += product
 
 
+def scratch_bytes(batch_sizes, n_outputs, n_params):
+    """Memory the CPU kernels allocate for steps of these shapes: none (they work in the arrays given)."""
+    return 0
+
+
 def set_matmul_precision(precision):
     """Accepts every precision of the contract; the CPU's BLAS has no reduced-precision mode, so its
     GEMMs stay "highest" (see :func:`matmul_precision`)."""
@@ -704,9 +711,15 @@ def linear_(x, W, out):
     np.matmul(x, W, out=out)
 
 
-def gather_rows_(source, rows, out):
-    """``out[i] = source[rows[i]]``; rows (B,) int64 in range (NumPy's ``take``, which checks them)."""
-    np.take(source, rows, axis=0, out=out)
+def gather_rows_(source, rows, cursor, out):
+    """``out[i] = source[rows[cursor[0] + i]]``; rows int64 in range (NumPy's ``take``, which checks them)."""
+    start = cursor[0]
+    np.take(source, rows[start:start + out.shape[0]], axis=0, out=out)
+
+
+def store_at_(value, out, cursor):
+    """``out[cursor[1]] = value[0]``."""
+    out[cursor[1]] = value[0]
 
 
 def copy_(source, out):

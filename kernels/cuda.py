@@ -43,7 +43,7 @@ __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
     "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_",
     "sgd_update_", "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_",
-    "bias_gradient_", "gather_rows_", "copy_", "set_matmul_precision", "matmul_precision",
+    "bias_gradient_", "gather_rows_", "store_at_", "copy_", "scratch_bytes", "set_matmul_precision", "matmul_precision",
 ]
 
 #: Threads per block, and threads per row for row-wise kernels (one warp per row).
@@ -416,13 +416,19 @@ class _DtypeKernels:
 
 
 @cuda.jit
-def _gather(source, rows, out):
-    """out[r, c] = source[rows[r], c]; any dtype."""
-    n = out.shape[1]
+def _gather(source, rows, cursor, out):
+    """out[r, c] = source[rows[cursor[0] + r], c]; any dtype."""
+    n, first = out.shape[1], cursor[0]
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, out.size, stride):
         r, c = i // n, i % n
-        out[r, c] = source[rows[r], c]
+        out[r, c] = source[rows[first + r], c]
+
+
+@cuda.jit
+def _store_at(value, out, cursor):
+    if cuda.grid(1) == 0:
+        out[cursor[1]] = value[0]
 
 
 @cuda.jit
@@ -601,6 +607,14 @@ def rmsprop_update_(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, c
 
 
 # --------------------------------------------------------------------------- GEMMs, bias gradient, gather, copy
+def scratch_bytes(batch_sizes, n_outputs, n_params):
+    """Device memory these kernels and the runtime allocate for steps of ``batch_sizes`` rows: per batch
+    size the softmax cross-entropy row losses and the loss partial sums (float64), the gradient norm's
+    partial sums, and the runtime's fixed buffers (the cuBLAS workspace)."""
+    per_batch = sum(b + _blocks(b * n_outputs) for b in batch_sizes)
+    return 8 * (per_batch + _blocks(n_params) + 1) + runtime.FIXED_BYTES
+
+
 def set_matmul_precision(precision):
     """Float32 GEMMs at ``precision`` from now on (see ``contract.MATMUL_PRECISIONS``): "high" and
     "medium" run on TF32 or bf16 tensor cores through one cuBLAS compute type for every GEMM."""
@@ -633,11 +647,17 @@ def bias_gradient_(delta, out):
     _launch(_of(delta).column_sums, out.size, delta, out)
 
 
-def gather_rows_(source, rows, out):
-    """``out[i] = source[rows[i]]`` for the (B, n) batch buffer ``out`` (labels: (B,), through a 2-D view)."""
+def gather_rows_(source, rows, cursor, out):
+    """``out[i] = source[rows[cursor[0] + i]]`` for the (B, n) batch buffer ``out`` (labels: (B,), through a
+    2-D view); the position is read on the device, so a captured step gathers each step's own batch."""
     if out.ndim == 1:
         source, out = source.reshape(-1, 1), out.reshape(-1, 1)
-    _launch(_gather, out.size, source, rows, out)
+    _launch(_gather, out.size, source, rows, cursor, out)
+
+
+def store_at_(value, out, cursor):
+    """``out[cursor[1]] = value[0]``: one thread."""
+    _launch(_store_at, 1, value, out, cursor)
 
 
 def copy_(source, out):

@@ -31,6 +31,8 @@ ROW_THREADS = 32
 MAX_BLOCKS = 65535
 #: cuBLAS workspace given to the handle up front (cuBLAS documents 32 MiB as enough on Hopper)
 CUBLAS_WORKSPACE_BYTES = 32 << 20
+#: device memory the runtime allocates once, beyond per-shape scratch: the cuBLAS workspace
+FIXED_BYTES = CUBLAS_WORKSPACE_BYTES
 #: pinned host slots per staged array: the host refills a slot only after its copy has run
 STAGING_SLOTS = 16
 
@@ -91,7 +93,7 @@ def scratch(key, shape, dtype):
     key = (cupy.cuda.Device().id, key, tuple(shape), np.dtype(dtype))
     buf = _state.get(key)
     if buf is None:
-        monitor.allocation(f"scratch {key}")
+        monitor.allocation(f"scratch {key}", int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
         buf = _state[key] = cupy.empty(shape, dtype)
     return buf
 
@@ -127,6 +129,7 @@ class _Cublas:
         self.handle = handle
         _check(lib.cublasSetStream_v2(handle, ctypes.c_void_p(_stream().ptr)), "setStream")
         _check(lib.cublasSetPointerMode_v2(handle, _POINTER_MODE_DEVICE), "setPointerMode")
+        monitor.allocation("cuBLAS workspace", CUBLAS_WORKSPACE_BYTES)
         self.workspace = cupy.empty(CUBLAS_WORKSPACE_BYTES, np.uint8)
         _check(lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(self.workspace.data.ptr),
                                          ctypes.c_size_t(CUBLAS_WORKSPACE_BYTES)), "setWorkspace")

@@ -21,6 +21,8 @@ THREADS = 8
 MAX_BLOCKS = 2
 ROW_THREADS = 4
 DEVICE_NAME = "CUDA simulator (Numba), NumPy arrays"
+#: device memory the runtime allocates once, beyond per-shape scratch (none: NumPy stands in for cuBLAS)
+FIXED_BYTES = 0
 
 
 monitor = Monitor()
@@ -45,7 +47,7 @@ def scratch(key, shape, dtype):
     key = (key, tuple(shape), np.dtype(dtype))
     buf = _scratch.get(key)
     if buf is None:
-        monitor.allocation(f"scratch {key}")
+        monitor.allocation(f"scratch {key}", int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
         buf = _scratch[key] = np.empty(shape, dtype)
     return buf
 

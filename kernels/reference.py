@@ -16,7 +16,7 @@ __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
     "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_", "sgd_update_",
     "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_", "bias_gradient_",
-    "gather_rows_", "copy_",
+    "gather_rows_", "store_at_", "copy_",
 ]
 
 
@@ -178,8 +178,12 @@ def bias_gradient_(delta, out):
     out[...] = delta.sum(axis=0)
 
 
-def gather_rows_(source, rows, out):
-    out[...] = source[rows]
+def gather_rows_(source, rows, cursor, out):
+    out[...] = source[rows[int(cursor[0]):int(cursor[0]) + len(out)]]
+
+
+def store_at_(value, out, cursor):
+    out[int(cursor[1])] = value[0]
 
 
 def copy_(source, out):

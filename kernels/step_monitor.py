@@ -17,13 +17,15 @@ class Monitor:
 
     def __init__(self):
         self.allocations = 0
+        self.allocated_bytes = 0
         self.host_reads = 0
         self._capturing = False
 
-    def allocation(self, what):
+    def allocation(self, what, nbytes=0):
         if self._capturing:
             raise CaptureViolation(f"allocation inside a captured step: {what}")
         self.allocations += 1
+        self.allocated_bytes += nbytes
 
     def host_read(self, what):
         if self._capturing:

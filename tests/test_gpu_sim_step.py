@@ -15,6 +15,7 @@ import pytest
 
 import gpubp as gb
 from gpubp.errors import TrainingDiverged
+from gpubp.kernels.contract import KERNELS
 from helpers import gpu_sim
 
 pytestmark = gpu_sim
@@ -107,6 +108,42 @@ def test_a_captured_step_records_each_kernel_once_and_replays_them():
     assert names.count("adam_update_") == 1 and names.count("weight_gradient_") == 2
 
 
+class _CountLaunchesFromEpoch(gb.Callback):
+    """From epoch ``epoch`` on, counts calls of every kernel made outside a captured step's replay."""
+
+    def __init__(self, kernels, epoch, monkeypatch):
+        super().__init__()
+        self.kernels, self.epoch, self.monkeypatch, self.calls = kernels, epoch, monkeypatch, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch != self.epoch:
+            return
+        for name in KERNELS:
+            kernel = getattr(self.kernels, name)
+            self.monkeypatch.setattr(self.kernels, name,
+                                     lambda *args, _k=kernel, _n=name: (self.calls.append(_n), _k(*args))[1])
+
+
+def test_fit_captures_the_whole_step_gather_to_loss_as_one_graph(monkeypatch):
+    """fit's step, from the batch gather to storing its loss, is one captured graph per plan: once warm, no
+    kernel runs outside the replays, and the losses and weights are the eager run's, bit for bit."""
+    from gpubp.kernels import cuda
+
+    eager = _fit("gpu-sim", "softmax_cross_entropy", OPTIMIZERS["adam"](), cuda_graphs=False, epochs=4)
+    counter = _CountLaunchesFromEpoch(cuda, 2, monkeypatch)
+    X, y = _data("softmax_cross_entropy")
+    model = gb.Sequential([gb.Dense(6, "tanh"), gb.Dense(4, "relu"), gb.Dense(3)], backend="gpu-sim", seed=3)
+    model.compile(loss="softmax_cross_entropy", optimizer=OPTIMIZERS["adam"]())
+    history = model.fit(X, y, batch_size=8, epochs=4, verbose=0, callbacks=[counter])
+    assert counter.calls == []
+    assert history.history["loss"] == eager[0]
+    np.testing.assert_array_equal(model.params, eager[1])
+    for plan in model._plans.values():
+        (graph,) = plan.captured.values()
+        names = [kernel.__name__ for kernel, _ in graph.calls]
+        assert names[:2] == ["gather_rows_", "gather_rows_"] and names[-1] == "store_at_"
+
+
 def test_inside_a_capture_a_host_read_or_an_allocation_raises():
     from gpubp.kernels.step_monitor import CaptureViolation
 
@@ -180,3 +217,22 @@ def test_an_unknown_matmul_precision_is_refused(matmul_precision):
     with pytest.raises(gb.InvalidInputError, match="'highest', 'high', 'medium'"):
         matmul_precision("tf32")
     assert gb.get_float32_matmul_precision() == "highest"
+
+
+def test_the_memory_estimate_counts_every_buffer_fit_allocates_on_the_gpu():
+    """Every byte the simulated GPU path allocates inside fit (batch plans, the epoch's order and losses,
+    the kernels' scratch) is in ``training_bytes``, the figure the InsufficientMemory check uses."""
+    from gpubp.train import training_bytes
+
+    X, y = _data("softmax_cross_entropy", n=26)
+    model = gb.Sequential([gb.Dense(5, "relu"), gb.Dense(3)], backend="gpu-sim", seed=0)
+    model.compile(optimizer=OPTIMIZERS["sgd_momentum_clipped"]())
+    model.fit(X[:5], y[:5], batch_size=5, verbose=0)  # parameters and optimizer state exist from here on
+    monitor = model.backend.runtime.monitor
+    before = monitor.allocated_bytes
+    model.fit(X, y, batch_size=13, verbose=0)  # a batch size no other test uses: its scratch is new
+    allocated = monitor.allocated_bytes - before
+    _, yd = model.prepare(X, y)[:2]
+    estimate = training_bytes(model, [13], yd, 2)
+    assert 0 < allocated <= estimate
+    assert estimate - allocated <= 8 * 8  # nothing large is counted that is not made

@@ -836,11 +836,22 @@ def test_gather_rows(device, dtype, batch, width):
     n = 1009
     shape = (n,) if width is None else (n, width)
     source = (_rng(45, batch).standard_normal(shape) * 100).astype(dtype)
-    rows = _rng(46, batch).integers(0, n, batch).astype(np.int64)
-    rows[0], rows[-1] = n - 1, 0
+    rows = _rng(46, batch).integers(0, n, batch + 5).astype(np.int64)
+    rows[3], rows[batch + 2] = n - 1, 0
     out = np.zeros((batch,) + shape[1:], dtype)
-    after = run_device(device, "gather_rows_", source=source, rows=rows, out=out)["out"]
-    np.testing.assert_array_equal(after, source[rows])
+    cursor = np.array([3, -1], np.int64)  # the batch starts at entry 3 of rows; the slot is not the gather's
+    after = run_device(device, "gather_rows_", source=source, rows=rows, cursor=cursor, out=out)["out"]
+    np.testing.assert_array_equal(after, source[rows[3:3 + batch]])
+
+
+@covers("store_at_")
+@pytest.mark.parametrize("slot", (0, 4, 6))
+def test_store_at(device, slot):
+    value = np.array([np.pi])
+    after = run_device(device, "store_at_", value=value, out=np.arange(7.0), cursor=np.array([99, slot], np.int64))
+    expected = np.arange(7.0)
+    expected[slot] = np.pi
+    np.testing.assert_array_equal(after["out"], expected)
 
 
 @covers("copy_")

@@ -58,9 +58,10 @@ for dtype in (np.float32, np.float64):
     gpu.adam_update_(flat, flat2, flat3, np.ones(12, dtype), hyper, 0.9, 0.999, 1e-8, 0.0, 0, status, clock)
     gpu.rmsprop_update_(flat, flat2, flat3, hyper, 0.9, 1e-8, 0.0, 0, status, clock)
     gpu.bias_gradient_(z, np.ones(3, dtype))
-    gpu.gather_rows_(z, labels, dz)
+    gpu.gather_rows_(z, labels, labels, dz)
     gpu.copy_(z, dz)
-gpu.gather_rows_(labels, labels, labels)
+gpu.gather_rows_(labels, labels, labels, labels)
+gpu.store_at_(loss, loss, labels)
 
 out = {}
 for (name, signature), (kernel, _) in sorted(launches.items(), key=lambda item: str(item[0])):
