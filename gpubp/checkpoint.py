@@ -25,6 +25,7 @@ import numpy as np
 
 from .callbacks import Callback
 from .data import StandardScaler
+from .directory_lock import locked
 from .errors import InvalidInputError, ModelFileError
 from .io import FORMAT_NAME as MODEL_FORMAT_NAME
 from .io import read_state_file, read_state_tree, write_state_file
@@ -86,14 +87,19 @@ def save_checkpoint(directory, model, epoch, callbacks=None, keep=3):
     meta = {"config": model.get_config(), "metrics": list(model.metrics), "epoch": int(epoch),
             "stopped": bool(model.stop_training)}
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, checkpoint_name(int(epoch)))
+    with locked(directory):
+        return _write_checkpoint(directory, int(epoch), meta, state, keep)
+
+
+def _write_checkpoint(directory, epoch, meta, state, keep):
+    """Write and rotate, with the directory's lock held: so every temporary file but ours is a leftover of a
+    writer killed mid-write, and no other run's checkpoint is rotated away."""
+    path = os.path.join(directory, checkpoint_name(epoch))
     try:
         write_state_file(path, FORMAT_NAME, FORMAT_VERSION, meta, state, tmp_prefix=_TMP_PREFIX)
     except ModelFileError as exc:
         raise InvalidInputError(f"cannot checkpoint this state: {exc}") from None
 
-    # leftovers of writers killed mid-write (one writer per directory is assumed)
     for name in os.listdir(directory):
         if name.startswith(_TMP_PREFIX):
             try:

@@ -12,6 +12,7 @@ import numpy as np
 
 from .version import __version__
 from .errors import GpubpError, InvalidInputError
+from .output_paths import check_writable_directory, check_writable_file
 
 PREDICT_EXAMPLES = """examples:
   gpubp predict --model model.npz --input new.csv                 # CSV of predictions on stdout
@@ -173,10 +174,37 @@ def _n_outputs(loss_name, y):
     return int(np.max(y)) + 1
 
 
+def _check_train_outputs(args):
+    """Every path train will write, checked before any work: a bad one exits 2 at once, not after training."""
+    for path, what in ((args.save, "--save"),):
+        if path:
+            check_writable_file(path, what)
+    for path, what in ((args.plot, "--plot"), (args.checkpoint_dir, "--checkpoint-dir")):
+        if path:
+            check_writable_directory(path, what)
+
+
+def _save_or_fall_back(model, path):
+    """``model.save(path)``; when that fails after training, save to a file in the temporary directory,
+    say where on stderr, and return ``(saved path, False)``."""
+    try:
+        return model.save(path), True
+    except (OSError, GpubpError) as exc:
+        import os
+        import tempfile
+
+        fallback = os.path.join(tempfile.gettempdir(), f"gpubp-unsaved-{os.getpid()}.npz")
+        saved = model.save(fallback)
+        print(f"gpubp: error: could not save the model to {path!r} ({exc}); it was saved to {saved} instead",
+              file=sys.stderr)
+        return saved, False
+
+
 def cmd_train(args):
     from .data import StandardScaler, load_dataset, train_test_split
     from .losses import get_loss
 
+    _check_train_outputs(args)
     X, y = load_dataset(args.dataset, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
     if args.loss is None:
         regression = np.asarray(y).dtype.kind == "f" and not np.all(np.asarray(y) == np.round(y))
@@ -205,8 +233,9 @@ def cmd_train(args):
         metrics["interrupted"] = where
         print(f"gpubp: interrupted by Ctrl-C after step {where['step']}/{where['steps_per_epoch']} of epoch "
               f"{where['epoch'] + 1}; the weights are those of that whole step", file=sys.stderr)
+    saved_where_asked = True
     if save_path:
-        metrics["saved"] = model.save(save_path)
+        metrics["saved"], saved_where_asked = _save_or_fall_back(model, save_path)
     if args.plot:
         metrics["plots"] = _write_plots(args.plot, model, history, X_test, y_test)
     if args.json:
@@ -218,6 +247,8 @@ def cmd_train(args):
             print(f"model saved to {metrics['saved']}")
         for path in metrics.get("plots", []):
             print(f"plot written to {path}")
+    if not saved_where_asked:
+        return 1
     return 130 if history.interrupted else 0
 
 
@@ -254,6 +285,8 @@ def _read_features(path):
 def cmd_predict(args):
     from .loading import load_model
 
+    if args.output:
+        check_writable_file(args.output, "--output")
     model = load_model(args.model, backend=args.backend)
     X = _read_features(args.input)
     out = model.predict(X)

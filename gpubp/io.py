@@ -12,6 +12,7 @@ callbacks' state (see :mod:`gpubp.checkpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,12 +46,37 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+def _remove_orphans(directory, tmp_prefix):
+    """Delete ``<tmp_prefix><pid>-*.tmp`` files in ``directory`` whose writer process no longer exists."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(tmp_prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(tmp_prefix):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+        except OSError:  # alive, owned by another user
+            pass
+
+
 def atomic_savez(path, arrays, tmp_prefix=".tmp-"):
     """Write ``arrays`` as an ``.npz`` to ``path`` durably: a temporary file in the same directory,
     flush + fsync, ``os.replace``, then fsync of the directory. A crash leaves the old file or the
-    new one, never a truncated one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix, suffix=".tmp", dir=directory)
+    new one, never a truncated one.
+
+    A symbolic link at ``path`` is followed (its target is written; the link stays). Temporary files
+    carry the writer's process id; those of writers that no longer run are deleted after a save."""
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{tmp_prefix}{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -65,6 +91,7 @@ def atomic_savez(path, arrays, tmp_prefix=".tmp-"):
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+    _remove_orphans(directory, tmp_prefix)
 
 
 _NUMERIC_KINDS = "biufc"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import signal
@@ -14,7 +15,8 @@ import numpy as np
 from .buffers import EpochBatches, plan_bytes
 from .callbacks import CallbackList, History
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
-from .errors import InsufficientMemory, InvalidInputError, ModelFileError, TrainingDiverged
+from .directory_lock import locked
+from .errors import InsufficientMemory, InvalidInputError, InvalidTypeError, ModelFileError, TrainingDiverged
 from .progress import ProgressLogger
 from .validation import check_positive_int
 
@@ -98,6 +100,8 @@ def _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkp
         raise InvalidInputError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if resume and checkpoint_dir is None:
         raise InvalidInputError("resume=True needs checkpoint_dir")
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise InvalidTypeError(f"checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
     check_positive_int("checkpoint_every", checkpoint_every)
     check_positive_int("checkpoint_keep", checkpoint_keep)
     if on_divergence not in ("raise", "stop"):
@@ -167,6 +171,14 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     model.require_compiled()
     batch_size, epochs = _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkpoint_every,
                                           checkpoint_keep, on_divergence, check_every)
+    with contextlib.nullcontext() if checkpoint_dir is None else locked(checkpoint_dir, exclusive=True):
+        return _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shuffle, callbacks, verbose,
+                    on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every)
+
+
+def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shuffle, callbacks, verbose,
+         on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every):
+    """:func:`fit` once its arguments are checked (and the checkpoint directory is locked)."""
     restored = None
     if model.built:
         model.read_divergence()  # a failure an aborted run left unread: rewinds the step count to it

@@ -162,6 +162,8 @@ def gemm(a, b, out, transpose_a, transpose_b, scale):
     h = _cublas()
     M, N = out.shape
     K = a.shape[0] if transpose_a else a.shape[1]
+    if scale is not None and scale.dtype != out.dtype:
+        raise TypeError(f"GEMM scale must be {out.dtype}, like its output, got {scale.dtype}")
     coefficients = h.ones[out.dtype] if scale is None else scale
     alpha = ctypes.c_void_p(coefficients.data.ptr)
     beta = ctypes.c_void_p(coefficients.data.ptr + coefficients.itemsize)

@@ -15,6 +15,7 @@ import pytest
 
 import gpubp as gb
 from gpubp.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from gpubp.directory_lock import LOCK_NAME
 from gpubp.loading import load_checkpoint_model
 from gpubp.data import StandardScaler
 from gpubp.errors import InvalidInputError, ModelFileError
@@ -131,12 +132,12 @@ def test_without_restore_the_runs_differ(tmp_path, data):
 def test_keep_rotation(tmp_path):
     model = make_model("adam")
     paths = [save_checkpoint(tmp_path, model, epoch, keep=3) for epoch in range(1, 7)]
-    names = sorted(os.listdir(tmp_path))
+    names = sorted(n for n in os.listdir(tmp_path) if n != LOCK_NAME)
     assert names == ["ckpt-epoch000004.npz", "ckpt-epoch000005.npz", "ckpt-epoch000006.npz"]
     assert latest_checkpoint(tmp_path) == paths[-1]
     # keep=1 keeps only the one just written, even when it is not the highest epoch
     path = save_checkpoint(tmp_path, model, 2, keep=1)
-    assert os.listdir(tmp_path) == ["ckpt-epoch000002.npz"]
+    assert [n for n in os.listdir(tmp_path) if n != LOCK_NAME] == ["ckpt-epoch000002.npz"]
     assert latest_checkpoint(tmp_path) == path
     with pytest.raises(InvalidInputError):
         save_checkpoint(tmp_path, model, 3, keep=0)
@@ -297,3 +298,73 @@ def test_failed_restore_leaves_model_untouched(tmp_path, data):
     assert np.array_equal(model.params, before[0])
     assert model.shuffle_rng.bit_generator.state == before[1]
     assert model.optimizer.iterations == 0
+
+
+# --------------------------------------------------------------------------- one writer per directory
+_HOLD_LOCK = textwrap.dedent("""
+    import sys, time
+    from gpubp.directory_lock import locked
+    with locked(sys.argv[1], exclusive=True):
+        print("locked", flush=True)
+        time.sleep(60)
+""")
+
+
+def _lock_in_another_process(directory):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stuck_lock(tmp_path):
+    """While one process trains into a directory, another one's fit and save_checkpoint are refused (naming
+    the holder) and its files are untouched; once the holder is killed (SIGKILL), the directory is usable."""
+    model = make_model("adam")
+    first = save_checkpoint(tmp_path, model, 1)
+    holder = _lock_in_another_process(tmp_path)
+    try:
+        with open(tmp_path / f".ckpt-tmp-{holder.pid}-inflight.tmp", "wb") as f:
+            f.write(b"the holder's in-flight write")
+        with pytest.raises(InvalidInputError, match=f"in use by another training run \\(process {holder.pid}\\)"):
+            save_checkpoint(tmp_path, model, 2)
+        X, y = make_moons()
+        with pytest.raises(InvalidInputError, match="in use by another training run"):
+            model.fit(X, y, epochs=1, verbose=0, checkpoint_dir=tmp_path, resume=True)
+        assert (tmp_path / f".ckpt-tmp-{holder.pid}-inflight.tmp").exists()
+        assert latest_checkpoint(tmp_path) == first
+    finally:
+        holder.kill()
+        holder.wait()
+    assert save_checkpoint(tmp_path, model, 2).endswith("ckpt-epoch000002.npz")
+    assert not any(name.startswith(".ckpt-tmp-") for name in os.listdir(tmp_path))  # the dead writer's leftover
+
+
+def test_two_fits_in_one_process_on_one_directory_are_refused(tmp_path):
+    model, other = make_model("adam"), make_model("adam")
+    X, y = make_moons()
+
+    class FitAnother(gb.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            with pytest.raises(InvalidInputError, match="in this process"):
+                other.fit(X, y, epochs=1, verbose=0, checkpoint_dir=tmp_path, resume=True)
+
+    model.fit(X, y, epochs=1, verbose=0, checkpoint_dir=tmp_path, callbacks=[FitAnother()])
+    assert latest_checkpoint(tmp_path) is not None
+
+
+def test_saving_through_a_symlink_writes_its_target_and_dead_writers_leftovers_go(tmp_path):
+    model = make_model("adam")
+    target = tmp_path / "models" / "current.npz"
+    target.parent.mkdir()
+    link = tmp_path / "model.npz"
+    link.symlink_to(target)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    leftover = target.parent / f".tmp-{dead}-killed.tmp"
+    leftover.write_bytes(b"x" * 100)
+    live = target.parent / f".tmp-{os.getpid()}-writing.tmp"
+    live.write_bytes(b"y")
+    model.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    gb.load(target, backend="cpu")
+    assert not leftover.exists() and live.exists()  # only the leftover of a writer that is gone

@@ -1,6 +1,7 @@
 """The command line, end to end in a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -126,7 +127,7 @@ def test_checkpoints_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
     gpubp("train", "--epochs", "5", "--backend", "cpu", "--quiet", "--checkpoint-dir", str(tmp_path / "ckpt"),
           "--plot", str(tmp_path / "plots"))
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [".gpubp.lock",
         "ckpt-epoch000003.npz", "ckpt-epoch000004.npz", "ckpt-epoch000005.npz"]
     from gpubp.loading import load_checkpoint_model
 
@@ -162,3 +163,35 @@ def test_ctrl_c_stops_after_the_step_and_saves(tmp_path):
     assert "model saved to" in out
     model = gb.load(tmp_path / "m.npz", backend="cpu")
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--save", "/nonexistent/d/m.npz"], "--save '/nonexistent/d/m.npz': the directory '/nonexistent/d' does not exist"),
+    (["--save", "."], "is a directory"),
+    (["--plot", "{tmp}/file"], "/file' is a file"),
+    (["--checkpoint-dir", "{tmp}/file/ckpt"], "cannot be created"),
+])
+def test_train_checks_every_output_path_before_it_trains(tmp_path, flags, message):
+    (tmp_path / "file").write_text("not a directory")
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    proc = gpubp("train", "--backend", "cpu", "--epochs", "500", *flags, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"gpubp: error: {proc.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in proc.stderr and "test accuracy" not in proc.stdout
+
+
+def test_predict_checks_its_output_path_first(tmp_path):
+    gpubp("train", "--backend", "cpu", "--epochs", "1", "--quiet", "--save", str(tmp_path / "m.npz"))
+    proc = gpubp("predict", "--model", str(tmp_path / "m.npz"), "--input", "/nonexistent.csv", "--output",
+                 "/nonexistent/out.csv", check=False)
+    assert proc.returncode == 2 and "--output '/nonexistent/out.csv'" in proc.stderr
+
+
+def test_a_save_that_fails_after_training_keeps_the_model(tmp_path, capsys):
+    from gpubp.cli import _save_or_fall_back
+
+    model = gb.Sequential([gb.Dense(2)], input_dim=3, backend="cpu", seed=0)
+    saved, ok = _save_or_fall_back(model, str(tmp_path / "gone" / "m.npz"))
+    assert not ok and "could not save the model" in capsys.readouterr().err
+    np.testing.assert_array_equal(gb.load(saved, backend="cpu").params, model.params)
+    os.unlink(saved)
