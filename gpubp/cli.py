@@ -176,9 +176,8 @@ def _n_outputs(loss_name, y):
 
 def _check_train_outputs(args):
     """Every path train will write, checked before any work: a bad one exits 2 at once, not after training."""
-    for path, what in ((args.save, "--save"),):
-        if path:
-            check_writable_file(path, what)
+    if args.save:
+        check_writable_file(args.save, "--save")
     for path, what in ((args.plot, "--plot"), (args.checkpoint_dir, "--checkpoint-dir")):
         if path:
             check_writable_directory(path, what)

@@ -39,5 +39,4 @@ def check_writable_directory(path, what):
     if not os.path.isdir(existing):
         raise InvalidInputError(f"{what} {path!r} cannot be created: {existing!r} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"{what} {path!r} cannot be {'written' if existing == os.path.abspath(path) else 'created'}"
-                                f" (permission denied on {existing!r})")
+        raise InvalidInputError(f"{what} {path!r} cannot be written (permission denied on {existing!r})")
