@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from .errors import BackendUnavailableError, InvalidInputError, InvalidTypeError
+from .errors import BackendUnavailableError, InsufficientMemory, InvalidInputError, InvalidTypeError
 from .kernels.contract import MATMUL_PRECISIONS
 
 logger = logging.getLogger("gpubp")
@@ -136,6 +136,16 @@ class Backend:
         except OSError:
             pass
         return None
+
+    def require_memory(self, needed, what, advice):
+        """Raise InsufficientMemory, before anything is allocated, when ``needed`` bytes exceed
+        :meth:`available_memory` (no check where that is unknown): "this run needs N MiB <what>, but
+        only M MiB are available on <device>; <advice>"."""
+        available = self.available_memory()
+        if available is not None and needed > available:
+            mib = 2.0 ** 20
+            raise InsufficientMemory(f"this run needs {needed / mib:,.0f} MiB {what}, but only "
+                                     f"{available / mib:,.0f} MiB are available on {self.device_name}; {advice}")
 
     def host_view(self, a):
         """``a`` itself where device arrays live in host memory (the CPU), else None; None for None."""

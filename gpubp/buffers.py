@@ -16,6 +16,10 @@ import itertools
 import numpy as np
 
 
+#: Rows per chunk in predict/evaluate when no batch size is given.
+INFERENCE_BATCH = 4096
+
+
 class BatchPlan:
     """Buffers for a batch of ``batch_size`` rows.
 

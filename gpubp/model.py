@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .backend import get_backend, resolve_dtype
-from .buffers import BatchPlan
+from .buffers import INFERENCE_BATCH, BatchPlan, plan_bytes
 from .divergence import DivergenceStatus
 from .errors import InvalidInputError, InvalidTypeError, NotCompiledError, TrainingDiverged
 from .io import save_model
@@ -21,8 +21,6 @@ from .train import fit
 from .validation import (as_host_array, as_target_array, check_feature_matrix, check_finite_for_dtype,
                          check_positive_int, load_features)
 
-#: Rows per chunk in predict/evaluate when no batch size is given.
-INFERENCE_BATCH = 4096
 #: Training plans kept per model (fit uses at most two batch sizes), and inference plans per thread.
 MAX_TRAINING_PLANS = 8
 MAX_INFERENCE_PLANS = 4
@@ -86,12 +84,14 @@ class Sequential:
 
     def build(self, input_dim):
         """Draw the initial weights (host, float64, seeded) and lay out the flat buffers."""
-        self.input_dim = check_positive_int("input_dim", input_dim)
+        input_dim = check_positive_int("input_dim", input_dim)
+        fan_ins = [input_dim] + [layer.units for layer in self.layers[:-1]]
+        self._require_memory_for_parameters(fan_ins)
+        self.input_dim = input_dim
         seeds = np.random.SeedSequence(self.seed)
         init_seed, shuffle_seed = seeds.spawn(2)
         rng = np.random.default_rng(init_seed)
         self.shuffle_rng = np.random.default_rng(shuffle_seed)
-        fan_ins = [self.input_dim] + [layer.units for layer in self.layers[:-1]]
         initial = [layer.initial_weights(rng, fan_in) for layer, fan_in in zip(self.layers, fan_ins)]
         shapes = [W.shape for W, _ in initial] + [b.shape for _, b in initial]
         sizes = [int(np.prod(s)) for s in shapes]
@@ -119,6 +119,16 @@ class Sequential:
         if self.optimizer is not None:
             self._bind_optimizer()
         return self
+
+    def _require_memory_for_parameters(self, fan_ins):
+        """InsufficientMemory before any weight is drawn when the parameters, their gradients, the
+        optimizer's state and the float64 initial weights on the host would not fit."""
+        weights = sum(fan_in * layer.units for fan_in, layer in zip(fan_ins, self.layers))
+        n = weights + sum(layer.units for layer in self.layers)
+        buffers = 2 + (len(self.optimizer.state_names) if self.optimizer is not None else 0)
+        shapes = " -> ".join(str(width) for width in [fan_ins[0]] + [layer.units for layer in self.layers])
+        self.backend.require_memory(n * self.dtype.itemsize * buffers + weights * 8,
+                                    f"for the {n:,} parameters of a {shapes} model", "use smaller layers")
 
     def count_params(self):
         """Total number of trainable scalars."""
@@ -163,6 +173,8 @@ class Sequential:
         return self
 
     def _bind_optimizer(self):
+        self.backend.require_memory(self._params.nbytes * len(self.optimizer.state_names),
+                                    f"for the state of {type(self.optimizer).__name__}", "use smaller layers")
         self.optimizer.bind(self.backend, self._params, self._grads, self.n_weights,
                             [layer.W for layer in self.layers])
 
@@ -192,6 +204,13 @@ class Sequential:
             plans = self._per_thread.plans = OrderedDict()
         return self._cached_plan(plans, MAX_INFERENCE_PLANS, batch_size, targets)
 
+    def inference_plan_bytes(self, batch_size, targets=None):
+        """Bytes of the buffers of a plan for ``batch_size`` rows (those of training, an upper bound for
+        inference); ``targets`` as in :meth:`batch_plan`."""
+        widths = [layer.units for layer in self.layers]
+        row, itemsize = ((), 8) if targets is None else (targets.shape[1:], targets.dtype.itemsize)
+        return plan_bytes(batch_size, self.input_dim, widths, self.dtype.itemsize, row, itemsize)
+
     def _cached_plan(self, plans, limit, batch_size, targets):
         """The plan for (batch size, target layout) from the LRU cache ``plans`` of at most ``limit`` plans."""
         key = (int(batch_size), None if targets is None else (targets.shape[1:], targets.dtype.str))
@@ -200,6 +219,8 @@ class Sequential:
             plans.move_to_end(key)
             return plan
         widths = [layer.units for layer in self.layers]
+        self.backend.require_memory(self.inference_plan_bytes(batch_size, targets),
+                                    f"for the buffers of a batch of {batch_size} rows", "pass a smaller batch_size")
         plan = plans[key] = BatchPlan(self.backend, batch_size, self.input_dim, widths, self.dtype,
                                       None if targets is None else targets.shape[1:],
                                       None if targets is None else targets.dtype)

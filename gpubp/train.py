@@ -12,11 +12,11 @@ import warnings
 
 import numpy as np
 
-from .buffers import EpochBatches, plan_bytes
+from .buffers import INFERENCE_BATCH, EpochBatches, plan_bytes
 from .callbacks import CallbackList, History
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
 from .directory_lock import locked
-from .errors import InsufficientMemory, InvalidInputError, InvalidTypeError, ModelFileError, TrainingDiverged
+from .errors import InvalidInputError, InvalidTypeError, ModelFileError, TrainingDiverged
 from .progress import ProgressLogger
 from .validation import check_positive_int
 
@@ -54,18 +54,17 @@ def training_bytes(model, batch_sizes, y, n_steps):
     return plans + epoch + model.backend.kernels.scratch_bytes(batch_sizes, widths[-1], model.params.size)
 
 
-def _check_memory(model, batch_sizes, y, n_steps):
-    """Raise InsufficientMemory before training when the buffers of :func:`training_bytes` would not fit."""
+def _check_memory(model, batch_sizes, y, n_steps, evaluated_rows):
+    """Raise InsufficientMemory before training when the buffers of :func:`training_bytes`, and those of
+    evaluating ``evaluated_rows`` rows at a time after each epoch (0: none), would not fit."""
     needed = training_bytes(model, batch_sizes, y, n_steps)
-    available = model.backend.available_memory()
-    if available is not None and needed > available:
-        mib = 2.0 ** 20
-        raise InsufficientMemory(
-            f"this run needs {needed / mib:,.0f} MiB for the activations, gradients, batch buffers and kernel "
-            f"scratch of "
-            f"batch_size={max(batch_sizes)} (parameters, gradients and optimizer state already take "
-            f"{model.params.nbytes * (2 + len(model.optimizer.state_names)) / mib:,.0f} MiB), but only "
-            f"{available / mib:,.0f} MiB are available on {model.backend.device_name}; lower batch_size")
+    if evaluated_rows:
+        needed += model.inference_plan_bytes(evaluated_rows, y)
+    held = model.params.nbytes * (2 + len(model.optimizer.state_names)) / 2.0 ** 20
+    model.backend.require_memory(
+        needed, f"for the activations, gradients, batch and evaluation buffers and kernel scratch of "
+                f"batch_size={max(batch_sizes)} (parameters, gradients and optimizer state already take "
+                f"{held:,.0f} MiB)", "lower batch_size")
 
 
 def _split_validation(model, X, y, validation_data, validation_split):
@@ -191,7 +190,9 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
     batch_size = min(batch_size, n)
     starts = list(range(0, n, batch_size))
     sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
-    _check_memory(model, sorted(set(sizes.astype(int))), y, len(starts))
+    evaluated = max(n if "accuracy" in model.metrics and with_accuracy else 0,
+                    0 if X_val is None else X_val.shape[0])
+    _check_memory(model, sorted(set(sizes.astype(int))), y, len(starts), min(evaluated, INFERENCE_BATCH))
     plans = {b: model.batch_plan(int(b), y) for b in set(sizes.astype(int))}
     if check_every is None:
         check_every = 1 if model.backend.reads_are_free else len(starts)

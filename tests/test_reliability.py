@@ -59,3 +59,38 @@ def test_a_run_that_cannot_fit_says_so_before_it_starts(monkeypatch):
         model.fit(X, np.zeros(20000, int), batch_size=20000, verbose=0)
     assert model.optimizer.iterations == 0
     model.fit(X[:64], np.zeros(64, int), batch_size=64, verbose=0)  # a batch that fits trains
+
+
+def _memory_of(model, mib, monkeypatch):
+    monkeypatch.setattr(type(model.backend), "available_memory", lambda self: mib * 2**20)
+
+
+def test_a_model_too_large_to_build_is_refused_before_its_weights_are_drawn(monkeypatch):
+    model = gb.Sequential([gb.Dense(40000), gb.Dense(10)], backend="cpu")
+    _memory_of(model, 100, monkeypatch)
+    with pytest.raises(gb.InsufficientMemory, match=r"needs [\d,]+ MiB for the 1,600,440,010 parameters of a "
+                                                     r"40000 -> 40000 -> 10 model, but only 100 MiB"):
+        model.build(40000)
+    assert not model.built
+
+
+def test_validation_that_would_not_fit_is_refused_before_training(monkeypatch):
+    """Evaluating 5000 validation rows takes a 4096-row plan: counted before the first step, not after an epoch."""
+    model = gb.Sequential([gb.Dense(3000, "relu"), gb.Dense(10)], input_dim=20, backend="cpu", seed=0)
+    model.compile(optimizer="sgd")
+    X, y = np.zeros((256, 20), np.float32), np.zeros(256, int)
+    needed_without_validation = model.inference_plan_bytes(64, np.zeros(64, int)) * 1.5
+    _memory_of(model, 40, monkeypatch)
+    assert needed_without_validation < 40 * 2**20 < model.inference_plan_bytes(4096, np.zeros(1, int))
+    with pytest.raises(gb.InsufficientMemory, match="evaluation buffers"):
+        model.fit(X, y, batch_size=64, verbose=0, validation_data=(np.zeros((5000, 20)), np.zeros(5000, int)))
+    assert model.optimizer.iterations == 0
+    model.fit(X, y, batch_size=64, verbose=0)  # without the validation it fits
+
+
+def test_predict_with_a_batch_that_would_not_fit_is_refused(monkeypatch):
+    model = gb.Sequential([gb.Dense(3000, "relu"), gb.Dense(10)], input_dim=20, backend="cpu", seed=0)
+    _memory_of(model, 40, monkeypatch)
+    with pytest.raises(gb.InsufficientMemory, match="a batch of 4096 rows.*pass a smaller batch_size"):
+        model.predict(np.zeros((5000, 20)))
+    assert model.predict(np.zeros((5000, 20)), batch_size=256).shape == (5000, 10)
