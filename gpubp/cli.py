@@ -13,6 +13,7 @@ import numpy as np
 from .version import __version__
 from .errors import GpubpError, InvalidInputError
 from .output_paths import check_writable_directory, check_writable_file
+from .task import decide_task
 
 PREDICT_EXAMPLES = """examples:
   gpubp predict --model model.npz --input new.csv                 # CSV of predictions on stdout
@@ -101,6 +102,13 @@ def build_parser():
     evaluate.add_argument("--model", required=True, help="model file written by gpubp train --save")
     evaluate.add_argument("--data", required=True, help="a built-in data set name, or a .npz (X, y) / .csv file")
     evaluate.add_argument("--target", help="label column of a .csv file")
+    split = evaluate.add_argument_group("built-in data sets: the samples and split gpubp train used")
+    split.add_argument("--samples", type=int, default=2000, help="(default: 2000)")
+    split.add_argument("--noise", type=float, default=0.2, help="(default: 0.2)")
+    split.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    split.add_argument("--test-size", type=float, default=0.2, help="(default: 0.2)")
+    split.add_argument("--all", action="store_true",
+                       help="score every sample, the training ones too (default: only the held-out test split)")
     evaluate.add_argument("--backend", default="auto", help="auto, cpu or gpu (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
@@ -168,12 +176,6 @@ def _build_model(args, n_features, n_outputs):
     return model
 
 
-def _n_outputs(loss_name, y):
-    if loss_name == "binary_cross_entropy" or (loss_name == "mse" and np.asarray(y).dtype.kind == "f"):
-        return 1 if np.ndim(y) == 1 else np.shape(y)[1]
-    return int(np.max(y)) + 1
-
-
 def _check_train_outputs(args):
     """Every path train will write, checked before any work: a bad one exits 2 at once, not after training."""
     if args.save:
@@ -200,22 +202,26 @@ def _save_or_fall_back(model, path):
 
 
 def cmd_train(args):
+    from .checkpoint import latest_checkpoint
     from .data import StandardScaler, load_dataset, train_test_split
     from .losses import get_loss
 
     _check_train_outputs(args)
+    if args.checkpoint_dir and not args.resume and latest_checkpoint(args.checkpoint_dir) is not None:
+        raise InvalidInputError(f"--checkpoint-dir {args.checkpoint_dir!r} already holds checkpoints of an earlier "
+                                f"run: add --resume to continue it, or choose an empty directory")
     X, y = load_dataset(args.dataset, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
-    if args.loss is None:
-        regression = np.asarray(y).dtype.kind == "f" and not np.all(np.asarray(y) == np.round(y))
-        args.loss = "mse" if regression else "softmax_cross_entropy"
+    task = decide_task(y, None if args.loss is None else get_loss(args.loss).name)
+    args.loss = task.loss
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
-    model = _build_model(args, X.shape[1], _n_outputs(get_loss(args.loss).name, y))
+    model = _build_model(args, X.shape[1], task.n_outputs)
     if not args.no_standardize:
         model.set_scaler(StandardScaler().fit(X_train))  # saved with the model; applied by predict
     quiet = args.quiet or args.json
     if not quiet:
         print(f"gpubp {__version__}: {args.dataset} ({X_train.shape[0]} train / {X_test.shape[0]} test samples, "
               f"{X.shape[1]} features) on {model.backend.name} ({model.backend.device_name}), {args.dtype}")
+        print(task.description)
         print(model.summary())
     t0 = time.perf_counter()
     history = model.fit(X_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
@@ -224,7 +230,7 @@ def cmd_train(args):
     seconds = time.perf_counter() - t0
     result = model.evaluate(X_test, y_test)
     metrics = {"test_loss": result["loss"], "test_accuracy": result["accuracy"], "train_seconds": seconds,
-               "epochs": len(history.epoch), "backend": model.backend.name}
+               "epochs": len(history.epoch), "backend": model.backend.name, "task": task.description}
     save_path = args.save
     if history.interrupted:
         where = history.interrupted
@@ -321,15 +327,20 @@ def confusion_matrix(y_true, y_pred, n_classes):
 
 
 def cmd_evaluate(args):
-    from .data import load_dataset
+    from .data import BUILTIN, load_dataset, train_test_split
     from .loading import load_model
 
     model = load_model(args.model, backend=args.backend)
     if model.loss is None:
         raise InvalidInputError(f"{args.model} was saved before compile: it has no loss to evaluate")
-    X, y = load_dataset(args.data, target=args.target)
+    X, y = load_dataset(args.data, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
+    scored = f"all {X.shape[0]} samples of {args.data}"
+    if args.data in BUILTIN and not args.all:
+        _, X, _, y = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
+        scored = (f"the {X.shape[0]} test samples of {args.data} that gpubp train --seed {args.seed} --test-size "
+                  f"{args.test_size} holds out (--all scores the training samples too)")
     result = model.evaluate(X, y)
-    metrics = {"samples": int(X.shape[0]), "loss": result["loss"], "accuracy": result["accuracy"]}
+    metrics = {"samples": int(X.shape[0]), "loss": result["loss"], "accuracy": result["accuracy"], "scored": scored}
     labels = np.asarray(y)
     if model.loss.name == "softmax_cross_entropy" or (model.loss.name == "binary_cross_entropy"
                                                       and model.n_outputs == 1):
@@ -345,6 +356,7 @@ def cmd_evaluate(args):
         print(json.dumps(metrics))
         return 0
     acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
+    print(f"scored on {scored}")
     print(f"{metrics['samples']} samples - loss {result['loss']:.4f} - accuracy {acc}")
     if "confusion_matrix" in metrics:
         matrix = np.array(metrics["confusion_matrix"])

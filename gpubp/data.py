@@ -233,9 +233,15 @@ def load_npz(path):
             raise InvalidInputError(f"{path} must hold arrays named X and y; missing {sorted(missing)} "
                                     f"(it holds {sorted(archive.files)})")
         try:
-            return archive["X"], archive["y"]
+            X, y = archive["X"], archive["y"]
         except ValueError as exc:  # object arrays need pickle, which stays off
             raise InvalidInputError(f"{path}: cannot read X and y without pickle ({exc})") from None
+    if X.ndim != 2:
+        raise InvalidInputError(f"{path}: X must be a 2-D (samples, features) array, got shape {X.shape}")
+    if y.ndim not in (1, 2) or len(y) != len(X):
+        raise InvalidInputError(f"{path}: y must hold one label or row of targets per sample of X "
+                                f"({len(X)}), got shape {y.shape}")
+    return X, y
 
 
 def load_csv(path, target):
@@ -274,7 +280,7 @@ def load_csv_features(path):
 def _read_csv(path, check_header=None):
     """``(header, data)`` of a numeric CSV file; ``check_header(header)`` may raise before the rows are read."""
     try:
-        f = open(path, newline="", encoding="utf-8-sig")
+        f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file") from None
     except OSError as exc:
@@ -285,8 +291,9 @@ def _read_csv(path, check_header=None):
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise InvalidInputError(f"{path} is empty") from None
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             raise InvalidInputError(f"{path}, line 1: cannot parse the header ({exc})") from None
+        _check_utf8(path, 1, header)
         duplicates = sorted({h for h in header if header.count(h) > 1})
         if duplicates:
             raise InvalidInputError(f"{path}, line 1: the header names columns {duplicates} more than once")
@@ -298,6 +305,7 @@ def _read_csv(path, check_header=None):
                 line_no = reader.line_num
                 if not row:
                     continue
+                _check_utf8(path, line_no, row)
                 if len(row) != len(header):
                     raise InvalidInputError(
                         f"{path}, line {line_no}: {len(row)} values, header has {len(header)}")
@@ -307,6 +315,14 @@ def _read_csv(path, check_header=None):
     if not rows:
         raise InvalidInputError(f"{path} has a header but no data rows")
     return header, np.array(rows, dtype=np.float64)
+
+
+def _check_utf8(path, line_no, fields):
+    """Bytes that are not UTF-8 were read as lone surrogates (errors="surrogateescape"): name their line."""
+    for text in fields:
+        if any("\udc80" <= ch <= "\udcff" for ch in text):
+            raise InvalidInputError(f"{path}, line {line_no}: {text.encode('utf-8', 'surrogateescape')!r} is "
+                                    f"not valid UTF-8 text")
 
 
 def _parse_row(path, line_no, header, row):

@@ -101,11 +101,11 @@ def test_predict_writes_csv(trained_model, tmp_path):
 
 def test_evaluate_prints_confusion_matrix(trained_model, tmp_path):
     out = gpubp("evaluate", "--model", str(trained_model), "--data", "moons", "--backend", "cpu").stdout
-    assert "2000 samples" in out and "confusion matrix" in out
+    assert "400 samples" in out and "confusion matrix" in out  # the held-out split of a built-in set
     metrics = json.loads(gpubp("evaluate", "--model", str(trained_model), "--data", "moons", "--json").stdout)
     matrix = np.array(metrics["confusion_matrix"])
-    assert matrix.shape == (2, 2) and matrix.sum() == 2000
-    assert np.trace(matrix) / 2000 == pytest.approx(metrics["accuracy"])
+    assert matrix.shape == (2, 2) and matrix.sum() == 400
+    assert np.trace(matrix) / 400 == pytest.approx(metrics["accuracy"])
 
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path):
@@ -195,3 +195,78 @@ def test_a_save_that_fails_after_training_keeps_the_model(tmp_path, capsys):
     assert not ok and "could not save the model" in capsys.readouterr().err
     np.testing.assert_array_equal(gb.load(saved, backend="cpu").params, model.params)
     os.unlink(saved)
+
+
+# --------------------------------------------------------------------------- the task, decided and said
+@pytest.mark.parametrize("y, loss, expected", [
+    (np.array([0, 1, 1, 0]), None, "task: classification into 2 classes (the target holds 2 distinct"),
+    (np.array([0.0, 2.0, 1.0]), None, "task: classification into 3 classes"),
+    (np.arange(500) * 7 + 100_000, None, "task: regression, 1 output (the target has 500 distinct whole numbers "
+                                         "up to 103493, not class labels 0..99"),
+    (np.array([1.0, 170_000.0]), None, "task: regression"),
+    (np.array([-1, 0, 1]), None, "task: regression, 1 output (the target has 3 distinct whole numbers including "
+                                 "negative ones"),
+    (np.array([0.5, 1.5]), None, "task: regression, 1 output (the target has fractional values"),
+    (np.array([0, 1, 1]), "mse", "task: regression, 1 output (as --loss asks)"),
+    (np.ones((3, 2)), "binary_cross_entropy", "task: classification, 2 outputs"),
+])
+def test_the_task_is_decided_from_the_targets_and_said(y, loss, expected):
+    from gpubp.task import decide_task
+
+    task = decide_task(y, loss)
+    assert task.description.startswith(expected)
+    assert task.loss == (loss or ("softmax_cross_entropy" if "classification" in expected else "mse"))
+
+
+def test_large_regression_targets_are_named_and_absurd_class_counts_refused():
+    from gpubp.task import decide_task
+
+    assert "targets reach 1.7e+05 and are used as given" in decide_task(np.array([1.0, 170_000.0])).description
+    for y, phrase in ((np.array([0, 100_000_000]), "100,000,001-way softmax"),
+                      (np.array([0, -1]), "negative or fractional"), (np.zeros(3, int), "at least two classes")):
+        with pytest.raises(gb.InvalidInputError, match=phrase):
+            decide_task(y, "softmax_cross_entropy")
+
+
+def test_a_whole_number_price_column_trains_as_regression(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 2))
+    price = np.round(100_000 + 50_000 * X[:, 0] + 20_000 * X[:, 1])
+    path = tmp_path / "houses.csv"
+    np.savetxt(path, np.column_stack([X, price]), delimiter=",", header="a,b,price", comments="", fmt="%.6f")
+    out = json.loads(gpubp("train", "--dataset", str(path), "--target", "price", "--epochs", "2", "--backend",
+                           "cpu", "--json").stdout)
+    assert out["task"].startswith("task: regression") and out["test_accuracy"] is None
+    proc = gpubp("train", "--dataset", str(path), "--target", "price", "--loss", "softmax_cross_entropy",
+                 "--backend", "cpu", check=False)
+    assert proc.returncode == 2 and "way softmax" in proc.stderr
+
+
+def test_a_used_checkpoint_directory_points_to_the_resume_flag(tmp_path):
+    gpubp("train", "--epochs", "1", "--backend", "cpu", "--quiet", "--checkpoint-dir", str(tmp_path))
+    proc = gpubp("train", "--epochs", "2", "--backend", "cpu", "--quiet", "--checkpoint-dir", str(tmp_path),
+                 check=False)
+    assert proc.returncode == 2 and "add --resume" in proc.stderr and "resume=True" not in proc.stderr
+
+
+def test_evaluate_on_a_built_in_set_scores_the_held_out_split_and_says_so(tmp_path):
+    trained = json.loads(gpubp("train", "--epochs", "5", "--backend", "cpu", "--json", "--save",
+                               str(tmp_path / "m.npz")).stdout)
+    held_out = json.loads(gpubp("evaluate", "--model", str(tmp_path / "m.npz"), "--data", "moons", "--backend",
+                                "cpu", "--json").stdout)
+    assert held_out["samples"] == 400 and "test samples of moons" in held_out["scored"]
+    assert held_out["accuracy"] == pytest.approx(trained["test_accuracy"])
+    everything = json.loads(gpubp("evaluate", "--model", str(tmp_path / "m.npz"), "--data", "moons", "--all",
+                                  "--backend", "cpu", "--json").stdout)
+    assert everything["samples"] == 2000 and everything["scored"] == "all 2000 samples of moons"
+
+
+def test_data_file_errors_name_the_real_fault(tmp_path):
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_bytes(b"a,b,y\n1,2,0\n3,\xff4,1\n5,6,0\n")
+    proc = gpubp("train", "--dataset", str(csv_path), "--target", "y", "--backend", "cpu", check=False)
+    assert proc.returncode == 2 and "line 3" in proc.stderr and "not valid UTF-8" in proc.stderr
+    npz_path = tmp_path / "cube.npz"
+    np.savez(npz_path, X=np.zeros((4, 2, 2)), y=np.zeros(4))
+    proc = gpubp("train", "--dataset", str(npz_path), "--backend", "cpu", check=False)
+    assert proc.returncode == 2 and "X must be a 2-D (samples, features) array" in proc.stderr
