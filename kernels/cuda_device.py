@@ -78,8 +78,10 @@ def _view(a):
     if view is None:
         if len(_views) > 4096:
             _views.clear()
-        # sync=False: the step orders its own work on one stream; a sync here would break capture
-        view = _views[key] = cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
+        # sync=False: the step orders its own work on one stream; a sync here would break capture.
+        # No owner: the cache must not keep arrays alive, and a view is only a descriptor of memory that an
+        # array of this very pointer, shape, strides and dtype occupies whenever the key is looked up.
+        view = _views[key] = cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=None, sync=False)
     return view
 
 
@@ -127,12 +129,16 @@ class _Cublas:
         handle = ctypes.c_void_p()
         _check(lib.cublasCreate_v2(ctypes.byref(handle)), "create")
         self.handle = handle
-        _check(lib.cublasSetStream_v2(handle, ctypes.c_void_p(_stream().ptr)), "setStream")
-        _check(lib.cublasSetPointerMode_v2(handle, _POINTER_MODE_DEVICE), "setPointerMode")
-        monitor.allocation("cuBLAS workspace", CUBLAS_WORKSPACE_BYTES)
-        self.workspace = cupy.empty(CUBLAS_WORKSPACE_BYTES, np.uint8)
-        _check(lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(self.workspace.data.ptr),
-                                         ctypes.c_size_t(CUBLAS_WORKSPACE_BYTES)), "setWorkspace")
+        try:
+            _check(lib.cublasSetStream_v2(handle, ctypes.c_void_p(_stream().ptr)), "setStream")
+            _check(lib.cublasSetPointerMode_v2(handle, _POINTER_MODE_DEVICE), "setPointerMode")
+            monitor.allocation("cuBLAS workspace", CUBLAS_WORKSPACE_BYTES)
+            self.workspace = cupy.empty(CUBLAS_WORKSPACE_BYTES, np.uint8)
+            _check(lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(self.workspace.data.ptr),
+                                             ctypes.c_size_t(CUBLAS_WORKSPACE_BYTES)), "setWorkspace")
+        except BaseException:
+            lib.cublasDestroy_v2(handle)  # a handle that failed to set up is not kept, so it must not leak
+            raise
         self.ones = {np.dtype(t): cupy.array([1.0, 0.0], t) for t in (np.float32, np.float64)}
 
 
