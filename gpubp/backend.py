@@ -143,9 +143,9 @@ class Backend:
         only M MiB are available on <device>; <advice>"."""
         available = self.available_memory()
         if available is not None and needed > available:
-            mib = 2.0 ** 20
-            raise InsufficientMemory(f"this run needs {needed / mib:,.0f} MiB {what}, but only "
-                                     f"{available / mib:,.0f} MiB are available on {self.device_name}; {advice}")
+            mib = 2 ** 20  # integer arithmetic: a size beyond float's range still gets its message
+            raise InsufficientMemory(f"this run needs {int(needed) // mib:,} MiB {what}, but only "
+                                     f"{int(available) // mib:,} MiB are available on {self.device_name}; {advice}")
 
     def host_view(self, a):
         """``a`` itself where device arrays live in host memory (the CPU), else None; None for None."""

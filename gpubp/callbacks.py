@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
+from .validation import as_list, check_bool, check_number
 
 
 class Callback:
@@ -51,11 +53,30 @@ class Callback:
         pass
 
 
+def as_callback_list(callbacks, name="callbacks"):
+    """``callbacks`` as a new list of :class:`Callback` objects.
+
+    None gives an empty list and a single callback a one-element list (as in
+    Keras); any other iterable must hold Callback instances only. Raises
+    InvalidTypeError naming the argument (and the position of a bad entry).
+    """
+    callbacks = as_list(name, callbacks, lambda c: isinstance(c, Callback),
+                        "a list of gpubp.callbacks.Callback objects")
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, Callback):
+            raise InvalidTypeError(f"{name}[{i}] must be a gpubp.callbacks.Callback (subclass it to write your "
+                                   f"own), got {type(callback).__name__}")
+    return callbacks
+
+
 class CallbackList:
-    """Calls every callback's hook in order; ``fit`` talks to this alone."""
+    """Calls every callback's hook in order; ``fit`` talks to this alone.
+
+    ``callbacks``: a list of :class:`Callback` objects (see :func:`as_callback_list`).
+    """
 
     def __init__(self, callbacks, model):
-        self.callbacks = list(callbacks)
+        self.callbacks = as_callback_list(callbacks)
         for callback in self.callbacks:
             callback.set_model(model)
 
@@ -157,6 +178,11 @@ class EarlyStopping(Callback):
     ----------
     monitor : str
         A key of the epoch logs: "val_loss" (default), "val_accuracy", "loss", ...
+    patience : int >= 0
+        Epochs without improvement to wait before stopping.
+    min_delta : float
+        Smallest change that counts as an improvement; its absolute value is
+        used (as in Keras), so -0.01 and 0.01 mean the same.
     mode : {"auto", "min", "max"}
         "auto" maximises metrics whose name contains "accuracy", minimises the rest.
     restore_best_weights : bool
@@ -164,15 +190,20 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto", restore_best_weights=True):
-        if mode not in ("auto", "min", "max"):
+        if not isinstance(monitor, str):
+            raise InvalidTypeError(f"monitor must be the name of a logged metric (a string such as 'val_loss'), "
+                                   f"got {monitor!r}")
+        if not monitor:
+            raise InvalidInputError("monitor must be the name of a logged metric such as 'val_loss', got ''")
+        if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
             raise InvalidInputError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if isinstance(patience, (bool, np.bool_)) or not isinstance(patience, numbers.Integral) or patience < 0:
             raise InvalidInputError(f"patience must be an integer >= 0, got {patience!r}")
         self.monitor = monitor
-        self.patience = patience
-        self.min_delta = abs(float(min_delta))
+        self.patience = int(patience)
+        self.min_delta = abs(check_number("min_delta", min_delta))
         self.maximize = mode == "max" or (mode == "auto" and "accuracy" in monitor)
-        self.restore_best_weights = restore_best_weights
+        self.restore_best_weights = check_bool("restore_best_weights", restore_best_weights)
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):
@@ -245,11 +276,12 @@ class ModelCheckpoint(Callback):
     """
 
     def __init__(self, directory, every=1, keep=3):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise InvalidInputError(f"every must be an integer >= 1, got {every!r}")
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise InvalidInputError(f"keep must be an integer >= 1, got {keep!r}")
-        self.directory, self.every, self.keep = os.fspath(directory), every, keep
+        if not isinstance(directory, (str, os.PathLike)):
+            raise InvalidTypeError(f"directory must be a path (str or os.PathLike), got {type(directory).__name__}")
+        for name, value in (("every", every), ("keep", keep)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+        self.directory, self.every, self.keep = os.fspath(directory), int(every), int(keep)
         self.saved = []
 
     def on_train_begin(self, logs=None):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import InvalidInputError, InvalidTypeError, NotCompiledError
 from .layers import Dense
 from .model import Sequential
+from .validation import check_number, check_positive_int
 
 
 #: Gradient magnitude below which errors are measured in absolute terms.
@@ -52,6 +55,24 @@ def _float64_clone(model):
     return clone
 
 
+def _check_arguments(model, eps, tolerance, max_entries, seed):
+    """Validated ``(eps, tolerance, max_entries, seed)``; raises naming the argument that is wrong."""
+    if not isinstance(model, Sequential):
+        raise InvalidTypeError(f"model must be a gpubp.Sequential, got {type(model).__name__}")
+    model.require_compiled()
+    if not model.built:
+        raise NotCompiledError("the model has no weights yet: build it (input_dim=...) or fit it first")
+    # a step beyond 1 measures no derivative, and overflows the loss for large ones
+    eps = check_number("eps", eps, minimum=0.0, strict=True, maximum=1.0)
+    tolerance = check_number("tolerance", tolerance, minimum=0.0)
+    if max_entries is not None:
+        max_entries = check_positive_int("max_entries", max_entries)
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)
+                             or seed < 0):
+        raise InvalidInputError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return eps, tolerance, max_entries, None if seed is None else int(seed)
+
+
 def gradcheck(model, X, y, eps=1e-6, tolerance=1e-6, max_entries=None, seed=0):
     """Compare every parameter's backprop gradient with central differences, in float64.
 
@@ -59,18 +80,23 @@ def gradcheck(model, X, y, eps=1e-6, tolerance=1e-6, max_entries=None, seed=0):
     ----------
     model : compiled Sequential (any backend/dtype; a float64 CPU copy is checked)
     X, y : a small batch
-    eps : float
+    eps : float in (0, 1]
         Finite-difference step: ``(L(p + eps) - L(p - eps)) / (2 eps)``.
-    tolerance : float
+    tolerance : float >= 0
         Largest relative error that passes.
-    max_entries : int, optional
+    max_entries : int >= 1, optional
         Check at most this many randomly chosen entries of each parameter array.
+    seed : int >= 0 or None
+        Seeds the choice of entries when ``max_entries`` is given.
 
     Returns
     -------
     GradcheckResult (truthy when every parameter passes)
+
+    Raises InvalidTypeError or InvalidInputError naming the argument when one is
+    invalid, and NotCompiledError for a model that is not compiled or has no weights yet.
     """
-    model.require_compiled()
+    eps, tolerance, max_entries, seed = _check_arguments(model, eps, tolerance, max_entries, seed)
     clone = _float64_clone(model)
     X, y, _ = clone.prepare(X, y)
     plan = clone.batch_plan(X.shape[0], y)

@@ -7,9 +7,11 @@ the same seed gives the same initial weights on every backend.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
 
 
 def glorot_uniform(rng, fan_in, fan_out):
@@ -59,8 +61,23 @@ INITIALIZERS = {
 
 
 def get_initializer(name):
-    """Look up an initialiser by name (a callable ``(rng, fan_in, fan_out)`` passes through)."""
+    """Look up an initialiser by name (a callable ``(rng, fan_in, fan_out)`` passes through).
+
+    A callable that cannot take those three positional arguments raises InvalidTypeError;
+    what a custom initialiser returns is checked by the layer that calls it.
+    """
     if callable(name):
+        try:
+            signature = inspect.signature(name)
+        except (TypeError, ValueError):  # some built-ins have none: let the call tell
+            return name
+        try:
+            signature.bind(None, 1, 1)
+        except TypeError:
+            raise InvalidTypeError(
+                f"init must be the name of an initialiser or a callable (rng, fan_in, fan_out) -> array of shape "
+                f"(fan_in, fan_out), but {getattr(name, '__name__', name)!r} has the signature {signature}"
+            ) from None
         return name
     try:
         return INITIALIZERS[name]

@@ -6,9 +6,10 @@ import numbers
 
 import numpy as np
 
-from .activations import DEFAULT_INIT, resolve_activation
-from .errors import InvalidInputError
+from .activations import ACTIVATIONS, DEFAULT_INIT, resolve_activation
+from .errors import InvalidInputError, InvalidTypeError
 from .initializers import get_initializer
+from .validation import check_finite_for_dtype
 
 
 class Dense:
@@ -33,6 +34,8 @@ class Dense:
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
             raise InvalidInputError(f"Dense units must be a positive integer, got {units!r}")
         self.units = int(units)
+        if activation is not None and not isinstance(activation, str):
+            raise InvalidInputError(f"unknown activation {activation!r}; valid names are {list(ACTIVATIONS)} or None")
         self.activation = resolve_activation(activation)
         self.init = init if init is not None else DEFAULT_INIT[self.activation]
         self._initializer = get_initializer(self.init)
@@ -47,10 +50,31 @@ class Dense:
         return {"units": self.units, "activation": self.activation, "init": init}
 
     def initial_weights(self, rng, fan_in):
-        """Draw this layer's initial ``(W, b)`` as float64 host arrays."""
-        self.fan_in = int(fan_in)
-        W = self._initializer(rng, self.fan_in, self.units)
+        """Draw this layer's initial ``(W, b)`` as float64 host arrays.
+
+        What the initialiser returns must be a numeric array of shape ``(fan_in, units)`` whose
+        values are finite and within float32's range (the model may run in float32); anything
+        else raises InvalidInputError or InvalidTypeError naming this layer and its initialiser.
+        """
+        fan_in = int(fan_in)
+        W = self._check_initial(self._initializer(rng, fan_in, self.units), fan_in)
+        self.fan_in = fan_in
         return W, np.zeros(self.units)
+
+    def _check_initial(self, W, fan_in):
+        """``W`` from the initialiser as a float64 array, checked for type, shape and values."""
+        init = self.init if isinstance(self.init, str) else getattr(self.init, "__name__", repr(self.init))
+        label = f"W drawn by init {init!r} for {self!r} (fan_in {fan_in})"
+        try:
+            W = np.asarray(W)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInputError(f"{label} cannot be converted to a numeric array: {exc}") from None
+        if W.dtype.kind not in "biuf":
+            raise InvalidTypeError(f"{label} must hold numbers, got an array of dtype {W.dtype}")
+        if W.shape != (fan_in, self.units):
+            raise InvalidInputError(f"{label} has shape {W.shape}; expected (fan_in, units) = {(fan_in, self.units)}")
+        check_finite_for_dtype(W, np.float32, label)  # before the cast, which would overflow silently
+        return W.astype(np.float64)
 
     def bind(self, W, b, dW, db):
         """Attach the parameter and gradient views this layer reads and writes."""

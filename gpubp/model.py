@@ -10,6 +10,7 @@ import numpy as np
 
 from .backend import get_backend, resolve_dtype
 from .buffers import INFERENCE_BATCH, BatchPlan, plan_bytes
+from .data import StandardScaler
 from .divergence import DivergenceStatus
 from .errors import InvalidInputError, InvalidTypeError, NotCompiledError, TrainingDiverged
 from .io import save_model
@@ -18,7 +19,7 @@ from .layers import Dense
 from .losses import get_loss
 from .optim import get_optimizer
 from .train import fit
-from .validation import (as_host_array, as_target_array, check_feature_matrix, check_finite_for_dtype,
+from .validation import (as_host_array, as_list, as_target_array, check_feature_matrix, check_finite_for_dtype,
                          check_positive_int, load_features)
 
 #: Training plans kept per model (fit uses at most two batch sizes), and inference plans per thread.
@@ -47,6 +48,8 @@ class Sequential:
     """
 
     def __init__(self, layers, input_dim=None, backend="auto", dtype="float32", seed=None):
+        if not isinstance(layers, (list, tuple)):
+            raise InvalidTypeError(f"layers must be a list of Dense layers, got {type(layers).__name__}")
         layers = list(layers)
         if not layers:
             raise InvalidInputError("Sequential needs at least one Dense layer")
@@ -87,12 +90,11 @@ class Sequential:
         input_dim = check_positive_int("input_dim", input_dim)
         fan_ins = [input_dim] + [layer.units for layer in self.layers[:-1]]
         self._require_memory_for_parameters(fan_ins)
-        self.input_dim = input_dim
-        seeds = np.random.SeedSequence(self.seed)
-        init_seed, shuffle_seed = seeds.spawn(2)
+        init_seed, shuffle_seed = np.random.SeedSequence(self.seed).spawn(2)
         rng = np.random.default_rng(init_seed)
-        self.shuffle_rng = np.random.default_rng(shuffle_seed)
         initial = [layer.initial_weights(rng, fan_in) for layer, fan_in in zip(self.layers, fan_ins)]
+        self.input_dim = input_dim  # built from here on: only once the initial weights are drawn and checked
+        self.shuffle_rng = np.random.default_rng(shuffle_seed)
         shapes = [W.shape for W, _ in initial] + [b.shape for _, b in initial]
         sizes = [int(np.prod(s)) for s in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -150,13 +152,15 @@ class Sequential:
         """Choose the loss (name or Loss), the optimizer (name or Optimizer) and extra metrics.
 
         ``metrics=["accuracy"]`` makes ``fit`` log the training-set accuracy after
-        every epoch (one extra forward pass over the training data per epoch).
+        every epoch (one extra forward pass over the training data per epoch);
+        a single name (``metrics="accuracy"``) and None are accepted too.
+
+        Every argument is checked before anything changes. The cross-entropy
+        losses need a linear last layer (they take logits), and the softmax one
+        at least two output units (one per class: for two classes with one
+        unit, use "binary_cross_entropy").
         """
-        metrics = list(metrics)
-        unknown = [m for m in metrics if m != "accuracy"]
-        if unknown:
-            raise InvalidInputError(f"unknown metrics {unknown}; valid: ['accuracy']")
-        self.metrics = metrics
+        metrics = self._metric_names(metrics)
         loss = get_loss(loss)
         last = self.layers[-1].activation
         if loss.name in ("softmax_cross_entropy", "binary_cross_entropy") and last != "linear":
@@ -165,12 +169,28 @@ class Sequential:
                 f"(activation=None), but it has activation={last!r}; the loss applies the "
                 f"{'softmax' if loss.name.startswith('softmax') else 'sigmoid'} itself and predict() returns probabilities"
             )
-        self.loss = loss
-        self.optimizer = get_optimizer(optimizer)
+        if loss.name == "softmax_cross_entropy" and self.n_outputs < 2:
+            raise InvalidInputError(
+                f"the softmax_cross_entropy loss needs a last Dense layer with one unit per class (>= 2), but it "
+                f"has {self.n_outputs}: a softmax over one unit is always 1 and nothing is learnt; for two classes "
+                f"with one output unit use loss='binary_cross_entropy'")
+        optimizer = get_optimizer(optimizer)
+        self.metrics, self.loss, self.optimizer = metrics, loss, optimizer
         self._clear_plans()
         if self.built:
             self._bind_optimizer()
         return self
+
+    @staticmethod
+    def _metric_names(metrics):
+        """``compile``'s ``metrics`` as a list of known names: None gives [], a single name a one-element list."""
+        known = ["accuracy"]
+        metrics = as_list("metrics", metrics, lambda m: isinstance(m, str),
+                          "a list of metric names such as ['accuracy']")
+        unknown = [m for m in metrics if not isinstance(m, str) or m not in known]
+        if unknown:
+            raise InvalidInputError(f"unknown metrics {unknown}; valid: {known}")
+        return list(dict.fromkeys(metrics))  # each once, in the order given
 
     def _bind_optimizer(self):
         self.backend.require_memory(self._params.nbytes * len(self.optimizer.state_names),
@@ -352,12 +372,42 @@ class Sequential:
     # ---------------------------------------------------------------- data
     def set_scaler(self, scaler):
         """Standardise every input of fit/predict/evaluate with ``scaler`` (a fitted
-        ``gpubp.data.StandardScaler``, or None); it is saved with the model."""
-        if scaler is not None and self.built and len(scaler.mean_) != self.input_dim:
-            raise InvalidInputError(
-                f"the scaler was fitted on {len(scaler.mean_)} features but the model expects {self.input_dim}")
+        ``gpubp.data.StandardScaler``, or None); it is saved with the model.
+
+        The scaler must be fitted on the (n_samples, n_features) feature matrix,
+        with as many features as the model takes; a model without weights yet
+        is built for the scaler's number of features (as :meth:`set_weights`
+        builds it from ``W_1``), so later data of another width is refused.
+        """
+        if scaler is not None:
+            n_features = self._scaler_features(scaler)
+            if self.built and n_features != self.input_dim:
+                raise InvalidInputError(
+                    f"the scaler was fitted on {n_features} features but the model expects {self.input_dim}")
+            if not self.built:
+                self.build(n_features)
         self.scaler = scaler
         return self
+
+    @staticmethod
+    def _scaler_features(scaler):
+        """The number of features of ``scaler``, raising unless it is a fitted StandardScaler of 2-D data."""
+        if not isinstance(scaler, StandardScaler):
+            raise InvalidTypeError(f"scaler must be a gpubp.data.StandardScaler or None, got {type(scaler).__name__}")
+        if not hasattr(scaler, "mean_") or not hasattr(scaler, "scale_"):
+            raise InvalidInputError("the scaler is not fitted: call scaler.fit(X_train) before set_scaler")
+        mean, scale = np.asarray(scaler.mean_), np.asarray(scaler.scale_)
+        if mean.ndim != 1:
+            raise InvalidInputError(
+                f"the scaler was fitted on {'a 1-D vector' if mean.ndim == 0 else f'{mean.ndim + 1}-D data'} "
+                f"(mean_ of shape {mean.shape}); fit it on the (n_samples, n_features) feature matrix")
+        if mean.size == 0:
+            raise InvalidInputError("the scaler was fitted on 0 features")
+        if (scale.shape != mean.shape or mean.dtype.kind not in "biuf" or scale.dtype.kind not in "biuf"
+                or not np.isfinite(mean).all() or not np.isfinite(scale).all() or not (scale > 0).all()):
+            raise InvalidInputError(f"the scaler's mean_ and scale_ must be finite numbers of the same shape, with "
+                                    f"scale_ > 0; got shapes {mean.shape} and {scale.shape}")
+        return int(mean.size)
 
     def _features(self, X, name="X", out=None):
         """Validate X, move it to the device (into ``out`` when given) and apply the scaler, if any."""
@@ -525,32 +575,52 @@ class Sequential:
         return [self.backend.to_host(v).copy() for v in self._param_views]
 
     def set_weights(self, weights):
-        """Load ``[W_1, b_1, ..., W_L, b_L]`` (host or device arrays) into the model."""
+        """Load ``[W_1, b_1, ..., W_L, b_L]`` (host or device arrays) into the model.
+
+        W_l has shape (fan_in, units) and b_l (units,). A model without weights
+        yet is built from W_1's first dimension (its input_dim). Every array is
+        checked (count, type, shape, values finite in the model's dtype) before
+        anything changes, so a refused call leaves the model as it was, unbuilt included.
+        """
+        if isinstance(weights, (str, bytes, dict)):
+            raise InvalidTypeError(f"set_weights expects a list of arrays [W_1, b_1, ..., W_L, b_L], "
+                                   f"got {type(weights).__name__}")
         try:
             weights = list(weights)
         except TypeError:
-            raise InvalidTypeError("set_weights expects a list of arrays [W_1, b_1, ..., W_L, b_L]") from None
-        if not self.built:
-            if not weights or np.ndim(weights[0]) != 2:
-                raise InvalidInputError("set_weights on an unbuilt model needs W_1 of shape (input_dim, units) first")
-            self.build(np.shape(weights[0])[0])
-        if len(weights) != len(self._param_views):
-            raise InvalidInputError(
-                f"set_weights expects {len(self._param_views)} arrays ([W, b] per layer), got {len(weights)}"
-            )
+            raise InvalidTypeError("set_weights expects a list of arrays [W_1, b_1, ..., W_L, b_L], "
+                                   f"got {type(weights).__name__}") from None
+        expected = 2 * len(self.layers)
+        if len(weights) != expected:
+            raise InvalidInputError(f"set_weights expects {expected} arrays ([W, b] per layer), got {len(weights)}")
+        labels = [f"weights[{i}] ({'W' if i % 2 == 0 else 'b'}_{i // 2 + 1})" for i in range(expected)]
+        first = self._host_weight(weights[0], labels[0])
+        input_dim = self.input_dim
+        if input_dim is None:  # unbuilt: W_1 gives the input width
+            if first.ndim != 2 or first.shape[0] < 1:
+                raise InvalidInputError(f"{labels[0]} must have shape (input_dim, {self.layers[0].units}) with "
+                                        f"input_dim >= 1 to build the model, got {first.shape}")
+            input_dim = first.shape[0]
+        fan_ins = [input_dim] + [layer.units for layer in self.layers[:-1]]
+        shapes = [s for fan_in, layer in zip(fan_ins, self.layers) for s in ((fan_in, layer.units), (layer.units,))]
         converted = []
-        for i, (view, w) in enumerate(zip(self._param_views, weights)):
-            kind = "W" if i % 2 == 0 else "b"
-            label = f"weights[{i}] ({kind}_{i // 2 + 1})"
-            w = self.backend.to_host(w) if self.backend.owns(w) else as_host_array(w, label)
-            if w.dtype.kind not in "biuf":
-                raise InvalidTypeError(f"{label} must hold numbers, got dtype {w.dtype}")
-            if w.shape != view.shape:
-                raise InvalidInputError(f"{label} must have shape {view.shape}, got {w.shape}")
-            check_finite_for_dtype(w.reshape(1, -1), self.dtype, label)
+        for i, w in enumerate(weights):
+            w = first if i == 0 else self._host_weight(w, labels[i])
+            if w.shape != shapes[i]:
+                raise InvalidInputError(f"{labels[i]} must have shape {shapes[i]}, got {w.shape}")
+            check_finite_for_dtype(w.reshape(1, -1), self.dtype, labels[i])
             converted.append(w)
+        if not self.built:
+            self.build(input_dim)
         for view, w in zip(self._param_views, converted):
             self.backend.xp.copyto(view, self.backend.asarray(w, self.dtype))
+
+    def _host_weight(self, w, label):
+        """One entry of set_weights' list as a host array of numbers (its values unchecked)."""
+        w = self.backend.to_host(w) if self.backend.owns(w) else as_host_array(w, label)
+        if w.dtype.kind not in "biuf":
+            raise InvalidTypeError(f"{label} must hold numbers, got dtype {w.dtype}")
+        return w
 
     # ---------------------------------------------------------------- config
     def get_config(self):

@@ -19,25 +19,35 @@ import numpy as np
 from .errors import InvalidInputError
 from .kernels.contract import STATUS_GRADIENT, STATUS_UPDATE
 from .schedules import as_schedule, check_positive, schedule_from_config
+from .validation import check_bool
+
+
+def _finite_real(value):
+    """True for a finite real number that is not a bool (an int beyond float's range is not finite)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_fraction(name, value, *, allow_zero=True):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (0 <= value < 1 if allow_zero else 0 < value < 1)
+    ok = _finite_real(value) and (0 <= value < 1 if allow_zero else 0 < value < 1)
     if not ok:
         raise InvalidInputError(f"{name} must lie in {'[0' if allow_zero else '(0'}, 1), got {value!r}")
     return float(value)
 
 
 def _check_nonnegative(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+    if not _finite_real(value) or value < 0:
         raise InvalidInputError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
 def _check_eps(value):
     """eps must be > 0: with eps = 0, an exactly-zero gradient (a dead ReLU, a constant feature) gives 0/0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+    if not _finite_real(value) or value <= 0:
         raise InvalidInputError(
             f"eps must be a finite number > 0, got {value!r}: it keeps m / (sqrt(v) + eps) finite where a "
             f"gradient entry is exactly 0 (a dead ReLU unit, a constant feature), which would be 0/0 with eps = 0")
@@ -200,6 +210,7 @@ class SGD(Optimizer):
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None, clip_value=None):
         super().__init__(lr, weight_decay, clip_norm, clip_value)
         self.momentum = _check_fraction("momentum", momentum)
+        check_bool("nesterov", nesterov)
         if nesterov and self.momentum == 0:
             raise InvalidInputError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)

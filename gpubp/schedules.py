@@ -5,14 +5,33 @@ from __future__ import annotations
 import math
 import numbers
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
+
+
+def _finite_real(value):
+    """``float(value)`` when ``value`` is a real number (not a bool) that is finite as a float, else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        value = float(value)
+    except (OverflowError, TypeError, ValueError):  # an int beyond float's range, an odd Real
+        return None
+    return value if math.isfinite(value) else None
 
 
 def check_positive(name, value):
-    """Raise unless ``value`` is a finite real number > 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+    """Raise unless ``value`` is a finite real number > 0; returns it as a float."""
+    number = _finite_real(value)
+    if number is None or number <= 0:
         raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return number
+
+
+def check_positive_integer(name, value):
+    """Raise unless ``value`` is an integer >= 1 (not a bool); returns it as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class Schedule:
@@ -40,9 +59,7 @@ class StepDecay(Schedule):
 
     def __init__(self, lr, step_size, gamma=0.1):
         self.lr = check_positive("lr", lr)
-        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
-            raise InvalidInputError(f"step_size must be an integer >= 1, got {step_size!r}")
-        self.step_size = int(step_size)
+        self.step_size = check_positive_integer("step_size", step_size)
         self.gamma = check_positive("gamma", gamma)
 
     def __call__(self, step):
@@ -77,12 +94,11 @@ class Cosine(Schedule):
 
     def __init__(self, lr, total_steps, min_lr=0.0):
         self.lr = check_positive("lr", lr)
-        if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
-            raise InvalidInputError(f"total_steps must be an integer >= 1, got {total_steps!r}")
-        self.total_steps = int(total_steps)
-        if not 0 <= min_lr <= self.lr:
-            raise InvalidInputError(f"min_lr must lie in [0, lr], got {min_lr!r}")
-        self.min_lr = float(min_lr)
+        self.total_steps = check_positive_integer("total_steps", total_steps)
+        min_value = _finite_real(min_lr)
+        if min_value is None or not 0 <= min_value <= self.lr:
+            raise InvalidInputError(f"min_lr must be a number in [0, lr] = [0, {self.lr!r}], got {min_lr!r}")
+        self.min_lr = min_value
 
     def __call__(self, step):
         t = min(step, self.total_steps) / self.total_steps
@@ -96,9 +112,22 @@ def as_schedule(lr):
     """A number becomes :class:`Constant`; a :class:`Schedule` passes through."""
     if isinstance(lr, Schedule):
         return lr
+    if callable(lr):
+        raise InvalidTypeError(f"lr must be a number or a gpubp.schedules.Schedule (subclass Schedule to use a "
+                               f"function step -> lr), got {type(lr).__name__}")
     return Constant(lr)
 
 
 def schedule_from_config(config):
-    config = dict(config)
-    return SCHEDULES[config.pop("name")](**config)
+    """The schedule described by ``get_config()`` output; InvalidInputError when it describes none."""
+    given = config
+    try:
+        config = dict(config)
+        cls = SCHEDULES[config.pop("name")]
+    except (TypeError, ValueError, KeyError):
+        raise InvalidInputError(f"a schedule config must be a dict whose 'name' is one of {sorted(SCHEDULES)}, "
+                                f"got {given!r}") from None
+    try:
+        return cls(**config)
+    except TypeError as exc:  # missing or unknown keys
+        raise InvalidInputError(f"invalid {cls.__name__} config {config!r}: {exc}") from None

@@ -13,17 +13,26 @@ import warnings
 import numpy as np
 
 from .buffers import INFERENCE_BATCH, EpochBatches, plan_bytes
-from .callbacks import CallbackList, History
+from .callbacks import CallbackList, History, as_callback_list
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
 from .directory_lock import locked
 from .errors import InvalidInputError, InvalidTypeError, ModelFileError, TrainingDiverged
+from .output_paths import check_writable_directory
 from .progress import ProgressLogger
-from .validation import check_positive_int
+from .validation import check_bool, check_positive_int
+
+
+#: Seconds a Ctrl-C stop waits for a second Ctrl-C before fit returns (a double press is one gesture).
+SECOND_PRESS_GRACE = 0.05
 
 
 class _StopOnInterrupt:
     """Within ``with``: the first Ctrl-C (SIGINT) asks training to stop after the current step;
-    a second one interrupts at once. Only in the main thread (signal handlers live there)."""
+    a second one interrupts at once. Only in the main thread (signal handlers live there).
+
+    A stop requested by Ctrl-C keeps the handler :data:`SECOND_PRESS_GRACE` seconds longer, so the
+    second press of a quick double Ctrl-C raises KeyboardInterrupt from ``fit`` rather than landing
+    in the caller's code after ``fit`` returned."""
 
     def __init__(self):
         self.requested = False
@@ -39,8 +48,15 @@ class _StopOnInterrupt:
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
-    def __exit__(self, *exc):
-        if self._previous is not None:
+    def __exit__(self, exc_type, *exc):
+        if self._previous is None:
+            return
+        try:
+            if self.requested and exc_type is None:
+                deadline = time.monotonic() + SECOND_PRESS_GRACE
+                while time.monotonic() < deadline:
+                    time.sleep(0.005)  # the handler runs here, between sleeps
+        finally:
             signal.signal(signal.SIGINT, self._previous)
 
 
@@ -92,18 +108,32 @@ def _split_validation(model, X, y, validation_data, validation_split):
 
 
 def _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkpoint_every, checkpoint_keep,
-                     on_divergence, check_every):
+                     on_divergence, check_every, shuffle=True, callbacks=None):
+    """Check fit's keyword arguments before any work; returns ``(batch_size, epochs, callbacks)``.
+
+    ``callbacks`` comes back as a list: None gives ``[]``, a single Callback a one-element list.
+    """
     batch_size = check_positive_int("batch_size", batch_size)
     epochs = check_positive_int("epochs", epochs)
-    if isinstance(verbose, np.ndarray) or verbose not in (0, 1, 2, True, False):
+    if (not isinstance(verbose, (numbers.Real, np.bool_)) or isinstance(verbose, np.ndarray)
+            or verbose not in (0, 1, 2)):
         raise InvalidInputError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    check_bool("shuffle", shuffle)
+    resume = check_bool("resume", resume)
+    callbacks = as_callback_list(callbacks)
     if resume and checkpoint_dir is None:
         raise InvalidInputError("resume=True needs checkpoint_dir")
-    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise InvalidTypeError(f"checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
+    if checkpoint_dir is not None:
+        if not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise InvalidTypeError(f"checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
+        path = os.fspath(checkpoint_dir)
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise InvalidInputError(f"checkpoint_dir must be a non-empty directory path without NUL "
+                                    f"characters, got {checkpoint_dir!r}")
+        check_writable_directory(path, "checkpoint_dir")
     check_positive_int("checkpoint_every", checkpoint_every)
     check_positive_int("checkpoint_keep", checkpoint_keep)
-    if on_divergence not in ("raise", "stop"):
+    if not isinstance(on_divergence, str) or on_divergence not in ("raise", "stop"):
         raise InvalidInputError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
     if check_every is not None:
         check_positive_int("check_every", check_every)
@@ -111,7 +141,7 @@ def _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkp
         raise InvalidInputError(
             f"checkpoint_dir {os.fspath(checkpoint_dir)!r} already holds checkpoints of an earlier run: "
             f"pass resume=True to continue it, or choose an empty directory")
-    return batch_size, epochs
+    return batch_size, epochs, callbacks
 
 
 def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
@@ -168,8 +198,9 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     History
     """
     model.require_compiled()
-    batch_size, epochs = _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkpoint_every,
-                                          checkpoint_keep, on_divergence, check_every)
+    batch_size, epochs, callbacks = _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir,
+                                                     checkpoint_every, checkpoint_keep, on_divergence, check_every,
+                                                     shuffle, callbacks)
     with contextlib.nullcontext() if checkpoint_dir is None else locked(checkpoint_dir, exclusive=True):
         return _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shuffle, callbacks, verbose,
                     on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every)
@@ -211,7 +242,9 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
             _load_callback_state(callbacks, restored, checkpoint_dir)
         loop = _EpochLoop(model, X, y, starts, sizes, plans, shuffle, check_every, callbacks)
         first_epoch = 0 if restored is None else (epochs if restored["stopped"] else restored["epoch"])
-        with _StopOnInterrupt() as interrupt:
+        # NaN/Inf from a diverging step is the guard's to report (TrainingDiverged): NumPy's GEMM overflow
+        # warnings would only print it first, less clearly
+        with _StopOnInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
             for epoch in range(first_epoch, epochs):
                 callbacks.on_epoch_begin(epoch)
                 t0 = time.perf_counter()

@@ -133,3 +133,50 @@ def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def check_bool(name, value):
+    """Return ``value`` as a bool, raising unless it is True or False (a NumPy bool too).
+
+    Strings, numbers and None are refused rather than read as truthy: ``shuffle="no"`` would be True.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidTypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_number(name, value, minimum=None, strict=False, maximum=None):
+    """Return ``value`` as a float, raising unless it is a finite real number (not a bool) within bounds.
+
+    ``minimum`` is excluded when ``strict``, included otherwise; ``maximum`` is included.
+    A value that is no real number raises InvalidTypeError; NaN, Inf or out of bounds, InvalidInputError.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(f"{name} must be a finite number, got {value!r}")
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):  # an int beyond float's range
+        number = float("inf")
+    if not np.isfinite(number):
+        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (number <= minimum if strict else number < minimum):
+        raise InvalidInputError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise InvalidInputError(f"{name} must be <= {maximum:g}, got {value!r}")
+    return number
+
+
+def as_list(name, value, is_single, expected):
+    """``value`` as a new list: None gives ``[]``, a single item (``is_single(value)``) a one-element list,
+    any other iterable but a string, bytes or dict its items; otherwise InvalidTypeError "``name`` must be
+    ``expected``"."""
+    if value is None:
+        return []
+    if is_single(value):
+        return [value]
+    if not isinstance(value, (str, bytes, dict)):
+        try:
+            return list(value)
+        except TypeError:  # not iterable, or a 0-d array
+            pass
+    raise InvalidTypeError(f"{name} must be {expected}, got {type(value).__name__}")

@@ -10,11 +10,22 @@ Inputs whose values are huge but representable in the model dtype (|v| > 1e6) ma
 legitimately overflow inside the network; for those a non-finite result, or
 ``TrainingDiverged`` (when that error exists), is accepted too.
 
-The hand-written cases live in ``test_input_errors.py``.
+The second part feeds arbitrary values (None, bools, ints of any size, NaN/Inf, text,
+arrays, containers, callables, ...) to every public constructor and callback (Dense,
+Sequential, SGD/Adam/RMSprop, every schedule, EarlyStopping, ModelCheckpoint), to
+compile, set_scaler and set_weights on an unbuilt model, to gradcheck and to fit's
+keyword arguments: each call works (and what it made then works too) or raises a
+GpubpError, an InvalidInputError or InvalidTypeError naming the argument.
+
+The hand-written cases live in ``test_input_errors.py`` and ``test_public_errors.py``.
 """
 
+import os
 import re
+import tempfile
 import warnings
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -23,6 +34,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gpubp as gb
+from gpubp import schedules
+from gpubp.callbacks import ModelCheckpoint
+from gpubp.data import StandardScaler
 
 LOSSES = ["softmax_cross_entropy", "binary_cross_entropy", "mse"]
 DTYPES = ["float32", "float64"]
@@ -424,3 +438,325 @@ def test_set_weights_rejects_non_arrays(weights):
         weights[0] = [[1.0, 2.0, 3.0], [1.0]]
     _, exc = call(lambda: model.set_weights(weights), ["weights", "set_weights"])
     assert isinstance(exc, gb.GpubpError)
+
+
+# ---------------------------------------------------------------- constructors, callbacks, keyword arguments
+# Every public constructor and callback, gradcheck and fit's keyword arguments, fed arbitrary values:
+# each call works or raises a GpubpError; InvalidInputError and InvalidTypeError name the argument.
+ARG_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+#: Ints beyond float's range (10**400), which the optimizers' own checks do not take yet: see
+#: test_public_errors.py::test_optimizers_refuse_ints_beyond_float_range.
+HUGE_INTS = [10 ** 400, -(10 ** 400)]
+ODD_VALUES = [object(), [], [1], (), {}, {"a": 1}, b"x", 1j, np.float32(0.5), np.float64(np.nan), np.int64(3),
+              np.int64(-1), np.bool_(True), np.array(2), np.array([1, 2]), np.array(0.5), np.array(["a"]),
+              lambda *args: None, Fraction(1, 3), Decimal("0.1"), 1e-300, 1e300, 0.5, 2.5, 1e-8]
+WORDS = ["", "auto", "min", "max", "loss", "val_loss", "accuracy", "relu", "tanh", "he", "sgd", "adam", "mse",
+         "raise", "stop", "x"]
+ANY_NON_TEXT = st.one_of(st.none(), st.booleans(), st.integers(-3, 8), st.integers(-(10 ** 30), 10 ** 30),
+                         st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(ODD_VALUES))
+ANY_BUT_HUGE = st.one_of(ANY_NON_TEXT, st.text(max_size=4), st.sampled_from(WORDS))
+ANY_VALUE = st.one_of(ANY_BUT_HUGE, st.sampled_from(HUGE_INTS))
+#: sizes (units, input_dim): small, or too large for any memory (refused before anything is allocated);
+#: sizes beyond float's range: see test_public_errors.py::test_sizes_beyond_float_range_are_refused
+SIZES = st.one_of(st.integers(-2, 5), st.sampled_from([10 ** 15, 10 ** 30]))
+
+
+def attempt(fn, names):
+    """Run ``fn()`` with every warning an error: ``(result, None)`` or ``(None, GpubpError)``.
+
+    InvalidInputError and InvalidTypeError must name one of ``names``; other GpubpErrors
+    (InsufficientMemory, NotCompiledError, BackendUnavailableError, ...) pass as they are;
+    any other exception propagates and fails the test.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return fn(), None
+        except (gb.InvalidInputError, gb.InvalidTypeError) as exc:
+            assert _names_pattern(names).search(str(exc)), (
+                f"{type(exc).__name__} does not name any of {names}: {exc}")
+            return None, exc
+        except gb.GpubpError as exc:
+            return None, exc
+
+
+def mostly(good, other=ANY_VALUE):
+    """A value from ``good`` three times in four, else from ``other``.
+
+    (``st.one_of`` flattens nested alternatives into equally likely branches, which would
+    make the good values rare next to the many kinds of odd value.)
+    """
+    return st.integers(0, 3).flatmap(lambda k: good if k else other)
+
+
+def maybe(valid):
+    """Mostly one of the values ``valid``, else anything."""
+    return mostly(st.sampled_from(valid))
+
+
+def draw_kwargs(data, spec):
+    """A dict with a random subset of ``spec``'s keys, each drawn from its strategy."""
+    return {name: data.draw(strategy, label=name) for name, strategy in spec.items() if data.draw(st.booleans())}
+
+
+def _init(kind):
+    def custom(rng, fan_in, fan_out):
+        return {
+            "good": lambda: rng.normal(size=(fan_in, fan_out)),
+            "ints": lambda: [[1] * fan_out] * fan_in,
+            "float32_max": lambda: np.full((fan_in, fan_out), 3e38),
+            "transposed": lambda: np.zeros((fan_out, fan_in)),
+            "flat": lambda: np.zeros(fan_in * fan_out),
+            "nan": lambda: np.full((fan_in, fan_out), np.nan),
+            "1e39": lambda: np.full((fan_in, fan_out), 1e39),
+            "longdouble": lambda: np.full((fan_in, fan_out), np.longdouble(1e39)),
+            "text": lambda: "weights",
+            "none": lambda: None,
+            "ragged": lambda: [[0.0] * fan_out, [0.0]],
+        }[kind]()
+    return custom
+
+
+INITS = mostly(st.one_of(st.sampled_from(["he", "glorot", "normal", None]),
+                         st.sampled_from(["good", "ints"]).map(_init)),
+               st.one_of(st.sampled_from(["float32_max", "transposed", "flat", "nan", "1e39", "longdouble", "text",
+                                          "none", "ragged"]).map(_init),
+                         st.sampled_from([lambda: None, lambda rng: None, len, print]), ANY_VALUE))
+
+
+@ARG_SETTINGS
+@given(units=mostly(st.integers(1, 6), st.one_of(SIZES, ANY_VALUE)),
+       activation=maybe([None, "relu", "tanh", "sigmoid", "linear", "softmax"]), init=INITS,
+       dtype=st.sampled_from(DTYPES))
+def test_dense_property(units, activation, init, dtype):
+    dense, exc = attempt(lambda: gb.Dense(units, activation=activation, init=init), ["units", "activation", "init"])
+    if exc is not None or dense.units > 64:
+        return
+    model, exc = attempt(lambda: gb.Sequential([dense, gb.Dense(2)], input_dim=3, backend="cpu", dtype=dtype),
+                         ["W", "init"])
+    if exc is None:
+        W = model.get_weights()[0]
+        assert W.shape == (3, dense.units) and np.isfinite(W).all()
+        assert model.predict(np.zeros((2, 3))).shape == (2, 2)
+
+
+@ARG_SETTINGS
+@given(data=st.data())
+def test_sequential_property(data):
+    layers = data.draw(mostly(st.sampled_from([[gb.Dense(3, activation="relu"), gb.Dense(2)], (gb.Dense(2),)]),
+                              st.sampled_from([[], ["dense"], [gb.Dense(2), 3], "ab", {}, [None]])), label="layers")
+    kwargs = draw_kwargs(data, {"input_dim": mostly(st.integers(1, 4), st.one_of(SIZES, ANY_BUT_HUGE)),
+                                "backend": maybe(["cpu", "numpy"]),
+                                "dtype": maybe(["float32", "float64", np.float64]),
+                                "seed": maybe([0, 1, 2 ** 40])})
+    kwargs.setdefault("backend", "cpu")
+    names = ["layers", "Sequential", "input_dim", "backend", "dtype", "seed"]
+    model, exc = attempt(lambda: gb.Sequential(list(layers) if isinstance(layers, tuple) else layers, **kwargs), names)
+    if exc is None and model.built and model.input_dim <= 64:
+        assert model.predict(np.zeros((2, model.input_dim))).shape == (2, model.n_outputs)
+
+
+OPTIMIZER_ARGS = {
+    gb.optim.SGD: {"lr": [0.01, 0.5], "momentum": [0.0, 0.9], "nesterov": [False, True], "weight_decay": [0, 1e-3],
+                   "clip_norm": [None, 1.0], "clip_value": [None, 0.5]},
+    gb.optim.Adam: {"lr": [1e-3], "beta1": [0.9, 0.0], "beta2": [0.999], "eps": [1e-8, 1e-300],
+                    "weight_decay": [0, 1e-3], "clip_norm": [None, 1.0], "clip_value": [None, 0.5]},
+    gb.optim.RMSprop: {"lr": [1e-3], "rho": [0.9], "eps": [1e-8, 1e-300], "weight_decay": [0.0],
+                       "clip_norm": [None, 1.0], "clip_value": [None, 0.5]},
+}
+
+
+@ARG_SETTINGS
+@given(data=st.data(), cls=st.sampled_from(sorted(OPTIMIZER_ARGS, key=lambda c: c.__name__)),
+       dtype=st.sampled_from(DTYPES))
+def test_optimizer_property(data, cls, dtype):
+    spec = {name: mostly(st.sampled_from(valid), ANY_BUT_HUGE) for name, valid in OPTIMIZER_ARGS[cls].items()}
+    kwargs = draw_kwargs(data, spec)
+    names = list(OPTIMIZER_ARGS[cls]) + ["momentum"]
+    optimizer, exc = attempt(lambda: cls(**kwargs), names)
+    if exc is not None:
+        return
+    model = gb.Sequential([gb.Dense(3, activation="tanh"), gb.Dense(N_OUT)], input_dim=N_IN, backend="cpu",
+                          dtype=dtype, seed=0)
+    _, exc = attempt(lambda: model.compile(loss="mse", optimizer=optimizer), names)
+    if exc is None and optimizer.lr <= 1:
+        loss = model.train_on_batch(X6, np.eye(3)[Y6])
+        assert np.isfinite(loss)
+
+
+SCHEDULE_ARGS = {
+    schedules.Constant: {"lr": [0.1]},
+    schedules.StepDecay: {"lr": [0.1], "step_size": [1, 3], "gamma": [0.5, 0.1]},
+    schedules.ExponentialDecay: {"lr": [0.1], "decay_steps": [10, 0.5], "decay_rate": [0.5]},
+    schedules.InverseScaling: {"lr": [0.1], "power_t": [0.5, 0.25]},
+    schedules.Cosine: {"lr": [0.1], "total_steps": [10, 1], "min_lr": [0.0, 0.05]},
+}
+REQUIRED = {"lr", "step_size", "decay_steps", "decay_rate", "total_steps"}
+
+
+@ARG_SETTINGS
+@given(data=st.data(), cls=st.sampled_from(sorted(SCHEDULE_ARGS, key=lambda c: c.__name__)))
+def test_schedule_property(data, cls):
+    kwargs = {name: data.draw(maybe(valid), label=name) for name, valid in SCHEDULE_ARGS[cls].items()
+              if name in REQUIRED or data.draw(st.booleans())}
+    schedule, exc = attempt(lambda: cls(**kwargs), list(kwargs))
+    if exc is not None:
+        return
+    assert schedule(0) == pytest.approx(schedule.lr) and np.isfinite(schedule(0))
+    assert schedules.schedule_from_config(schedule.get_config()).get_config() == schedule.get_config()
+    assert gb.optim.SGD(lr=schedule).lr == schedule(0)
+
+
+@ARG_SETTINGS
+@given(data=st.data())
+def test_early_stopping_property(data):
+    kwargs = draw_kwargs(data, {"monitor": maybe(["loss", "val_loss", "accuracy"]), "patience": maybe([0, 2]),
+                                "min_delta": maybe([0.0, 0.1, -0.1]), "mode": maybe(["auto", "min", "max"]),
+                                "restore_best_weights": maybe([True, False])})
+    stop, exc = attempt(lambda: gb.EarlyStopping(**kwargs), list(kwargs))
+    if exc is None and stop.monitor == "loss":
+        model = model_for("softmax_cross_entropy", "float32")
+        history, exc = attempt(lambda: model.fit(X6, Y6, epochs=3, verbose=0, callbacks=[stop]), ["callbacks"])
+        assert exc is None and 1 <= len(history.epoch) <= 3
+
+
+@ARG_SETTINGS
+@given(data=st.data())
+def test_model_checkpoint_property(data):
+    directory = data.draw(mostly(st.just("checkpoints"), st.one_of(ANY_NON_TEXT, st.sampled_from(HUGE_INTS))))
+    kwargs = draw_kwargs(data, {"every": maybe([1, 2]), "keep": maybe([1, 3])})
+    checkpoint, exc = attempt(lambda: ModelCheckpoint(directory, **kwargs), ["directory", *kwargs])
+    if exc is None:
+        assert checkpoint.directory == "checkpoints" and checkpoint.every >= 1 and checkpoint.keep >= 1
+
+
+@ARG_SETTINGS
+@given(data=st.data())
+def test_gradcheck_property(data):
+    kwargs = draw_kwargs(data, {"eps": maybe([1e-6, 1e-4]), "tolerance": maybe([1e-6, 1e-2, 0]),
+                                "max_entries": maybe([None, 1, 3]), "seed": maybe([None, 0, 5])})
+    model = model_for("mse", "float64")
+    result, exc = attempt(lambda: gb.gradcheck(model, X6, np.eye(3)[Y6], **kwargs), list(kwargs))
+    if exc is None:
+        assert isinstance(result, gb.GradcheckResult) and set(result.errors) == {"W1", "b1", "W2", "b2"}
+
+
+def _callbacks(kind):
+    return {"none": None, "list": [gb.EarlyStopping(monitor="loss")], "single": gb.EarlyStopping(monitor="loss"),
+            "tuple": (gb.History(),), "object": [object()], "string": "early", "int": 3, "mixed": [gb.History(), 1],
+            "class": [gb.EarlyStopping]}[kind]
+
+
+FIT_ARGS = {
+    "shuffle": maybe([True, False, np.bool_(True)]),
+    "callbacks": mostly(st.sampled_from(["none", "list", "single", "tuple"]).map(_callbacks),
+                        st.one_of(st.sampled_from(["object", "string", "int", "mixed", "class"]).map(_callbacks),
+                                  ANY_VALUE)),
+    "verbose": maybe([0, 0, False]),
+    "on_divergence": maybe(["raise", "stop"]),
+    "checkpoint_every": maybe([1, 2]),
+    "checkpoint_keep": maybe([1, 3]),
+    "check_every": maybe([None, 1, 5]),
+    "resume": maybe([False, True]),
+    "validation_split": maybe([0.0, 0.5]),
+    # paths: a fresh directory, an existing file, or no path at all (no random text: it would create directories)
+    "checkpoint_dir": mostly(st.sampled_from(["<dir>", None]),
+                             st.one_of(st.sampled_from(["<file>", "", "a\0b"]), ANY_NON_TEXT)),
+}
+
+
+@ARG_SETTINGS
+@given(data=st.data())
+def test_fit_keywords_property(data):
+    kwargs = draw_kwargs(data, FIT_ARGS)
+    model = model_for("softmax_cross_entropy", "float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        if kwargs.get("checkpoint_dir") == "<dir>":
+            kwargs["checkpoint_dir"] = os.path.join(tmp, "ckpt")
+        elif kwargs.get("checkpoint_dir") == "<file>":
+            kwargs["checkpoint_dir"] = os.path.join(tmp, "file")
+            open(kwargs["checkpoint_dir"], "w").close()
+        kwargs.setdefault("verbose", 0)
+        history, exc = attempt(lambda: model.fit(X6, Y6, epochs=1, **kwargs), list(FIT_ARGS))
+    if exc is None:
+        assert history.epoch == [0]
+        assert np.isfinite(history.history["loss"]).all()
+
+
+LOSS_VALUES = ["softmax_cross_entropy", "binary_cross_entropy", "mse", "cross_entropy", "bce", "MSE",
+               gb.MeanSquaredError(), gb.BinaryCrossEntropy(), gb.SoftmaxCrossEntropy(), gb.MeanSquaredError]
+
+
+@ARG_SETTINGS
+@given(loss=mostly(st.sampled_from(LOSS_VALUES)),
+       optimizer=mostly(st.one_of(st.sampled_from(["sgd", "adam", "rmsprop", "SGD"]),
+                                  st.builds(gb.optim.SGD, lr=st.sampled_from([0.01, 0.1])))),
+       metrics=maybe([(), ["accuracy"], "accuracy", None, ["accuracy", "accuracy"]]),
+       n_out=st.sampled_from([1, 3]), last=st.sampled_from([None, "relu"]))
+def test_compile_property(loss, optimizer, metrics, n_out, last):
+    model = gb.Sequential([gb.Dense(3, activation="tanh"), gb.Dense(n_out, activation=last)], input_dim=N_IN,
+                          backend="cpu", seed=0)
+    _, exc = attempt(lambda: model.compile(loss=loss, optimizer=optimizer, metrics=metrics),
+                     ["loss", "optimizer", "metrics", "softmax_cross_entropy", "binary_cross_entropy", "lr"])
+    if exc is not None:
+        assert model.loss is None and model.optimizer is None and model.metrics == []
+        return
+    y = {"softmax_cross_entropy": Y6 % n_out, "binary_cross_entropy": (np.eye(3)[Y6][:, :n_out] > 0) * 1.0,
+         "mse": np.eye(3)[Y6][:, :n_out]}[model.loss.name]
+    history = model.fit(X6, y, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def _scaler(kind):
+    rng = np.random.default_rng(0)
+    if kind == "unfitted":
+        return StandardScaler()
+    if kind == "1-D":
+        return StandardScaler().fit(rng.normal(size=5))
+    if kind.startswith("width"):
+        return StandardScaler().fit(rng.normal(size=(5, int(kind[-1]))))
+    scaler = StandardScaler().fit(rng.normal(size=(5, N_IN)))
+    scaler.scale_ = {"zero-scale": np.zeros(N_IN), "nan-mean": scaler.scale_, "short": scaler.scale_[:1]}[kind]
+    if kind == "nan-mean":
+        scaler.mean_ = np.full(N_IN, np.nan)
+    return scaler
+
+
+@ARG_SETTINGS
+@given(kind=mostly(st.sampled_from(["unfitted", "1-D", "width1", "width2", "width2", "width4", "zero-scale",
+                                     "nan-mean", "short"]).map(_scaler)),
+       built=st.booleans())
+def test_set_scaler_property(kind, built):
+    scaler = kind
+    model = gb.Sequential([gb.Dense(3, activation="tanh"), gb.Dense(N_OUT)], input_dim=N_IN if built else None,
+                          backend="cpu", seed=0)
+    _, exc = attempt(lambda: model.set_scaler(scaler), ["scaler", "set_scaler"])
+    if exc is not None:
+        assert model.scaler is None and model.built == built
+        return
+    if scaler is None:
+        assert model.scaler is None
+        return
+    assert model.built and model.input_dim == len(scaler.mean_)
+    X = np.random.default_rng(1).normal(size=(4, model.input_dim))
+    assert np.isfinite(model.predict(X)).all()
+
+
+@MODEL_PARAMS
+@SETTINGS
+@given(data=st.data())
+def test_set_weights_on_unbuilt_model_property(loss, dtype, data):
+    shapes_ = [w.shape for w in model_for(loss, dtype).get_weights()]
+    n = data.draw(st.sampled_from([len(shapes_)] * 4 + [0, 1, 5]))
+    weights = [_weight(data.draw, shapes_[i % len(shapes_)]) for i in range(n)]
+    model = gb.Sequential([gb.Dense(3, activation="tanh"), gb.Dense(N_OUT)], backend="cpu", dtype=dtype, seed=0)
+    names = [f"weights[{i}]" for i in range(n)] + ["set_weights"]
+    _, exc = attempt(lambda: model.set_weights(weights), names)
+    if exc is not None:
+        assert not model.built  # a refused call builds nothing
+    else:
+        assert model.built and model.input_dim == np.shape(weights[0])[0]
+        for w, a in zip(weights, model.get_weights()):
+            assert a.shape == np.shape(w) and np.all(np.isfinite(a))

@@ -94,3 +94,42 @@ def test_predict_with_a_batch_that_would_not_fit_is_refused(monkeypatch):
     with pytest.raises(gb.InsufficientMemory, match="a batch of 4096 rows.*pass a smaller batch_size"):
         model.predict(np.zeros((5000, 20)))
     assert model.predict(np.zeros((5000, 20)), batch_size=256).shape == (5000, 10)
+
+
+_DOUBLE_CTRL_C = """
+import os, signal, threading, time
+import numpy as np
+import gpubp as gb
+
+X = np.random.default_rng(0).random((4000, 20)); y = (X[:, 0] > .5).astype(int)
+model = gb.Sequential([gb.Dense(64, "relu"), gb.Dense(2)], input_dim=20, backend="cpu", seed=0)
+model.compile(optimizer="adam")
+
+class DoublePress(gb.Callback):
+    def on_batch_end(self, batch, logs=None):
+        if batch == 3:
+            def press_twice():
+                os.kill(os.getpid(), signal.SIGINT); time.sleep(0.001); os.kill(os.getpid(), signal.SIGINT)
+            threading.Thread(target=press_twice).start()
+            time.sleep(0.01)
+
+try:
+    model.fit(X, y, epochs=5, batch_size=32, verbose=0, callbacks=[DoublePress()])
+    outcome = "returned"
+    try:
+        time.sleep(0.5)
+    except KeyboardInterrupt:
+        outcome = "KeyboardInterrupt in the caller's code"
+except KeyboardInterrupt:
+    outcome = "fit raised KeyboardInterrupt"
+print(outcome, model.optimizer.iterations)
+"""
+
+
+def test_a_quick_double_ctrl_c_interrupts_fit_not_the_code_after_it():
+    import subprocess
+    import sys
+
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", _DOUBLE_CTRL_C], capture_output=True, text=True, timeout=120)
+        assert done.stdout.split()[:4] == ["fit", "raised", "KeyboardInterrupt", "4"], done.stdout + done.stderr
