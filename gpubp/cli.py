@@ -92,14 +92,16 @@ def build_parser():
 
     predict = sub.add_parser("predict", help="predict with a saved model", epilog=PREDICT_EXAMPLES,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    predict.add_argument("--model", required=True, help="model file written by gpubp train --save")
+    predict.add_argument("--model", required=True,
+                       help="model file written by gpubp train --save, a checkpoint, or a checkpoint directory")
     predict.add_argument("--input", required=True, help="features: .csv with a header row, or .npz with an array X")
     predict.add_argument("--output", help="write predictions to this .csv (default: stdout)")
     predict.add_argument("--backend", default="auto", help="auto, cpu or gpu (default: auto)")
 
     evaluate = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of a saved model",
                               epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    evaluate.add_argument("--model", required=True, help="model file written by gpubp train --save")
+    evaluate.add_argument("--model", required=True,
+                       help="model file written by gpubp train --save, a checkpoint, or a checkpoint directory")
     evaluate.add_argument("--data", required=True, help="a built-in data set name, or a .npz (X, y) / .csv file")
     evaluate.add_argument("--target", help="label column of a .csv file")
     split = evaluate.add_argument_group("built-in data sets: the samples and split gpubp train used")
@@ -287,12 +289,33 @@ def _read_features(path):
     raise InvalidInputError(f"{path}: input files must end in .csv or .npz")
 
 
+def _load_model_or_checkpoint(path, backend):
+    """The model in ``path``: a model file, a checkpoint, or a checkpoint directory (its newest checkpoint)."""
+    import os
+
+    from .checkpoint import latest_checkpoint
+    from .errors import ModelFileError
+    from .loading import load_checkpoint_model, load_model
+
+    if os.path.isdir(path):
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise InvalidInputError(f"--model {path!r} is a directory that holds no complete checkpoint")
+        return load_checkpoint_model(newest, backend=backend)
+    try:
+        return load_model(path, backend=backend)
+    except ModelFileError as not_a_model:
+        try:
+            return load_checkpoint_model(path, backend=backend)
+        except ModelFileError:
+            raise not_a_model from None
+
+
 def cmd_predict(args):
-    from .loading import load_model
 
     if args.output:
         check_writable_file(args.output, "--output")
-    model = load_model(args.model, backend=args.backend)
+    model = _load_model_or_checkpoint(args.model, args.backend)
     X = _read_features(args.input)
     out = model.predict(X)
     header = []
@@ -328,9 +351,8 @@ def confusion_matrix(y_true, y_pred, n_classes):
 
 def cmd_evaluate(args):
     from .data import BUILTIN, load_dataset, train_test_split
-    from .loading import load_model
 
-    model = load_model(args.model, backend=args.backend)
+    model = _load_model_or_checkpoint(args.model, args.backend)
     if model.loss is None:
         raise InvalidInputError(f"{args.model} was saved before compile: it has no loss to evaluate")
     X, y = load_dataset(args.data, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)

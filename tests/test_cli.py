@@ -270,3 +270,21 @@ def test_data_file_errors_name_the_real_fault(tmp_path):
     np.savez(npz_path, X=np.zeros((4, 2, 2)), y=np.zeros(4))
     proc = gpubp("train", "--dataset", str(npz_path), "--backend", "cpu", check=False)
     assert proc.returncode == 2 and "X must be a 2-D (samples, features) array" in proc.stderr
+
+
+def test_predict_and_evaluate_take_checkpoints_and_checkpoint_directories(tmp_path):
+    gpubp("train", "--epochs", "3", "--backend", "cpu", "--quiet", "--checkpoint-dir", str(tmp_path / "ck"),
+          "--save", str(tmp_path / "m.npz"))
+    from_model = json.loads(gpubp("evaluate", "--model", str(tmp_path / "m.npz"), "--data", "moons", "--backend",
+                                  "cpu", "--json").stdout)
+    for model in (tmp_path / "ck", tmp_path / "ck" / "ckpt-epoch000003.npz"):
+        from_checkpoint = json.loads(gpubp("evaluate", "--model", str(model), "--data", "moons", "--backend", "cpu",
+                                           "--json").stdout)
+        assert from_checkpoint["loss"] == from_model["loss"]
+    np.savetxt(tmp_path / "x.csv", np.zeros((2, 2)), delimiter=",", header="a,b", comments="")
+    out = gpubp("predict", "--model", str(tmp_path / "ck"), "--input", str(tmp_path / "x.csv"), "--backend", "cpu")
+    assert len(out.stdout.strip().splitlines()) == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = gpubp("predict", "--model", str(empty), "--input", str(tmp_path / "x.csv"), check=False)
+    assert proc.returncode == 2 and "holds no complete checkpoint" in proc.stderr
