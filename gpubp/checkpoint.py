@@ -28,7 +28,8 @@ from .data import StandardScaler
 from .directory_lock import locked
 from .errors import InvalidInputError, ModelFileError
 from .io import FORMAT_NAME as MODEL_FORMAT_NAME
-from .io import read_state_file, read_state_tree, write_state_file
+from .io import parameter_count, read_state_file, read_state_tree, write_state_file
+from .npz_archive import is_regular_file
 
 FORMAT_NAME = "gpubp-checkpoint"
 #: 2: the state-tree layout (version 1 checkpoints are refused with a clear message)
@@ -44,12 +45,16 @@ def checkpoint_name(epoch):
 
 
 def _list_checkpoints(directory):
-    """``[(epoch, path)]`` of the checkpoint files in ``directory``, newest (highest epoch) first."""
+    """``[(epoch, path)]`` of the checkpoint files in ``directory``, newest (highest epoch) first.
+
+    Only regular files (or links to them) count: a FIFO, device or directory with a checkpoint's name is
+    never opened nor rotated away."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
     found = [(int(m.group(1)), os.path.join(directory, name)) for name in names if (m := _NAME_RE.match(name))]
+    found = [(epoch, path) for epoch, path in found if is_regular_file(path)]
     found.sort(reverse=True)
     return found
 
@@ -118,8 +123,18 @@ def _write_checkpoint(directory, epoch, meta, state, keep):
 
 def read_checkpoint(path):
     """``(meta, state)`` of a checkpoint file, fully read and checked; raises ModelFileError."""
-    path = os.fspath(path)
-    meta, arrays = read_state_file(path, "checkpoint", {FORMAT_NAME: FORMAT_VERSION, MODEL_FORMAT_NAME: 99})
+    return read_state_file(path, "checkpoint", {FORMAT_NAME: FORMAT_VERSION, MODEL_FORMAT_NAME: 99},
+                           content=_checkpoint_content)
+
+
+#: the bit generators a shuffle generator state may name
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+#: the largest epoch or step count a checkpoint may hold (exact as a float, for schedules)
+_MAX_COUNT = 2 ** 53
+
+
+def _checkpoint_content(path, meta, arrays):
+    """``(meta, state)`` once the training state is complete and well-formed (see :func:`read_checkpoint`)."""
     if meta["format"] == MODEL_FORMAT_NAME:
         raise ModelFileError(f"{path!r} is a gpubp model file, not a training checkpoint; "
                              "load it with gpubp.load()")
@@ -127,28 +142,60 @@ def read_checkpoint(path):
         raise ModelFileError(f"{path!r} is a checkpoint of format {meta['format_version']}, written by an "
                              f"older gpubp; this gpubp resumes format {FORMAT_VERSION} only")
     state = read_state_tree(path, meta, arrays)
-    epoch = meta.get("epoch")
     try:
-        model_state, optimizer_state = state["model"], state["optimizer"]
-        iterations = optimizer_state["iterations"]
-        params = model_state["params"]
-        model_state["shuffle_rng"], optimizer_state["state"], state["callbacks"]
+        model_state, optimizer_state, callbacks = state["model"], state["optimizer"], state["callbacks"]
+        params, iterations = model_state["params"], optimizer_state["iterations"]
+        model_state["shuffle_rng"], optimizer_state["state"]
     except (KeyError, TypeError) as exc:
         raise ModelFileError(f"{path!r} has an incomplete checkpoint state ({exc!r})") from None
+    _check_count(path, "epoch", meta.get("epoch"))
+    _check_count(path, "iterations", iterations)
     if not isinstance(meta.get("stopped", False), bool):
         raise ModelFileError(f"{path!r} has an invalid 'stopped' flag {meta.get('stopped')!r}")
-    for name, value in (("epoch", epoch), ("iterations", iterations)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ModelFileError(f"{path!r} has an invalid {name} {value!r}")
-    if not isinstance(params, np.ndarray) or params.ndim != 1:
-        raise ModelFileError(f"{path!r}: params must be a flat vector")
-    if not isinstance(meta.get("config"), dict) or not isinstance(state["callbacks"], dict):
-        raise ModelFileError(f"{path!r} has invalid checkpoint metadata (config/callbacks must be objects)")
+    metrics = meta.get("metrics", [])
+    if metrics is not None and not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
+        raise ModelFileError(f"{path!r} has invalid metrics {metrics!r} (a list of names)")
+    if not isinstance(callbacks, dict):
+        raise ModelFileError(f"{path!r} has invalid checkpoint metadata (callbacks must be an object)")
+    if not isinstance(params, np.ndarray) or params.ndim != 1 or params.dtype.kind != "f":
+        raise ModelFileError(f"{path!r}: params must be a flat float vector")
+    count = parameter_count(meta["config"], path)
+    if params.size != count:
+        raise ModelFileError(f"{path!r} holds {params.size} parameters, its architecture has {count}")
+    _check_optimizer_buffers(path, optimizer_state["state"], params)
+    _check_shuffle_state(path, model_state["shuffle_rng"])
     return meta, state
 
 
+def _check_count(path, name, value):
+    """Refuse an epoch or step count that is not an integer from 0 to 2**53."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise ModelFileError(f"{path!r} has an invalid {name} {value!r} (an integer from 0 to 2**53)")
+
+
+def _check_optimizer_buffers(path, buffers, params):
+    """Refuse optimizer state that is not an object of arrays shaped and typed like the parameters."""
+    if not isinstance(buffers, dict):
+        raise ModelFileError(f"{path!r} has an invalid optimizer state (not an object of arrays)")
+    for name, a in buffers.items():
+        if not isinstance(a, np.ndarray) or a.shape != params.shape or a.dtype != params.dtype:
+            raise ModelFileError(f"{path!r}: optimizer state {name!r} does not match the parameters")
+
+
+def _check_shuffle_state(path, rng_state):
+    """Refuse a shuffle generator state that its bit generator (one of numpy's) does not accept."""
+    name = rng_state.get("bit_generator") if isinstance(rng_state, dict) else None
+    if not isinstance(name, str) or name not in _BIT_GENERATORS:
+        raise ModelFileError(f"{path!r} holds an invalid shuffle generator state (bit generator {name!r})")
+    try:
+        getattr(np.random, name)().state = rng_state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ModelFileError(f"{path!r} holds an invalid shuffle generator state ({exc!r})") from None
+
+
 def _check_compatible(path, meta, state, model):
-    """Raise ModelFileError unless the checkpoint fits ``model``; returns the scaler to restore."""
+    """Raise ModelFileError unless the checkpoint (checked by :func:`read_checkpoint`) fits ``model``;
+    returns the scaler to restore."""
     if not model.built:
         raise ModelFileError("cannot restore a checkpoint into a model without weights: "
                              "build it (input_dim=...) and compile it first")
@@ -168,23 +215,16 @@ def _check_compatible(path, meta, state, model):
         raise ModelFileError(f"checkpoint {path!r} holds {params.shape} {params.dtype} parameters, "
                              f"the model has {tuple(model.params.shape)} {model.dtype}")
     arrays = state["optimizer"]["state"]
-    if not isinstance(arrays, dict) or sorted(arrays) != sorted(model.optimizer.state_names):
+    if sorted(arrays) != sorted(model.optimizer.state_names):
         raise ModelFileError(f"checkpoint {path!r} holds optimizer state {sorted(arrays)}, "
                              f"the model's optimizer keeps {sorted(model.optimizer.state_names)}")
-    for name, a in arrays.items():
-        if not isinstance(a, np.ndarray) or a.shape != params.shape or a.dtype != params.dtype:
-            raise ModelFileError(f"{path!r}: optimizer state {name!r} does not match the parameters")
     for name, a in [("parameters", params)] + [(f"optimizer state {n!r}", a) for n, a in arrays.items()]:
         if not np.isfinite(a).all():
             raise ModelFileError(f"checkpoint {path!r} holds NaN or Inf {name}")
-    iterations = state["optimizer"]["iterations"]
-    if iterations > 2 ** 62:
-        raise ModelFileError(f"checkpoint {path!r} holds an impossible step count {iterations}")
-    rng = type(model.shuffle_rng.bit_generator)()
-    try:
-        rng.state = state["model"]["shuffle_rng"]
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ModelFileError(f"checkpoint {path!r} holds an invalid shuffle generator state ({exc})") from None
+    generator = type(model.shuffle_rng.bit_generator).__name__
+    if state["model"]["shuffle_rng"]["bit_generator"] != generator:
+        raise ModelFileError(f"checkpoint {path!r} holds a {state['model']['shuffle_rng']['bit_generator']} "
+                             f"shuffle generator state, the model shuffles with {generator}")
     scaler = state["model"].get("scaler")
     if scaler is None:
         return None

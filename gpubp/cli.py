@@ -278,7 +278,7 @@ def _read_features(path):
     from .data import load_csv_features
 
     if path.endswith(".npz"):
-        from .io import open_npz
+        from .npz_archive import open_npz
 
         with open_npz(path, "input file") as archive:
             if "X" not in archive.files:
