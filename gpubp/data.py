@@ -272,9 +272,16 @@ def load_csv(path, target):
 def load_csv_features(path):
     """Feature matrix (float64, one column per header name) from a CSV file with a header row.
 
-    For inputs to ``predict``: every column is a feature. Errors as in :func:`load_csv`.
+    For inputs to ``predict``: every column is a feature. Errors as in :func:`load_csv`; a first line that
+    is all numbers is refused (it would be taken for the header and its row lost).
     """
-    return _read_csv(path)[1]
+
+    def check_header(header):
+        if all(map(_is_float, header)):
+            raise InvalidInputError(f"{path}, line 1 looks like data, not a header row: the file needs a header "
+                                    f"naming its columns (else its first row would be dropped)")
+
+    return _read_csv(path, check_header)[1]
 
 
 def _read_csv(path, check_header=None):

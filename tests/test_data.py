@@ -174,3 +174,14 @@ def test_load_csv_features_reads_every_column(tmp_path):
     np.testing.assert_array_equal(X, [[1, 2, 3], [4, 5, 6]])
     with pytest.raises(InvalidInputError, match="line 3, column 'b': 'x' is not a number"):
         load_csv_features(write(tmp_path, "a,b\n1,2\n3,x\n"))
+
+
+def test_features_without_a_header_row_are_refused_not_silently_shortened(tmp_path):
+    from gpubp.data import load_csv_features
+
+    path = tmp_path / "x.csv"
+    path.write_text("0.5,1.5\n2.5,3.5\n")
+    with pytest.raises(gb.InvalidInputError, match="line 1 looks like data"):
+        load_csv_features(path)
+    path.write_text("a,b\n0.5,1.5\n2.5,3.5\n")
+    assert load_csv_features(path).shape == (2, 2)
