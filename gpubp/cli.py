@@ -205,7 +205,7 @@ def _save_or_fall_back(model, path):
 
 def cmd_train(args):
     from .checkpoint import latest_checkpoint
-    from .data import StandardScaler, load_dataset, train_test_split
+    from .data import StandardScaler, csv_feature_names, load_dataset, train_test_split
     from .losses import get_loss
 
     _check_train_outputs(args)
@@ -215,8 +215,13 @@ def cmd_train(args):
     X, y = load_dataset(args.dataset, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
     task = decide_task(y, None if args.loss is None else get_loss(args.loss).name)
     args.loss = task.loss
+    classes = None
+    if task.loss == "softmax_cross_entropy" and np.ndim(y) == 1:
+        classes, y = np.unique(y, return_inverse=True)  # any labels, as output indices 0 .. K-1
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
     model = _build_model(args, X.shape[1], task.n_outputs)
+    model.set_labels(csv_feature_names(args.dataset, args.target) if args.dataset.endswith(".csv") else None,
+                     None if classes is None else classes.tolist())
     if not args.no_standardize:
         model.set_scaler(StandardScaler().fit(X_train))  # saved with the model; applied by predict
     quiet = args.quiet or args.json
@@ -273,9 +278,24 @@ def _write_plots(directory, model, history, X, y):
     return paths
 
 
-def _read_features(path):
-    """Features from a .csv (header row, numeric columns) or a .npz (array X)."""
-    from .data import load_csv_features
+def _columns_by_name(path, X, names, wanted):
+    """The columns of ``X`` (named ``names``, from ``path``'s header) in the order of ``wanted`` (the model's
+    feature names); InvalidInputError naming the columns that are missing or left over."""
+    if wanted is None or names is None:
+        return X
+    missing, extra = [n for n in wanted if n not in names], [n for n in names if n not in wanted]
+    if missing or extra:
+        raise InvalidInputError(f"{path}: the model was trained on the columns {wanted}; "
+                                + "; ".join(part for part in (f"missing {missing}" if missing else "",
+                                                              f"not used by the model {extra}" if extra else "")
+                                            if part))
+    return X[:, [names.index(n) for n in wanted]]
+
+
+def _read_features(path, feature_names=None):
+    """Features from a .csv (header row, numeric columns, matched by name to ``feature_names`` when the
+    model has them) or a .npz (array X)."""
+    from .data import csv_feature_names, load_csv_features
 
     if path.endswith(".npz"):
         from .npz_archive import open_npz
@@ -285,7 +305,7 @@ def _read_features(path):
                 raise InvalidInputError(f"{path} must hold an array named X")
             return archive["X"]
     if path.endswith(".csv"):
-        return load_csv_features(path)
+        return _columns_by_name(path, load_csv_features(path), csv_feature_names(path), feature_names)
     raise InvalidInputError(f"{path}: input files must end in .csv or .npz")
 
 
@@ -316,12 +336,14 @@ def cmd_predict(args):
     if args.output:
         check_writable_file(args.output, "--output")
     model = _load_model_or_checkpoint(args.model, args.backend)
-    X = _read_features(args.input)
+    X = _read_features(args.input, model.feature_names)
     out = model.predict(X)
     header = []
     columns = []
     if model.loss is not None and model.loss.name == "softmax_cross_entropy":
-        header, columns = ["prediction"], [out.argmax(axis=1)]
+        predicted = out.argmax(axis=1)
+        header, columns = ["prediction"], [predicted if model.classes is None else
+                                           np.array(model.classes, dtype=object)[predicted]]
     elif model.loss is not None and model.loss.name == "binary_cross_entropy" and out.shape[1] == 1:
         header, columns = ["prediction"], [(out[:, 0] > 0.5).astype(int)]
     prefix = "p" if model.loss is not None and model.loss.is_classification else "y"
@@ -339,7 +361,9 @@ def cmd_predict(args):
 
 
 def _fmt(value):
-    return str(int(value)) if np.issubdtype(type(value), np.integer) else f"{float(value):.6g}"
+    if isinstance(value, str):
+        return value
+    return str(int(value)) if isinstance(value, (int, np.integer)) else f"{float(value):.6g}"
 
 
 def confusion_matrix(y_true, y_pred, n_classes):
@@ -349,13 +373,31 @@ def confusion_matrix(y_true, y_pred, n_classes):
     return matrix
 
 
+def _class_indices(path, y, classes):
+    """Labels ``y`` as indices into the model's ``classes`` (numbers compared as numbers, text as text)."""
+    def key(label):
+        return ("text", label) if isinstance(label, str) else ("number", float(label))
+
+    index = {key(c): k for k, c in enumerate(classes)}
+    keys = [key(label) for label in np.asarray(y).tolist()]
+    unknown = sorted({k[1] for k in keys if k not in index}, key=str)
+    if unknown:
+        raise InvalidInputError(f"{path}: the labels {unknown[:10]} are not among the classes the model was "
+                                f"trained on ({classes[:20]})")
+    return np.array([index[k] for k in keys], dtype=np.int64)
+
+
 def cmd_evaluate(args):
-    from .data import BUILTIN, load_dataset, train_test_split
+    from .data import BUILTIN, csv_feature_names, load_dataset, train_test_split
 
     model = _load_model_or_checkpoint(args.model, args.backend)
     if model.loss is None:
         raise InvalidInputError(f"{args.model} was saved before compile: it has no loss to evaluate")
     X, y = load_dataset(args.data, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
+    if args.data.endswith(".csv"):
+        X = _columns_by_name(args.data, X, csv_feature_names(args.data, args.target), model.feature_names)
+    if model.classes is not None and np.ndim(y) == 1:
+        y = _class_indices(args.data, y, model.classes)
     scored = f"all {X.shape[0]} samples of {args.data}"
     if args.data in BUILTIN and not args.all:
         _, X, _, y = train_test_split(X, y, test_size=args.test_size, seed=args.seed)

@@ -247,13 +247,14 @@ def load_npz(path):
 def load_csv(path, target):
     """``(X, y)`` from a CSV file with a header row; ``target`` names the label column.
 
-    Every other column becomes a feature. Values must be finite numbers; blank
-    lines are skipped. Errors name the file, the line and the column.
+    Every other column becomes a feature; feature values must be finite
+    numbers. The labels may be numbers or text (class names). Blank lines are
+    skipped. Errors name the file, the line and the column.
 
     Returns
     -------
-    X : float64 (n_rows, n_columns - 1)
-    y : float64 (n_rows,)
+    X : float64 (n_rows, n_columns - 1), the columns of :func:`csv_feature_names` in order
+    y : float64 (n_rows,) when every label is a finite number, else str (n_rows,)
     """
 
     def check_target(header):
@@ -264,9 +265,21 @@ def load_csv(path, target):
             hint = " (line 1 looks like data: the file needs a header row)" if all(map(_is_float, header)) else ""
             raise InvalidInputError(f"{path}: no column named {target!r} (columns: {header}){hint}")
 
-    header, data = _read_csv(path, check_target)
-    t = header.index(target)
-    return np.delete(data, t, axis=1), data[:, t]
+    _, X, labels = _read_csv(path, check_target, text_column=target)
+    try:
+        y = np.array([float(label) for label in labels])
+        if np.all(np.isfinite(y)):
+            return X, y
+    except ValueError:
+        pass
+    return X, np.array(labels, dtype=str)
+
+
+def csv_feature_names(path, target=None):
+    """The column names of a CSV file's header row, without ``target``."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        header = [h.strip() for h in next(csv.reader(f), [])]
+    return [name for name in header if name != target]
 
 
 def load_csv_features(path):
@@ -284,8 +297,9 @@ def load_csv_features(path):
     return _read_csv(path, check_header)[1]
 
 
-def _read_csv(path, check_header=None):
-    """``(header, data)`` of a numeric CSV file; ``check_header(header)`` may raise before the rows are read."""
+def _read_csv(path, check_header=None, text_column=None):
+    """``(header, data, texts)`` of a numeric CSV file; ``check_header(header)`` may raise before the rows are
+    read. The column ``text_column`` (if any) is left out of ``data`` and returned as ``texts``, as read."""
     try:
         f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
     except FileNotFoundError:
@@ -306,7 +320,9 @@ def _read_csv(path, check_header=None):
             raise InvalidInputError(f"{path}, line 1: the header names columns {duplicates} more than once")
         if check_header is not None:
             check_header(header)
-        rows = []
+        rows, texts = [], []
+        t = None if text_column is None else header.index(text_column)
+        numeric = header if t is None else header[:t] + header[t + 1:]
         try:
             for row in reader:
                 line_no = reader.line_num
@@ -316,12 +332,18 @@ def _read_csv(path, check_header=None):
                 if len(row) != len(header):
                     raise InvalidInputError(
                         f"{path}, line {line_no}: {len(row)} values, header has {len(header)}")
-                rows.append(_parse_row(path, line_no, header, row))
+                if t is not None:
+                    if not row[t].strip():
+                        raise InvalidInputError(f"{path}, line {line_no}, column {text_column!r}: '' is not a number "
+                                                f"or a label")
+                    texts.append(row[t].strip())
+                    row = row[:t] + row[t + 1:]
+                rows.append(_parse_row(path, line_no, numeric, row))
         except (csv.Error, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"{path}, line {reader.line_num}: cannot parse ({exc})") from None
     if not rows:
         raise InvalidInputError(f"{path} has a header but no data rows")
-    return header, np.array(rows, dtype=np.float64)
+    return header, np.array(rows, dtype=np.float64).reshape(len(rows), len(numeric)), texts
 
 
 def _check_utf8(path, line_no, fields):

@@ -22,6 +22,7 @@ def model_from_config(config, backend, path, metrics=()):
         if config.get("loss"):
             optimizer = optimizer_from_config(config["optimizer"]) if config.get("optimizer") else "adam"
             model.compile(loss=config["loss"], optimizer=optimizer, metrics=metrics or ())
+        model.set_labels(config.get("feature_names"), config.get("classes"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path!r} has an invalid model configuration ({exc})") from None
     return model

@@ -66,6 +66,8 @@ class Sequential:
         self.loss = self.optimizer = None
         self.metrics = []
         self.scaler = None
+        #: names of the input columns and labels of the output classes, saved with the model (see set_labels)
+        self.feature_names = self.classes = None
         self.stop_training = False
         self.status = DivergenceStatus(self.backend)
         #: capture each training step as one CUDA graph per batch shape and replay it, on backends that
@@ -623,8 +625,30 @@ class Sequential:
         return w
 
     # ---------------------------------------------------------------- config
+    def set_labels(self, feature_names=None, classes=None):
+        """Name the input columns and label the output classes (as scikit-learn's ``feature_names_in_`` and
+        ``classes_``); both are saved with the model. ``feature_names``: distinct strings, one per input;
+        ``classes``: distinct strings or numbers, one per output of a softmax (class ``k`` is ``classes[k]``)."""
+        if feature_names is not None:
+            names = as_list("feature_names", feature_names, lambda v: False, "a list of column names")
+            if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+                raise InvalidInputError(f"feature_names must be distinct strings, got {names!r}")
+            if self.built and len(names) != self.input_dim:
+                raise InvalidInputError(f"feature_names names {len(names)} columns, the model has {self.input_dim} "
+                                        f"inputs")
+            feature_names = names
+        if classes is not None:
+            labels = as_list("classes", classes, lambda v: False, "a list of class labels")
+            if (not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in labels)
+                    or len(set(labels)) != len(labels) or len(labels) != self.n_outputs):
+                raise InvalidInputError(f"classes must be {self.n_outputs} distinct strings or numbers, one per "
+                                        f"output, got {labels!r}")
+            classes = labels
+        self.feature_names, self.classes = feature_names, classes
+        return self
+
     def get_config(self):
-        return {
+        config = {
             "layers": [layer.get_config() for layer in self.layers],
             "input_dim": self.input_dim,
             "dtype": self.dtype.name,
@@ -632,6 +656,10 @@ class Sequential:
             "loss": None if self.loss is None else self.loss.name,
             "optimizer": None if self.optimizer is None else self.optimizer.get_config(),
         }
+        for key in ("feature_names", "classes"):  # only when set: configs saved before them stay equal
+            if getattr(self, key) is not None:
+                config[key] = list(getattr(self, key))
+        return config
 
     def save(self, path):
         """Write the architecture, weights and compile settings to an ``.npz`` file (no pickle)."""

@@ -1,9 +1,8 @@
 """What a command-line run learns, decided from its targets and flags, and said out loud.
 
-Whole numbers are not always class labels (a ``price`` column), and labels are not
-always small (an id column): :func:`decide_task` picks classification only for a
-modest number of non-negative whole-number labels, regression otherwise, and
-refuses a class count that no softmax should have.
+Whole numbers are not always class labels (a ``price`` column): :func:`decide_task`
+picks classification only for text labels or small non-negative whole numbers,
+regression otherwise, and refuses a class count that no softmax should have.
 """
 
 from __future__ import annotations
@@ -37,16 +36,20 @@ def _is_whole(y):
 def decide_task(y, loss=None):
     """The :class:`Task` for targets ``y`` (host array) and the loss the user named (None: decide).
 
-    Classification (softmax cross-entropy) when ``y`` is 1-D and holds whole
-    numbers from 0 to :data:`MAX_INFERRED_CLASSES` - 1, else
-    regression (MSE); 2-D targets are regressed (or, with a named cross-entropy
-    loss, used as given). Raises InvalidInputError for class labels that are
-    negative, fractional or that would need more than :data:`MAX_CLASSES` outputs.
+    Without a loss: classification (softmax cross-entropy) when ``y`` is 1-D and
+    holds text labels or whole numbers from 0 to :data:`MAX_INFERRED_CLASSES` - 1,
+    else regression (MSE); 2-D targets are regressed. A softmax gets one output
+    per distinct label (the caller maps labels to 0 .. K-1). Raises
+    InvalidInputError for fractional class labels, fewer than 2 or more than
+    :data:`MAX_CLASSES` classes, and text targets for any loss but a softmax.
     """
     y = np.asarray(y)
+    text = y.dtype.kind in "US"
     if loss is None:
         if y.ndim != 1:
             loss, why = "mse", f"the target has {y.shape[1]} columns"
+        elif text:
+            loss, why = "softmax_cross_entropy", "the target holds text labels"
         elif not _is_whole(y):
             loss, why = "mse", "the target has fractional values"
         else:
@@ -61,18 +64,21 @@ def decide_task(y, loss=None):
         why += "; --loss to choose"
     else:
         why = "as --loss asks"
-    if loss in ("softmax_cross_entropy", "cross_entropy") and y.ndim == 1:
-        if not _is_whole(y) or y.min() < 0:
-            raise InvalidInputError("softmax cross-entropy needs class labels 0, 1, 2, ...: the target has "
-                                    "negative or fractional values")
-        n_classes = int(y.max()) + 1
+    if loss == "softmax_cross_entropy" and y.ndim == 1:
+        if not text and not _is_whole(y):
+            raise InvalidInputError("softmax cross-entropy needs class labels: the target has fractional values "
+                                    "(for numeric targets pass --loss mse)")
+        n_classes = np.unique(y).size
         if n_classes > MAX_CLASSES:
-            raise InvalidInputError(f"the labels go up to {int(y.max()):,}, which would make a {n_classes:,}-way "
-                                    f"softmax (at most {MAX_CLASSES:,}); is the target column right? For "
-                                    f"numeric targets pass --loss mse")
+            raise InvalidInputError(f"the target holds {n_classes:,} distinct labels, which would make a "
+                                    f"{n_classes:,}-way softmax (at most {MAX_CLASSES:,}); is the target column "
+                                    f"right? For numeric targets pass --loss mse")
         if n_classes < 2:
-            raise InvalidInputError("softmax cross-entropy needs at least two classes; the target holds only 0")
+            raise InvalidInputError("softmax cross-entropy needs at least two classes; the target holds one")
         return Task(loss, n_classes, f"task: classification into {n_classes} classes ({why})")
+    if text:
+        raise InvalidInputError(f"the target holds text labels, which only softmax_cross_entropy can learn, "
+                                f"not {loss}")
     n_outputs = 1 if y.ndim == 1 else y.shape[1]
     kind = "classification" if "entropy" in loss else "regression"
     description = f"task: {kind}, {n_outputs} output{'s' if n_outputs > 1 else ''} ({why})"

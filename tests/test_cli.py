@@ -222,10 +222,15 @@ def test_large_regression_targets_are_named_and_absurd_class_counts_refused():
     from gpubp.task import decide_task
 
     assert "targets reach 1.7e+05 and are used as given" in decide_task(np.array([1.0, 170_000.0])).description
-    for y, phrase in ((np.array([0, 100_000_000]), "100,000,001-way softmax"),
-                      (np.array([0, -1]), "negative or fractional"), (np.zeros(3, int), "at least two classes")):
+    for y, phrase in ((np.arange(20_000), "20,000-way softmax"), (np.array([0.5, 1.5]), "fractional values"),
+                      (np.zeros(3, int), "at least two classes")):
         with pytest.raises(gb.InvalidInputError, match=phrase):
             decide_task(y, "softmax_cross_entropy")
+    with pytest.raises(gb.InvalidInputError, match="text labels, which only softmax"):
+        decide_task(np.array(["a", "b"]), "mse")
+    task = decide_task(np.array(["cat", "dog", "cat"]))  # text labels are classes
+    assert (task.loss, task.n_outputs) == ("softmax_cross_entropy", 2)
+    assert decide_task(np.array([0, 100_000_000]), "softmax_cross_entropy").n_outputs == 2  # labels, mapped
 
 
 def test_a_whole_number_price_column_trains_as_regression(tmp_path):
@@ -237,9 +242,6 @@ def test_a_whole_number_price_column_trains_as_regression(tmp_path):
     out = json.loads(gpubp("train", "--dataset", str(path), "--target", "price", "--epochs", "2", "--backend",
                            "cpu", "--json").stdout)
     assert out["task"].startswith("task: regression") and out["test_accuracy"] is None
-    proc = gpubp("train", "--dataset", str(path), "--target", "price", "--loss", "softmax_cross_entropy",
-                 "--backend", "cpu", check=False)
-    assert proc.returncode == 2 and "way softmax" in proc.stderr
 
 
 def test_a_used_checkpoint_directory_points_to_the_resume_flag(tmp_path):
@@ -288,3 +290,32 @@ def test_predict_and_evaluate_take_checkpoints_and_checkpoint_directories(tmp_pa
     empty.mkdir()
     proc = gpubp("predict", "--model", str(empty), "--input", str(tmp_path / "x.csv"), check=False)
     assert proc.returncode == 2 and "holds no complete checkpoint" in proc.stderr
+
+
+def test_text_labels_and_named_columns_travel_with_the_model(tmp_path):
+    """Class names are learnt as classes and predicted as names; predict and evaluate match the columns by
+    name (any order), and refuse a file that lacks one or brings another."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 2))
+    species = np.where(X[:, 0] > 0.3 * X[:, 1], "setosa", "virginica")
+    lines = ["width,length,species"] + [f"{a:.5f},{b:.5f},{s}" for (a, b), s in zip(X, species)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    out = json.loads(gpubp("train", "--dataset", str(tmp_path / "train.csv"), "--target", "species", "--epochs",
+                           "30", "--backend", "cpu", "--json", "--save", str(tmp_path / "m.npz")).stdout)
+    assert out["task"].startswith("task: classification into 2 classes (the target holds text labels")
+    model = gb.load(tmp_path / "m.npz", backend="cpu")
+    assert model.feature_names == ["width", "length"] and model.classes == ["setosa", "virginica"]
+    swapped = ["length,width"] + [f"{b:.5f},{a:.5f}" for a, b in X[:20]]
+    (tmp_path / "new.csv").write_text("\n".join(swapped) + "\n")
+    predicted = gpubp("predict", "--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "new.csv"),
+                      "--backend", "cpu").stdout.splitlines()
+    assert predicted[0].startswith("prediction,")
+    names = [line.split(",")[0] for line in predicted[1:]]
+    assert np.mean(np.array(names) == species[:20]) >= 0.9
+    scored = json.loads(gpubp("evaluate", "--model", str(tmp_path / "m.npz"), "--data", str(tmp_path / "train.csv"),
+                              "--target", "species", "--backend", "cpu", "--json").stdout)
+    assert scored["accuracy"] >= 0.9
+    (tmp_path / "other.csv").write_text("width,height\n1,2\n")
+    proc = gpubp("predict", "--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "other.csv"), check=False)
+    assert proc.returncode == 2 and "missing ['length']" in proc.stderr and "not used by the model ['height']" \
+        in proc.stderr
