@@ -13,7 +13,7 @@ from . import optim, schedules
 from .backend import Backend, get_backend, get_float32_matmul_precision, set_float32_matmul_precision
 from .callbacks import Callback, CallbackList, EarlyStopping, History
 from .divergence import Divergence
-from .errors import (BackendUnavailableError, GpubpError, InvalidInputError, InvalidTypeError,
+from .errors import (BackendUnavailableError, DistributedAbort, GpubpError, InvalidInputError, InvalidTypeError,
                      ModelFileError, NotCompiledError, TrainingDiverged, InsufficientMemory)
 from .gradcheck import GradcheckResult, gradcheck
 from .loading import load_model as load
@@ -26,6 +26,6 @@ __all__ = [
     "__version__", "optim", "schedules", "Backend", "get_backend", "set_float32_matmul_precision",
     "get_float32_matmul_precision", "Callback", "CallbackList", "EarlyStopping", "History", "Divergence",
     "GpubpError", "InvalidInputError", "InvalidTypeError", "BackendUnavailableError", "NotCompiledError",
-    "ModelFileError", "TrainingDiverged", "InsufficientMemory", "GradcheckResult", "gradcheck", "load", "Dense", "BinaryCrossEntropy",
+    "ModelFileError", "TrainingDiverged", "InsufficientMemory", "DistributedAbort", "GradcheckResult", "gradcheck", "load", "Dense", "BinaryCrossEntropy",
     "MeanSquaredError", "SoftmaxCrossEntropy", "Sequential",
 ]

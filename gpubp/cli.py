@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .version import __version__
-from .errors import GpubpError, InvalidInputError
+from .errors import DistributedAbort, GpubpError, InvalidInputError, TrainingDiverged
 from .output_paths import check_writable_directory, check_writable_file
 from .task import decide_task
 
@@ -29,6 +29,7 @@ TRAIN_EXAMPLES = """examples:
   gpubp train --dataset data.csv --target label --loss softmax_cross_entropy --save model.npz
   gpubp train --optimizer sgd --lr 0.1 --momentum 0.9 --nesterov --backend cpu --dtype float64
   gpubp train --config run.toml --plot plots/ --checkpoint-dir ckpt/
+  mpiexec -n 2 gpubp train --distributed --backend cpu --save model.npz   # data-parallel over 2 processes
 config files (TOML) take the same keys as the flags, e.g.  hidden = [64, 64]  lr = 0.005  batch-size = 128
 """
 
@@ -86,6 +87,9 @@ def build_parser():
     run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
     run.add_argument("--plot", metavar="DIR", help="write loss/accuracy curves (and, for 2-D data, the decision "
                                                    "boundary) as PNG files into DIR (needs matplotlib)")
+    run.add_argument("--distributed", action="store_true",
+                     help="data-parallel training over the ranks of mpiexec -n N (CPU backend, needs the mpi "
+                          "extra); --batch-size stays the global batch; rank 0 alone prints and writes files")
     run.add_argument("--config", metavar="FILE", help="read defaults for these flags from a TOML file")
     run.add_argument("--quiet", action="store_true", help="print only the final result")
     run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
@@ -205,13 +209,22 @@ def _save_or_fall_back(model, path):
 
 def cmd_train(args):
     from .checkpoint import latest_checkpoint
+    from .communicator import SingleProcess, agreed
     from .data import StandardScaler, csv_feature_names, load_dataset, train_test_split
     from .losses import get_loss
 
-    _check_train_outputs(args)
-    if args.checkpoint_dir and not args.resume and latest_checkpoint(args.checkpoint_dir) is not None:
-        raise InvalidInputError(f"--checkpoint-dir {args.checkpoint_dir!r} already holds checkpoints of an earlier "
-                                f"run: add --resume to continue it, or choose an empty directory")
+    communicator = getattr(args, "communicator", None) or SingleProcess()
+    root = communicator.is_root  # in data-parallel training, rank 0 alone checks its outputs, prints and writes
+
+    def check_outputs():
+        if not root:
+            return
+        _check_train_outputs(args)
+        if args.checkpoint_dir and not args.resume and latest_checkpoint(args.checkpoint_dir) is not None:
+            raise InvalidInputError(f"--checkpoint-dir {args.checkpoint_dir!r} already holds checkpoints of an "
+                                    f"earlier run: add --resume to continue it, or choose an empty directory")
+
+    agreed(communicator, check_outputs)
     X, y = load_dataset(args.dataset, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
     task = decide_task(y, None if args.loss is None else get_loss(args.loss).name)
     args.loss = task.loss
@@ -224,7 +237,7 @@ def cmd_train(args):
                      None if classes is None else classes.tolist())
     if not args.no_standardize:
         model.set_scaler(StandardScaler().fit(X_train))  # saved with the model; applied by predict
-    quiet = args.quiet or args.json
+    quiet = args.quiet or args.json or not root
     if not quiet:
         print(f"gpubp {__version__}: {args.dataset} ({X_train.shape[0]} train / {X_test.shape[0]} test samples, "
               f"{X.shape[1]} features) on {model.backend.name} ({model.backend.device_name}), {args.dtype}")
@@ -233,11 +246,13 @@ def cmd_train(args):
     t0 = time.perf_counter()
     history = model.fit(X_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
                         validation_data=(X_test, y_test), verbose=0 if quiet else 1,
-                        checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+                        checkpoint_dir=args.checkpoint_dir, resume=args.resume, distributed=communicator)
     seconds = time.perf_counter() - t0
     result = model.evaluate(X_test, y_test)
     metrics = {"test_loss": result["loss"], "test_accuracy": result["accuracy"], "train_seconds": seconds,
                "epochs": len(history.epoch), "backend": model.backend.name, "task": task.description}
+    if not root:
+        return 130 if history.interrupted else 0
     save_path = args.save
     if history.interrupted:
         where = history.interrupted
@@ -466,11 +481,20 @@ def cmd_info(args):
 
 def main(argv=None):
     args = _apply_config(build_parser(), argv)
+    args.communicator = None
     try:
+        if getattr(args, "distributed", False):
+            from .communicator import MPICommunicator
+
+            args.communicator = MPICommunicator()
         return {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "info": cmd_info}[
             args.command](args)
     except GpubpError as exc:
-        print(f"gpubp: error: {exc}", file=sys.stderr)
+        rank = 0 if args.communicator is None else args.communicator.rank
+        if rank == 0:
+            print(f"gpubp: error: {exc}", file=sys.stderr)
+        elif not isinstance(exc, (TrainingDiverged, DistributedAbort)):  # those, every rank raises together
+            print(f"gpubp: rank {rank}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gpubp: interrupted", file=sys.stderr)

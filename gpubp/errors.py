@@ -45,3 +45,7 @@ class TrainingDiverged(GpubpError, FloatingPointError):
 
 class InsufficientMemory(GpubpError, MemoryError):
     """A run would not fit in the memory available on its device."""
+
+
+class DistributedAbort(GpubpError, RuntimeError):
+    """Another rank of a data-parallel run failed (that rank reports why), so this one stops too."""

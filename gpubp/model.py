@@ -279,8 +279,10 @@ class Sequential:
     def gradient_hooks(self):
         """``[(name, hook)]`` run on the flat gradient between the backward pass and the update, in order.
 
-        The optimizer's clip_value and clip_norm; the finiteness check is part
-        of the guarded update that follows (see ``gpubp.kernels.contract``).
+        In data-parallel training first the all-reduce of the gradient across
+        ranks (see :mod:`gpubp.communicator`), then the optimizer's clip_value
+        and clip_norm; the finiteness check is part of the guarded update that
+        follows (see ``gpubp.kernels.contract``).
         """
         return self.optimizer.gradient_hooks()
 
@@ -465,7 +467,7 @@ class Sequential:
 
     def fit(self, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
             shuffle=True, callbacks=None, verbose=1, on_divergence="raise", checkpoint_dir=None,
-            checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None):
+            checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None, distributed=None):
         """Train with mini-batch gradient descent; returns a :class:`gpubp.History`.
 
         See :func:`gpubp.train.fit` for the parameters.
@@ -474,7 +476,7 @@ class Sequential:
                    validation_split=validation_split, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
                    on_divergence=on_divergence, checkpoint_dir=checkpoint_dir,
                    checkpoint_every=checkpoint_every, checkpoint_keep=checkpoint_keep, resume=resume,
-                   check_every=check_every)
+                   check_every=check_every, distributed=distributed)
 
     # ------------------------------------------------------------- inference
     def _chunks(self, n, batch_size):

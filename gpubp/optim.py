@@ -6,7 +6,8 @@ biases) and every gradient in a twin array. An optimizer allocates its state
 call over all parameters (weight decay applies to the first ``n_weights``
 entries, the weights, inside the same call). The optimizer also names the
 gradient hooks that run between "gradients are complete" and the update
-(clip_value, then clip_norm); layers never know which optimizer runs.
+(the all-reduce of data-parallel training, then clip_value, then clip_norm);
+layers never know which optimizer runs.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Optimizer:
         self.state = {}
         self._backend = self._params = self._grads = None
         self._n_decayed = 0
+        #: the all-reduce of data-parallel training (see :meth:`set_all_reduce`), None in one process
+        self.all_reduce = None
         self._hooks = self._make_gradient_hooks()
 
     @property
@@ -120,8 +123,16 @@ class Optimizer:
         """``[(name, hook)]`` run in this order on the flat gradient before the update; ``hook(kernels, g)``."""
         return self._hooks
 
+    def set_all_reduce(self, hook):
+        """Run ``hook(kernels, g)`` first among the gradient hooks, before clipping and the update (the
+        all-reduce of data-parallel training, which needs each rank's whole gradient in the gradient
+        buffer); None removes it."""
+        self.all_reduce = hook
+        self._hooks = self._make_gradient_hooks()
+
     def _make_gradient_hooks(self):
-        hooks = []  # the hooks read clip_value / clip_norm when they run
+        hooks = [] if self.all_reduce is None else [("all_reduce", self.all_reduce)]
+        # the clipping hooks read clip_value / clip_norm when they run
         if self.clip_value is not None:
             hooks.append(("clip_value", lambda kernels, g: kernels.clip_by_value_(g, self.clip_value)))
         if self.clip_norm is not None:
@@ -159,7 +170,7 @@ class Optimizer:
         """Everything the update passes to its kernels as fixed scalars: a step captured (as a CUDA
         graph) for one signature is replayed only while it is unchanged."""
         return (type(self).__name__, self.weight_decay, self.clip_norm, self.clip_value,
-                tuple(sorted(self._hyperparameters().items())))
+                tuple(sorted(self._hyperparameters().items())), id(self.all_reduce))
 
     def state_dict(self):
         """``{"iterations": int, "state": {name: host array}}``; the schedule's position is ``iterations``."""
@@ -218,7 +229,10 @@ class SGD(Optimizer):
             self.state_names = ()  # plain SGD keeps no velocity
 
     def _fused(self):
-        return not self.momentum and self.clip_norm is None and self.clip_value is None
+        """True when the weight update can ride in the backward GEMMs: no momentum and no gradient hook
+        (clipping, or an all-reduce, which needs the gradient before any weight changes)."""
+        return (not self.momentum and self.clip_norm is None and self.clip_value is None
+                and self.all_reduce is None)
 
     def bind(self, backend, params, grads, n_weights, weights=()):
         super().bind(backend, params, grads, n_weights, weights)
@@ -232,7 +246,7 @@ class SGD(Optimizer):
             self.gemm_scale.upload()
 
     def weight_gradient_targets(self, kernels):
-        """Plain SGD without clipping rides in the weight-gradient GEMMs, ``W = (1 - lr wd) W - lr x^T delta``
+        """Plain SGD without clipping or all-reduce rides in the weight-gradient GEMMs, ``W = (1 - lr wd) W - lr x^T delta``
         (no gradient buffer pass, no separate update pass for the weights). To keep the update
         all-or-nothing, the weights are first copied into the (otherwise unused) weight-gradient buffer,
         and :meth:`update` copies them back when anything in the step was not finite."""

@@ -15,8 +15,12 @@ import numpy as np
 from .buffers import INFERENCE_BATCH, EpochBatches, plan_bytes
 from .callbacks import CallbackList, History, as_callback_list
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
+from .communicator import GradientAllReduce, agreed, get_communicator
+from .data import StandardScaler
 from .directory_lock import locked
+from .divergence import Divergence
 from .errors import InvalidInputError, InvalidTypeError, ModelFileError, TrainingDiverged
+from .kernels.contract import STATUS_GRADIENT
 from .output_paths import check_writable_directory
 from .progress import ProgressLogger
 from .validation import check_bool, check_positive_int
@@ -146,7 +150,7 @@ def _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkp
 
 def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
         shuffle=True, callbacks=None, verbose=1, on_divergence="raise", checkpoint_dir=None,
-        checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None):
+        checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None, distributed=None):
     """Train ``model`` on (X, y) with mini-batches drawn without replacement.
 
     Parameters
@@ -182,6 +186,21 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
         Continue from the newest complete checkpoint in ``checkpoint_dir`` up to
         ``epochs`` in total; on the CPU the result is bit-identical to an
         uninterrupted run.
+    distributed : None, "mpi" or gpubp.communicator.Communicator
+        Data-parallel training over the ranks of ``mpiexec -n N`` (see
+        :mod:`gpubp.communicator`); None trains in this process alone. Every
+        rank calls ``fit`` with the same data and arguments; ``batch_size`` is
+        the global batch, of which each rank takes an even share (the first
+        ``batch % N`` ranks one row more), and the ranks' gradients are
+        combined weighted by their shares, so the result is that of one
+        process on the whole batch, up to rounding. Rank 0's parameters,
+        optimizer state and shuffle generator (or, with ``resume``, its
+        checkpoint) are broadcast first; the logged loss and metrics are those
+        of the whole data; divergence, early stopping, ``stop_training`` and
+        Ctrl-C on any rank stop every rank after the same step (the ranks agree
+        after every step, so ``check_every`` is 1). Only rank 0 writes
+        checkpoints and shows progress (the other ranks run with
+        ``checkpoint_dir=None, verbose=0``); callbacks run on every rank.
 
     The training set is copied to the device once; each epoch's permutation is
     drawn on the host from the model's seeded generator (so every backend sees
@@ -198,35 +217,66 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     History
     """
     model.require_compiled()
-    batch_size, epochs, callbacks = _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir,
-                                                     checkpoint_every, checkpoint_keep, on_divergence, check_every,
-                                                     shuffle, callbacks)
-    with contextlib.nullcontext() if checkpoint_dir is None else locked(checkpoint_dir, exclusive=True):
+    communicator = get_communicator(distributed)
+    if not communicator.is_root:  # rank 0 alone writes and prints; the others resume from what it sends
+        checkpoint_dir, verbose = None, 0
+    with contextlib.ExitStack() as stack:
+
+        def checked():
+            # the other ranks check resume but read no directory: rank 0 sends them its checkpoint
+            reads_checkpoint = check_bool("resume", resume) and communicator.is_root
+            arguments = _check_arguments(batch_size, epochs, verbose, reads_checkpoint, checkpoint_dir,
+                                         checkpoint_every, checkpoint_keep, on_divergence, check_every, shuffle,
+                                         callbacks)
+            if checkpoint_dir is not None:
+                stack.enter_context(locked(checkpoint_dir, exclusive=True))
+            return arguments
+
+        batch_size, epochs, callbacks = agreed(communicator, checked)
         return _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shuffle, callbacks, verbose,
-                    on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every)
+                    on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every,
+                    communicator)
 
 
 def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shuffle, callbacks, verbose,
-         on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every):
+         on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every, communicator):
     """:func:`fit` once its arguments are checked (and the checkpoint directory is locked)."""
-    restored = None
-    if model.built:
-        model.read_divergence()  # a failure an aborted run left unread: rewinds the step count to it
-    if resume:  # before the data is prepared: the checkpoint's scaler applies to it
-        model.build_for(X)
-        restored = resume_from_latest(checkpoint_dir, model)
-    X, y, X_val, y_val, with_accuracy = _split_validation(model, X, y, validation_data, validation_split)
+    shared = communicator.size > 1
+
+    def restore():
+        restored = all_reduce = None
+        if model.built:
+            model.read_divergence()  # a failure an aborted run left unread: rewinds the step count to it
+        if resume or shared:  # before the data is prepared: the checkpoint's scaler applies to it
+            model.build_for(X)
+        if shared:
+            all_reduce = GradientAllReduce(communicator, model.backend, model.status.array)
+        if resume and checkpoint_dir is not None:
+            restored = resume_from_latest(checkpoint_dir, model)
+        return restored, all_reduce
+
+    restored, all_reduce = agreed(communicator, restore)
+    if shared:
+        restored = _share_root_state(communicator, model, restored)
+    X, y, X_val, y_val, with_accuracy = agreed(
+        communicator, lambda: _split_validation(model, X, y, validation_data, validation_split))
 
     n = X.shape[0]
     batch_size = min(batch_size, n)
     starts = list(range(0, n, batch_size))
     sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
+    shares = [share_of_rows(int(b), communicator.size, communicator.rank) for b in sizes]
     evaluated = max(n if "accuracy" in model.metrics and with_accuracy else 0,
                     0 if X_val is None else X_val.shape[0])
-    _check_memory(model, sorted(set(sizes.astype(int))), y, len(starts), min(evaluated, INFERENCE_BATCH))
-    plans = {b: model.batch_plan(int(b), y) for b in set(sizes.astype(int))}
-    if check_every is None:
-        check_every = 1 if model.backend.reads_are_free else len(starts)
+
+    def allocate():
+        rows = sorted({max(count, 1) for _, count in shares})  # a rank with no rows of a batch runs one, weighted 0
+        _check_memory(model, rows, y, len(starts), min(evaluated, INFERENCE_BATCH))
+        return {b: model.batch_plan(b, y) for b in rows}
+
+    plans = agreed(communicator, allocate)
+    if check_every is None or shared:
+        check_every = 1 if model.backend.reads_are_free or shared else len(starts)
 
     history = History()
     callbacks = CallbackList([history] + list(callbacks or []) +
@@ -236,11 +286,13 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
         callbacks.callbacks[-1].set_model(model)
     model.stop_training = False
     started = []
+    model.optimizer.set_all_reduce(all_reduce)
     try:
         callbacks.on_train_begin(started=started)
         if restored is not None:
             _load_callback_state(callbacks, restored, checkpoint_dir)
-        loop = _EpochLoop(model, X, y, starts, sizes, plans, shuffle, check_every, callbacks)
+        loop = _EpochLoop(model, X, y, starts, sizes, plans, shuffle, check_every, callbacks, communicator,
+                          shares, all_reduce)
         first_epoch = 0 if restored is None else (epochs if restored["stopped"] else restored["epoch"])
         # NaN/Inf from a diverging step is the guard's to report (TrainingDiverged): NumPy's GEMM overflow
         # warnings would only print it first, less clearly
@@ -259,9 +311,9 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
                 model.backend.synchronize()
                 elapsed = time.perf_counter() - t0
                 if "accuracy" in model.metrics and with_accuracy:
-                    logs["accuracy"] = model.evaluate_prepared(X, y, with_accuracy)["accuracy"]
+                    logs["accuracy"] = _evaluate(model, X, y, with_accuracy, communicator)["accuracy"]
                 if X_val is not None:
-                    val = model.evaluate_prepared(X_val, y_val, with_accuracy)
+                    val = _evaluate(model, X_val, y_val, with_accuracy, communicator)
                     logs["val_loss"] = val["loss"]
                     if val["accuracy"] is not None:
                         logs["val_accuracy"] = val["accuracy"]
@@ -269,14 +321,56 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
                 samples = int(loop.sizes[:steps_done].sum())
                 logs["samples_per_sec"] = samples / elapsed if elapsed > 0 else float("inf")
                 callbacks.on_epoch_end(epoch, logs)
-                if model.stop_training:
+                if communicator.agree(model.stop_training):
+                    model.stop_training = True
                     break
     except BaseException:
         model.read_divergence()  # the state stays that from before any step that went bad
         callbacks.on_train_end(only=started, keep_going=True)  # never hides the error in flight
         raise
+    finally:
+        model.optimizer.set_all_reduce(None)
     callbacks.on_train_end(only=started)
     return history
+
+
+def share_of_rows(rows, ranks, rank):
+    """``(offset, count)``: the contiguous share of ``rank`` in ``rows`` rows split over ``ranks`` ranks as
+    evenly as possible (the first ``rows % ranks`` ranks take one row more); offset 0 for an empty share."""
+    base, extra = divmod(rows, ranks)
+    count = base + (rank < extra)
+    return (rank * base + min(rank, extra) if count else 0), count
+
+
+def _share_root_state(communicator, model, restored):
+    """Make every rank start from rank 0's state: its parameters and optimizer state (broadcast in place),
+    its step count, shuffle generator and scaler, and what it restored from a checkpoint (returned)."""
+    backend = model.backend
+    for array in [model.params] + [model.optimizer.state[name] for name in model.optimizer.state_names]:
+        communicator.broadcast_(backend.host_view(array))
+    scaler = model.scaler
+    shared = communicator.broadcast_object(
+        {"iterations": model.optimizer.iterations, "shuffle_rng": model.shuffle_rng.bit_generator.state,
+         "scaler": None if scaler is None else scaler.to_dict(), "restored": restored}
+        if communicator.is_root else None)
+    if not communicator.is_root:
+        model.optimizer.iterations = shared["iterations"]
+        model.shuffle_rng.bit_generator.state = shared["shuffle_rng"]
+        model.set_scaler(None if shared["scaler"] is None else StandardScaler.from_dict(shared["scaler"]))
+    return shared["restored"]
+
+
+def _evaluate(model, X, y, with_accuracy, communicator):
+    """:meth:`Sequential.evaluate_prepared` on (X, y), each rank evaluating its share of the rows."""
+    if communicator.size == 1:
+        return model.evaluate_prepared(X, y, with_accuracy)
+    offset, count = share_of_rows(X.shape[0], communicator.size, communicator.rank)
+    result = {"loss": 0.0, "accuracy": 0.0}
+    if count:
+        result = model.evaluate_prepared(X[offset:offset + count], y[offset:offset + count], with_accuracy)
+    loss, hits, rows = communicator.allreduce_scalars([result["loss"] * count, (result["accuracy"] or 0.0) * count,
+                                                       count])
+    return {"loss": float(loss / rows), "accuracy": float(hits / rows) if with_accuracy else None}
 
 
 def _load_callback_state(callbacks, restored, directory):
@@ -288,12 +382,23 @@ def _load_callback_state(callbacks, restored, directory):
 
 
 class _EpochLoop:
-    """One epoch of steps over the device data; reads the divergence record every ``check_every`` steps."""
+    """One epoch of steps over the device data; reads the divergence record every ``check_every`` steps.
 
-    def __init__(self, model, X, y, starts, sizes, plans, shuffle, check_every, callbacks):
+    ``sizes`` are the global batch sizes, ``shares`` this rank's ``(offset, count)`` in each batch (the
+    whole batch in one process) and ``all_reduce`` the gradient hook of data-parallel training (or None),
+    whose weight is set to this rank's share before each step.
+    """
+
+    def __init__(self, model, X, y, starts, sizes, plans, shuffle, check_every, callbacks, communicator, shares,
+                 all_reduce):
         self.model, self.X, self.y = model, X, y
         self.starts, self.sizes, self.plans = starts, sizes, plans
         self.shuffle, self.check_every, self.callbacks = shuffle, check_every, callbacks
+        self.communicator, self.all_reduce = communicator, all_reduce
+        self.offsets = [offset for offset, _ in shares]
+        #: rows of each batch in this rank's share (0: it runs one row, weighted 0)
+        self.counts = np.array([count for _, count in shares], dtype=np.float64)
+        self.weights = self.counts / sizes
         self.batches = EpochBatches(model.backend, X, y, len(starts))
         self.first_iteration = 0
 
@@ -305,25 +410,45 @@ class _EpochLoop:
         self.first_iteration = model.optimizer.iterations
         last = len(self.starts) - 1
         for i, start in enumerate(self.starts):
-            plan = self.plans[int(self.sizes[i])]
+            plan = self.plans[max(int(self.counts[i]), 1)]
             self.callbacks.on_batch_begin(i)
-            self.batches.select(start, i)
+            self.batches.select(start + self.offsets[i], i)
+            if self.all_reduce is not None:
+                self.all_reduce.weight = float(self.weights[i])
             model.train_step(plan, batches=self.batches)
             loss = self.batches.losses[i:i + 1]
             self.callbacks.on_batch_end(i, {"batch": i, "size": plan.batch_size, "loss": loss})
             stop = interrupt.requested or model.stop_training
             if (i + 1) % self.check_every == 0 or i == last or stop:
-                divergence = model.read_divergence()
+                divergence, stop = self._agree(model.read_divergence(), interrupt, stop)
                 if divergence is not None:
                     return divergence, i + 1
             if stop:
                 return None, i + 1
         return None, len(self.starts)
 
+    def _agree(self, divergence, interrupt, stop):
+        """``(divergence, stop)`` agreed by every rank: a divergence, a Ctrl-C or ``stop_training`` on any
+        rank stops them all after this step (one small all-reduce; nothing to agree in one process)."""
+        if self.communicator.size == 1:
+            return divergence, stop
+        diverged, interrupted, stopped = self.communicator.allreduce_scalars(
+            [divergence is not None, interrupt.requested, self.model.stop_training]) > 0
+        interrupt.requested = interrupt.requested or bool(interrupted)
+        self.model.stop_training = self.model.stop_training or bool(stopped)
+        if diverged and divergence is None:
+            # every rank's update sees a rank's non-finite gradient through the all-reduce and refuses
+            # the same step; this stands for that step should a rank not have recorded it
+            divergence = Divergence(self.model.optimizer.iterations - 1, STATUS_GRADIENT)
+            self.model.optimizer.iterations = divergence.iteration
+        return divergence, bool(interrupted or stopped)
+
     def mean_loss(self, steps):
-        """The training loss of the epoch's first ``steps`` steps, weighted by batch size (one host read)."""
+        """The training loss of the epoch's first ``steps`` steps, weighted by batch size (one host read;
+        over every rank's share in data-parallel training)."""
         losses = self.model.backend.to_host(self.batches.losses)[:steps]
-        return float(losses @ self.sizes[:steps]) / float(self.sizes[:steps].sum())
+        total, rows = self.communicator.allreduce_scalars([losses @ self.counts[:steps], self.counts[:steps].sum()])
+        return float(total) / float(rows)
 
 
 def _diverged(model, history, epoch, divergence, loop, on_divergence, steps_per_epoch):

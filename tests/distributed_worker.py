@@ -1,0 +1,75 @@
+"""Fits small models for the data-parallel tests (``test_distributed.py``).
+
+``train(case)`` fits one case in this process; run as a script under ``mpiexec -n N`` it fits every
+case of a JSON list with ``distributed="mpi"`` and writes each rank's results to ``OUT/rank<r>.json``:
+``python distributed_worker.py OUT '[{"optimizer": "adam", "dtype": "float64", ...}, ...]'``.
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+import gpubp as gb
+from gpubp.callbacks import Callback
+
+
+def data(n, seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    y = ((X[:, 0] + X[:, 1] ** 2 > 0.5).astype(np.int64) + (X[:, 2] > 1.0)).astype(np.int64)
+    return X, y
+
+
+def optimizer(case):
+    if case["optimizer"] == "adam":
+        return gb.optim.Adam(lr=0.01)
+    return gb.optim.SGD(lr=0.1, momentum=case.get("momentum", 0.0))
+
+
+def train(case, distributed=None):
+    """Fit ``case`` and return ``{"weights", "loss", "val_loss", "accuracy", ...}`` (lists of floats)."""
+    X, y = data(case["n"])
+    model = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(3)], input_dim=5, backend="cpu",
+                          dtype=case["dtype"], seed=0)
+    model.compile(optimizer=optimizer(case), metrics=["accuracy"])
+    callbacks = []
+    if case.get("poison_rank") is not None:
+        callbacks.append(_Poison(case["poison_rank"], case.get("poison_batch", 2)))
+    result = {}
+    try:
+        history = model.fit(X[:-20], y[:-20], batch_size=case["batch_size"], epochs=case.get("epochs", 2),
+                            validation_data=(X[-20:], y[-20:]), verbose=0, callbacks=callbacks,
+                            checkpoint_dir=case.get("checkpoint_dir"), distributed=distributed)
+    except gb.TrainingDiverged as exc:
+        result["diverged"] = {"iteration": exc.iteration, "epoch": exc.epoch, "step": exc.step}
+    else:
+        result.update({key: [float(v) for v in values] for key, values in history.history.items()})
+    result["weights"] = np.concatenate([w.ravel() for w in model.get_weights()]).astype(np.float64).tolist()
+    return result
+
+
+class _Poison(Callback):
+    """On rank ``rank`` only, writes NaN into the first weight before batch ``batch`` of the first epoch."""
+
+    def __init__(self, rank, batch):
+        super().__init__()
+        self.rank, self.batch, self.epoch = rank, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_begin(self, batch, logs=None):
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.Get_rank() == self.rank and self.epoch == 0 and batch == self.batch:
+            self.model.params[0] = np.nan
+
+
+if __name__ == "__main__":
+    from mpi4py import MPI
+
+    out = pathlib.Path(sys.argv[1])
+    results = [train(case, distributed="mpi") for case in json.loads(sys.argv[2])]
+    (out / f"rank{MPI.COMM_WORLD.Get_rank()}.json").write_text(json.dumps(results))
