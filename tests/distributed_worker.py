@@ -41,7 +41,8 @@ def train(case, distributed=None):
     try:
         history = model.fit(X[:-20], y[:-20], batch_size=case["batch_size"], epochs=case.get("epochs", 2),
                             validation_data=(X[-20:], y[-20:]), verbose=0, callbacks=callbacks,
-                            checkpoint_dir=case.get("checkpoint_dir"), distributed=distributed)
+                            checkpoint_dir=case.get("checkpoint_dir"), resume=case.get("resume", False),
+                            distributed=distributed)
     except gb.TrainingDiverged as exc:
         result["diverged"] = {"iteration": exc.iteration, "epoch": exc.epoch, "step": exc.step}
     else:

@@ -125,6 +125,21 @@ def test_only_rank_0_writes_checkpoints(tmp_path):
     assert np.array_equal(saved, per_rank[0][0]["weights"])
 
 
+def test_a_run_of_two_ranks_resumes_on_three_and_matches_one_process(tmp_path):
+    """2 epochs on 2 ranks with checkpoints, then a resume to 4 epochs on 3 ranks: the weights of 4 epochs
+    in one process (the checkpoint is rank 0's, broadcast to every rank of the new run)."""
+    directory = tmp_path / "ckpt"
+    case = {"optimizer": "adam", "dtype": "float64", "n": 117, "batch_size": 32, "checkpoint_dir": str(directory)}
+    run_cases(2, [case], tmp_path)
+    per_rank = run_cases(3, [dict(case, epochs=4, resume=True)], tmp_path)
+    reference = train(dict(case, epochs=4, checkpoint_dir=None))
+    for results in per_rank:
+        assert len(results[0]["loss"]) == 2  # epochs 3 and 4 only: the run went on from the checkpoint
+        np.testing.assert_allclose(results[0]["loss"], reference["loss"][2:], rtol=1e-12)
+        assert max_difference(results[0], reference) < 1e-12
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith("ckpt-"))[-1] == "ckpt-epoch000004.npz"
+
+
 def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
     """Rank 1 alone writes NaN into its weights before step 3: its loss is NaN, and both ranks raise
     TrainingDiverged for that step (no rank is left waiting: the run ends within the timeout)."""
