@@ -32,7 +32,7 @@ def train(case, distributed=None):
     """Fit ``case`` and return ``{"weights", "loss", "val_loss", "accuracy", ...}`` (lists of floats)."""
     X, y = data(case["n"])
     model = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(3)], input_dim=5, backend="cpu",
-                          dtype=case["dtype"], seed=0)
+                          dtype=case["dtype"], seed=case.get("seed", 0))
     model.compile(optimizer=optimizer(case), metrics=["accuracy"])
     callbacks = []
     if case.get("poison_rank") is not None:

@@ -46,7 +46,7 @@ def mpiexec():
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"mpiexec cannot start 2 ranks here ({exc})"
-    if done.returncode != 0 or done.stdout.split() != ["2", "2"]:
+    if done.returncode != 0 or done.stdout.count("2") != 2:  # the ranks' lines may arrive merged
         return None, f"mpiexec cannot start 2 ranks here (exit {done.returncode}: {done.stderr.strip()[-300:]})"
     return path, None
 
@@ -127,15 +127,16 @@ def test_only_rank_0_writes_checkpoints(tmp_path):
 
 def test_a_run_of_two_ranks_resumes_on_three_and_matches_one_process(tmp_path):
     """2 epochs on 2 ranks with checkpoints, then a resume to 4 epochs on 3 ranks: the weights of 4 epochs
-    in one process (the checkpoint is rank 0's, broadcast to every rank of the new run)."""
+    in one process (the checkpoint is rank 0's, broadcast to every rank of the new run). The resumed run's
+    models start from another seed, so only the checkpoint can make them match."""
     directory = tmp_path / "ckpt"
     case = {"optimizer": "adam", "dtype": "float64", "n": 117, "batch_size": 32, "checkpoint_dir": str(directory)}
     run_cases(2, [case], tmp_path)
-    per_rank = run_cases(3, [dict(case, epochs=4, resume=True)], tmp_path)
+    per_rank = run_cases(3, [dict(case, epochs=4, resume=True, seed=7)], tmp_path)
     reference = train(dict(case, epochs=4, checkpoint_dir=None))
+    assert max_difference(train(dict(case, epochs=4, checkpoint_dir=None, seed=7)), reference) > 1e-3
     for results in per_rank:
-        assert len(results[0]["loss"]) == 2  # epochs 3 and 4 only: the run went on from the checkpoint
-        np.testing.assert_allclose(results[0]["loss"], reference["loss"][2:], rtol=1e-12)
+        np.testing.assert_allclose(results[0]["loss"], reference["loss"], rtol=1e-12)
         assert max_difference(results[0], reference) < 1e-12
     assert sorted(p.name for p in directory.iterdir() if p.name.startswith("ckpt-"))[-1] == "ckpt-epoch000004.npz"
 
