@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import BackendUnavailableError, InsufficientMemory, InvalidInputError, InvalidTypeError
 from .kernels.contract import MATMUL_PRECISIONS
+from .launch_environment import device_for_this_rank
 
 logger = logging.getLogger("gpubp")
 
@@ -258,6 +259,7 @@ def probe_gpu():
         from .kernels import cuda, cuda_device
     except Exception as exc:  # a missing numba-cuda or CUDA library shows up here
         return None, f"the GPU kernels failed to load ({type(exc).__name__}: {exc}); {GPU_INSTALL_HINT}"
+    cuda_device.use_device(device_for_this_rank(cupy.cuda.runtime.getDeviceCount()))
     failure = cuda_device.probe(cuda)
     if failure is not None:
         return None, f"a test kernel and GEMM failed on the GPU ({failure}); {GPU_INSTALL_HINT}"
@@ -305,7 +307,6 @@ def set_float32_matmul_precision(precision):
 def get_float32_matmul_precision():
     """The precision set by :func:`set_float32_matmul_precision` (``"highest"`` until then)."""
     return _MATMUL_PRECISION[0]
-
 
 
 def get_backend(name="auto"):

@@ -88,8 +88,9 @@ def build_parser():
     run.add_argument("--plot", metavar="DIR", help="write loss/accuracy curves (and, for 2-D data, the decision "
                                                    "boundary) as PNG files into DIR (needs matplotlib)")
     run.add_argument("--distributed", action="store_true",
-                     help="data-parallel training over the ranks of mpiexec -n N (CPU backend, needs the mpi "
-                          "extra); --batch-size stays the global batch; rank 0 alone prints and writes files")
+                     help="data-parallel training over the ranks of mpiexec -n N (needs the mpi extra; on GPUs "
+                          "NCCL, one GPU per rank); --batch-size stays the global batch; rank 0 alone prints and "
+                          "writes files")
     run.add_argument("--config", metavar="FILE", help="read defaults for these flags from a TOML file")
     run.add_argument("--quiet", action="store_true", help="print only the final result")
     run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
@@ -484,9 +485,11 @@ def main(argv=None):
     args.communicator = None
     try:
         if getattr(args, "distributed", False):
-            from .communicator import MPICommunicator
+            from .backend import get_backend
+            from .communicator import get_communicator
 
-            args.communicator = MPICommunicator()
+            # the backend first: on a GPU it picks this rank's device, which NCCL then binds to
+            args.communicator = get_communicator("mpi", on_gpu=get_backend(args.backend).runtime is not None)
         return {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "info": cmd_info}[
             args.command](args)
     except GpubpError as exc:

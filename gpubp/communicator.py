@@ -9,11 +9,14 @@ objects, an all-reduce of a few host floats (losses, metrics, flags) and :meth:`
 * :class:`MPICommunicator`: mpi4py on NumPy buffers (``Allreduce(MPI.IN_PLACE, ...)``), for the CPU
   backend; launch the ranks with ``mpiexec -n N``. Install it with ``pip install 'gpubp[mpi]'`` (mpi4py
   and the MPICH wheel, which brings ``mpiexec``), or build mpi4py against a site MPI.
+* :class:`NCCLCommunicator`: NCCL (through ``cupy.cuda.nccl``) on GPU buffers, on the step's stream, so
+  the all-reduce sits inside the captured step; MPI launches the ranks, sends NCCL's unique id and
+  carries the few host numbers. One GPU per rank, chosen from the node-local rank (see
+  :mod:`gpubp.launch_environment`). The pip MPI builds are not CUDA-aware, hence NCCL for device buffers.
 
-GPU buffers are not handled yet: an all-reduce of CuPy buffers needs NCCL (the pip MPI builds are not
-CUDA-aware), so data-parallel training runs on the CPU backend only for now.
-
-:class:`GradientAllReduce` is the gradient hook that puts a communicator into the training step.
+:class:`GradientAllReduce` is the gradient hook that puts a communicator into the training step: it calls
+the kernel ``all_reduce_mean_``, which weighs this rank's gradient on the device and hands the buffer to
+:meth:`Communicator.allreduce_sum_`.
 """
 
 from __future__ import annotations
@@ -46,16 +49,30 @@ class Communicator:
     def is_root(self):
         return self.rank == 0
 
+    def allreduce_sum_(self, buffer, stream=None):
+        """Replace the contiguous ``buffer`` on every rank with the sum of all ranks' ``buffer``, in place.
+
+        ``stream``: the device stream (an integer handle) the sum is queued on, for device buffers; None
+        for host buffers, and for device buffers the default stream.
+        """
+
     def allreduce_mean_(self, flat, weight=None):
-        """Replace the host array ``flat`` on every rank with the combination of all ranks' ``flat``, in place.
+        """Replace ``flat`` on every rank with the combination of all ranks' ``flat``, in place (host code;
+        the training step weighs on the device instead, see ``all_reduce_mean_`` in the kernel contract).
 
         ``weight=None``: the mean (sum, then divide by :attr:`size`). Otherwise this rank's ``flat`` is
         scaled by ``weight`` before the sum, so with each rank's weight its share of the rows of a batch,
         the mean gradients of uneven shares combine into the mean gradient of the whole batch.
         """
+        if weight is not None:
+            flat *= weight
+        self.allreduce_sum_(flat)
+        if weight is None:
+            flat *= 1.0 / self.size
 
     def broadcast_(self, array, root=0):
-        """Copy ``root``'s host array into ``array`` on every other rank, in place."""
+        """Copy ``root``'s array (host or device, as :meth:`allreduce_sum_` takes) into ``array`` on every
+        other rank, in place."""
 
     def broadcast_object(self, obj, root=0):
         """``root``'s ``obj`` (a small picklable value) on every rank."""
@@ -101,13 +118,9 @@ class MPICommunicator(Communicator):
     def __repr__(self):
         return f"MPICommunicator(rank={self.rank}, size={self.size})"
 
-    def allreduce_mean_(self, flat, weight=None):
-        _check_host_buffer(flat)
-        if weight is not None:
-            np.multiply(flat, weight, out=flat)
-        self.comm.Allreduce(self._mpi.IN_PLACE, flat, op=self._mpi.SUM)
-        if weight is None:
-            np.multiply(flat, 1.0 / self.size, out=flat)
+    def allreduce_sum_(self, buffer, stream=None):
+        _check_host_buffer(buffer)
+        self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
 
     def broadcast_(self, array, root=0):
         _check_host_buffer(array)
@@ -125,10 +138,63 @@ class MPICommunicator(Communicator):
         return bool(self.allreduce_scalars([1.0 if flag else 0.0])[0] > 0)
 
 
+class NCCLCommunicator(MPICommunicator):
+    """The ranks of an MPI communicator, with their GPU buffers combined by NCCL (``cupy.cuda.nccl``).
+
+    One GPU per rank: the GPU backend has already chosen this rank's device from its node-local rank.
+    Rank 0 makes NCCL's unique id and MPI broadcasts it; the sums and broadcasts of device buffers then go
+    through NCCL on the stream they are given (the training step's), the host numbers of
+    :meth:`allreduce_scalars` and :meth:`agree` through MPI. NCCL refuses two ranks on one GPU.
+
+    ``nccl``: the NCCL API (default ``cupy.cuda.nccl``): ``get_unique_id()``, ``NcclCommunicator(size,
+    unique_id, rank)`` with ``allReduce`` and ``bcast`` on device pointers, the ``NCCL_*`` constants; the
+    tests pass a stand-in that works on host memory under the CUDA simulator.
+    """
+
+    def __init__(self, comm=None, nccl=None, limit_threads=False):
+        if nccl is None:
+            try:
+                from cupy.cuda import nccl
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    f"GPU data-parallel training needs NCCL through CuPy ({exc}); install the GPU extra "
+                    f"(pip install 'gpubp[cuda12]'), which brings the NCCL wheel") from None
+            if not getattr(nccl, "available", True):
+                raise BackendUnavailableError("CuPy finds no NCCL library (libnccl.so.2): pip install "
+                                              "nvidia-nccl-cu12 (or -cu13), which the GPU extras bring")
+        super().__init__(comm, limit_threads=limit_threads)
+        self.nccl = nccl
+        #: NCCL data type codes of the float dtypes
+        self.data_types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+        unique_id = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
+        self.nccl_comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
+
+    def __repr__(self):
+        return f"NCCLCommunicator(rank={self.rank}, size={self.size})"
+
+    def _pointer_and_type(self, buffer):
+        interface = getattr(buffer, "__cuda_array_interface__", None)
+        if interface is None and getattr(self.nccl, "accepts_host_memory", False):
+            interface = getattr(buffer, "__array_interface__", None)
+        data_type = self.data_types.get(np.dtype(getattr(buffer, "dtype", None) or np.uint8))
+        if interface is None or data_type is None or not buffer.flags.c_contiguous:
+            raise InvalidTypeError(f"the NCCL communicator works on contiguous float32/float64 GPU arrays, "
+                                   f"got {type(buffer).__name__}")
+        return interface["data"][0], data_type
+
+    def allreduce_sum_(self, buffer, stream=None):
+        pointer, data_type = self._pointer_and_type(buffer)
+        self.nccl_comm.allReduce(pointer, pointer, buffer.size, data_type, self.nccl.NCCL_SUM, stream or 0)
+
+    def broadcast_(self, array, root=0):
+        pointer, data_type = self._pointer_and_type(array)
+        self.nccl_comm.bcast(pointer, array.size, data_type, root, 0)
+
+
 def _check_host_buffer(array):
     if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
         raise InvalidTypeError(f"the MPI communicator works on contiguous NumPy arrays, got "
-                               f"{type(array).__name__}; GPU buffers need NCCL, which is not supported yet")
+                               f"{type(array).__name__}; GPU buffers need the NCCL communicator")
 
 
 def limit_threads_to_share(ranks_on_node):
@@ -151,15 +217,19 @@ def limit_threads_to_share(ranks_on_node):
     return threads
 
 
-def get_communicator(distributed):
-    """The communicator of ``fit(distributed=...)``: None (one process), "mpi" or a :class:`Communicator`."""
+def get_communicator(distributed, on_gpu=False):
+    """The communicator of ``fit(distributed=...)``: None (one process), "mpi" (MPI; on a GPU model MPI
+    with NCCL for the device buffers), "nccl" or a :class:`Communicator`."""
     if distributed is None or distributed is False:
         return SingleProcess()
     if isinstance(distributed, Communicator):
         return distributed
-    if isinstance(distributed, str) and distributed.lower() == "mpi":
+    name = distributed.lower() if isinstance(distributed, str) else None
+    if name == "nccl" or (name == "mpi" and on_gpu):
+        return NCCLCommunicator()
+    if name == "mpi":
         return MPICommunicator()
-    raise InvalidInputError(f"distributed must be None, 'mpi' or a gpubp.communicator.Communicator, "
+    raise InvalidInputError(f"distributed must be None, 'mpi', 'nccl' or a gpubp.communicator.Communicator, "
                             f"got {distributed!r}")
 
 
@@ -180,26 +250,28 @@ def agreed(communicator, work):
 class GradientAllReduce:
     """The gradient hook of a data-parallel training step: all-reduces the flat gradient in place.
 
-    Runs first among the gradient hooks (before clipping and the guarded update). :attr:`weight` is this
-    rank's share of the current global batch (its rows / the batch's rows), set by the training loop
-    before each step. When this rank has already recorded a non-finite step in the model's divergence
-    status (its loss), its gradient is sent as NaN, so that every rank's guarded update refuses the same
-    step and no rank trains on while another stops.
-
-    Works on buffers in host memory (``backend.host_view``): the CPU backend.
+    Runs first among the gradient hooks (before clipping and the guarded update), as the kernel
+    ``all_reduce_mean_`` on the step's device. :attr:`weight` is this rank's share of the current global
+    batch (its rows / the batch's rows), set by the training loop before each step and staged to the
+    device (a captured step reads the current one). When this rank has already recorded a non-finite
+    step in the model's divergence status (its loss), its gradient is sent as NaN, so that every rank's
+    guarded update refuses the same step and no rank trains on while another stops.
     """
 
     def __init__(self, communicator, backend, status):
-        self.communicator, self.backend = communicator, backend
-        self.status = backend.host_view(status)
-        if self.status is None:
-            raise BackendUnavailableError(
-                f"data-parallel training runs on the CPU backend only for now (GPU buffers need NCCL); "
-                f"this model is on {backend.name}")
-        self.weight = 1.0 / communicator.size
+        self.communicator, self.status = communicator, status
+        self._weight = backend.staged(np.full(1, 1.0 / communicator.size))
+        self._weight.upload()
+
+    @property
+    def weight(self):
+        return float(self._weight.host[0])
+
+    @weight.setter
+    def weight(self, value):
+        if value != self._weight.host[0]:  # staged only when it changes: once per epoch at most
+            self._weight.host[0] = value
+            self._weight.upload()
 
     def __call__(self, kernels, g):
-        flat = self.backend.host_view(g)
-        if self.status[0] != 0:
-            flat.fill(np.nan)
-        self.communicator.allreduce_mean_(flat, self.weight)
+        kernels.all_reduce_mean_(g, self._weight.device, self.status, self.communicator)

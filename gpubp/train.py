@@ -16,10 +16,11 @@ from .buffers import INFERENCE_BATCH, EpochBatches, plan_bytes
 from .callbacks import CallbackList, History, as_callback_list
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
 from .communicator import GradientAllReduce, agreed, get_communicator
+from .launch_environment import launched_ranks
 from .data import StandardScaler
 from .directory_lock import locked
 from .divergence import Divergence
-from .errors import InvalidInputError, InvalidTypeError, ModelFileError, TrainingDiverged
+from .errors import DistributedAbort, InvalidInputError, InvalidTypeError, ModelFileError, TrainingDiverged
 from .kernels.contract import STATUS_GRADIENT
 from .output_paths import check_writable_directory
 from .progress import ProgressLogger
@@ -217,7 +218,11 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     History
     """
     model.require_compiled()
-    communicator = get_communicator(distributed)
+    communicator = get_communicator(distributed, on_gpu=model.backend.runtime is not None)
+    if communicator.size == 1 and launched_ranks() > 1:
+        warnings.warn(f"this process is one of {launched_ranks()} that the launcher started, but fit was not asked "
+                      f"to train data-parallel: {launched_ranks()} independent copies are training; pass "
+                      f"distributed='mpi' (gpubp train --distributed)", RuntimeWarning, stacklevel=3)
     if not communicator.is_root:  # rank 0 alone writes and prints; the others resume from what it sends
         checkpoint_dir, verbose = None, 0
     with contextlib.ExitStack() as stack:
@@ -288,7 +293,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
     started = []
     model.optimizer.set_all_reduce(all_reduce)
     try:
-        callbacks.on_train_begin(started=started)
+        agreed(communicator, lambda: callbacks.on_train_begin(started=started))
         if restored is not None:
             _load_callback_state(callbacks, restored, checkpoint_dir)
         loop = _EpochLoop(model, X, y, starts, sizes, plans, shuffle, check_every, callbacks, communicator,
@@ -298,7 +303,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
         # warnings would only print it first, less clearly
         with _StopOnInterrupt() as interrupt, np.errstate(over="ignore", invalid="ignore"):
             for epoch in range(first_epoch, epochs):
-                callbacks.on_epoch_begin(epoch)
+                agreed(communicator, lambda: callbacks.on_epoch_begin(epoch))  # an error on one rank: on all
                 t0 = time.perf_counter()
                 divergence, steps_done = loop.run(interrupt)
                 if divergence is not None:
@@ -320,7 +325,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
                 logs["epoch_time"] = elapsed
                 samples = int(loop.sizes[:steps_done].sum())
                 logs["samples_per_sec"] = samples / elapsed if elapsed > 0 else float("inf")
-                callbacks.on_epoch_end(epoch, logs)
+                agreed(communicator, lambda: callbacks.on_epoch_end(epoch, logs))
                 if communicator.agree(model.stop_training):
                     model.stop_training = True
                     break
@@ -345,9 +350,8 @@ def share_of_rows(rows, ranks, rank):
 def _share_root_state(communicator, model, restored):
     """Make every rank start from rank 0's state: its parameters and optimizer state (broadcast in place),
     its step count, shuffle generator and scaler, and what it restored from a checkpoint (returned)."""
-    backend = model.backend
     for array in [model.params] + [model.optimizer.state[name] for name in model.optimizer.state_names]:
-        communicator.broadcast_(backend.host_view(array))
+        communicator.broadcast_(array)
     scaler = model.scaler
     shared = communicator.broadcast_object(
         {"iterations": model.optimizer.iterations, "shuffle_rng": model.shuffle_rng.bit_generator.state,
@@ -401,6 +405,8 @@ class _EpochLoop:
         self.weights = self.counts / sizes
         self.batches = EpochBatches(model.backend, X, y, len(starts))
         self.first_iteration = 0
+        #: the error a batch-level callback raised on this rank, until the ranks agree to stop
+        self.failure = None
 
     def run(self, interrupt):
         """Run the epoch's steps; returns ``(divergence or None, steps run)``."""
@@ -411,13 +417,13 @@ class _EpochLoop:
         last = len(self.starts) - 1
         for i, start in enumerate(self.starts):
             plan = self.plans[max(int(self.counts[i]), 1)]
-            self.callbacks.on_batch_begin(i)
+            self._call(self.callbacks.on_batch_begin, i)
             self.batches.select(start + self.offsets[i], i)
             if self.all_reduce is not None:
                 self.all_reduce.weight = float(self.weights[i])
             model.train_step(plan, batches=self.batches)
             loss = self.batches.losses[i:i + 1]
-            self.callbacks.on_batch_end(i, {"batch": i, "size": plan.batch_size, "loss": loss})
+            self._call(self.callbacks.on_batch_end, i, {"batch": i, "size": plan.batch_size, "loss": loss})
             stop = interrupt.requested or model.stop_training
             if (i + 1) % self.check_every == 0 or i == last or stop:
                 divergence, stop = self._agree(model.read_divergence(), interrupt, stop)
@@ -427,13 +433,30 @@ class _EpochLoop:
                 return None, i + 1
         return None, len(self.starts)
 
+    def _call(self, callback, *args):
+        """A batch-level callback. Over several ranks an error it raises waits for the step's all-reduce and
+        :meth:`_agree`, and then leaves every rank (this one with the error, the others with
+        :class:`DistributedAbort`), so that no rank is left waiting in the all-reduce."""
+        if self.communicator.size == 1:
+            callback(*args)
+        elif self.failure is None:
+            try:
+                callback(*args)
+            except Exception as exc:  # noqa: BLE001 - raised after the ranks agree
+                self.failure = exc
+
     def _agree(self, divergence, interrupt, stop):
         """``(divergence, stop)`` agreed by every rank: a divergence, a Ctrl-C or ``stop_training`` on any
         rank stops them all after this step (one small all-reduce; nothing to agree in one process)."""
         if self.communicator.size == 1:
             return divergence, stop
-        diverged, interrupted, stopped = self.communicator.allreduce_scalars(
-            [divergence is not None, interrupt.requested, self.model.stop_training]) > 0
+        diverged, interrupted, stopped, failed = self.communicator.allreduce_scalars(
+            [divergence is not None, interrupt.requested, self.model.stop_training, self.failure is not None]) > 0
+        if failed:
+            failure, self.failure = self.failure, None
+            if failure is not None:
+                raise failure
+            raise DistributedAbort("a callback raised an error on another rank (reported by that rank)")
         interrupt.requested = interrupt.requested or bool(interrupted)
         self.model.stop_training = self.model.stop_training or bool(stopped)
         if diverged and divergence is None:

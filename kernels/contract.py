@@ -111,6 +111,11 @@ KERNELS = {
     "clip_by_value_": KernelSpec(("g", "limit"), ("g",), "g = clip(g, -limit, limit); NaN stays NaN"),
     "clip_by_norm_": KernelSpec(
         ("g", "max_norm"), ("g",), "g *= max_norm / ||g|| when ||g|| > max_norm (norm summed in float64)"),
+    "all_reduce_mean_": KernelSpec(
+        ("g", "weight", "status", "communicator"), ("g",),
+        "g = sum over ranks of T(weight[0]) g (T the dtype of g), or NaN from a rank whose status[0] != 0; "
+        "weight (1,) float64 is this rank's share of the batch; the sum is communicator.allreduce_sum_(g, "
+        "stream), stream the device's step stream handle (None on the host)"),
     "sgd_update_": KernelSpec(
         ("p", "g", "v", "hyper", "momentum", "nesterov", "weight_decay", "n_decayed", "status", "clock"),
         ("p", "v", "status"),

@@ -38,6 +38,7 @@ __all__ = [
     "restore_if_diverged_",
     "clip_by_value_",
     "clip_by_norm_",
+    "all_reduce_mean_",
     "sgd_update_",
     "adam_update_",
     "rmsprop_update_",
@@ -473,6 +474,16 @@ def _clip_by_norm(g, max_norm):
 def clip_by_norm_(g, max_norm):
     """In place: rescale the flat gradient g so that its L2 norm (summed in float64) is at most max_norm."""
     _clip_by_norm(g, max_norm)
+
+
+def all_reduce_mean_(g, weight, status, communicator):
+    """In place: ``g = sum over ranks of weight[0] g`` (weight: this rank's (1,) float64 share), or NaN
+    everywhere from a rank whose status records a failure; the sum is ``communicator.allreduce_sum_``."""
+    if status[0] != 0:
+        g.fill(np.nan)
+    else:
+        np.multiply(g, g.dtype.type(weight[0]), out=g)
+    communicator.allreduce_sum_(g)
 
 
 # --------------------------------------------------------------------------

@@ -42,7 +42,7 @@ else:
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
     "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_",
-    "sgd_update_", "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_",
+    "all_reduce_mean_", "sgd_update_", "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_",
     "bias_gradient_", "gather_rows_", "store_at_", "copy_", "scratch_bytes", "set_matmul_precision", "matmul_precision",
 ]
 
@@ -84,7 +84,7 @@ class _DtypeKernels:
 
     def __init__(self, dtype):
         T = np.dtype(dtype).type
-        one, zero, negative_infinity = T(1.0), T(0.0), T(-np.inf)
+        one, zero, negative_infinity, not_a_number = T(1.0), T(0.0), T(-np.inf), T(np.nan)
         threads, row_threads = THREADS, ROW_THREADS
 
         # ------------------------------------------------------------------ activations
@@ -285,8 +285,17 @@ class _DtypeKernels:
             for i in range(start, g.size, stride):
                 g[i] *= scale
 
+        @cuda.jit
+        def weigh_or_poison(g, weight, status):
+            w = T(weight[0])
+            poisoned = status[0] != 0
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, g.size, stride):
+                g[i] = not_a_number if poisoned else g[i] * w
+
         self.restore, self.clip_values = restore, clip_values
         self.square_terms, self.scale_to_norm = square_terms, scale_to_norm
+        self.weigh_or_poison = weigh_or_poison
 
         # ------------------------------------------------------------------ guarded updates
         # Two launches per update: "check" computes every new value and stamps step + 1 into
@@ -576,6 +585,14 @@ def clip_by_norm_(g, max_norm):
     _launch(table.square_terms, g.size, g, partial)
     _reduce_into(sum_sq, partial, blocks, 1.0)
     _launch(table.scale_to_norm, g.size, g, sum_sq, float(max_norm))
+
+
+def all_reduce_mean_(g, weight, status, communicator):
+    """In place: ``g = sum over ranks of weight[0] g`` (weight: this rank's (1,) float64 share, read on the
+    device), or NaN everywhere from a rank whose status records a failure; the sum is
+    ``communicator.allreduce_sum_`` queued on the step's stream (NCCL), so a captured step holds it."""
+    _launch(_of(g).weigh_or_poison, g.size, g, weight, status)
+    communicator.allreduce_sum_(g, runtime.stream_handle())
 
 
 # --------------------------------------------------------------------------- guarded optimizer updates

@@ -49,6 +49,16 @@ monitor = Monitor()
 _state = {"precision": "highest"}
 
 
+def use_device(index):
+    """Make GPU ``index`` this process's device (before the step's stream or any buffer is made on it)."""
+    cupy.cuda.Device(index).use()
+
+
+def stream_handle():
+    """The step's stream as an integer handle (``cudaStream_t``), as NCCL takes it."""
+    return _stream().ptr
+
+
 def _stream():
     """The blocking stream every step kernel and GEMM runs on (blocking: ordered with CuPy's default stream)."""
     s = _state.get("stream")

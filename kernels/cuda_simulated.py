@@ -34,6 +34,10 @@ def stream():
     return 0
 
 
+def stream_handle():
+    return 0
+
+
 def synchronize():
     pass
 

@@ -14,7 +14,8 @@ from .contract import (ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, unknown_acti
 
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
-    "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_", "sgd_update_",
+    "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_",
+    "all_reduce_mean_", "sgd_update_",
     "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_", "bias_gradient_",
     "gather_rows_", "store_at_", "copy_",
 ]
@@ -109,6 +110,11 @@ def clip_by_norm_(g, max_norm):
     norm = float(_xp(g).sqrt((g.astype(np.float64) ** 2).sum()))
     if norm > max_norm:
         g *= g.dtype.type(max_norm / norm)
+
+
+def all_reduce_mean_(g, weight, status, communicator):
+    g[...] = float("nan") if int(status[0]) != 0 else g * g.dtype.type(float(weight[0]))
+    communicator.allreduce_sum_(g)
 
 
 def _decay(p, weight_decay, n_decayed):

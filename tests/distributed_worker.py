@@ -13,6 +13,7 @@ import numpy as np
 
 import gpubp as gb
 from gpubp.callbacks import Callback
+from gpubp.errors import DistributedAbort
 
 
 def data(n, seed=1):
@@ -31,12 +32,14 @@ def optimizer(case):
 def train(case, distributed=None):
     """Fit ``case`` and return ``{"weights", "loss", "val_loss", "accuracy", ...}`` (lists of floats)."""
     X, y = data(case["n"])
-    model = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(3)], input_dim=5, backend="cpu",
+    model = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(3)], input_dim=5, backend=case.get("backend", "cpu"),
                           dtype=case["dtype"], seed=case.get("seed", 0))
     model.compile(optimizer=optimizer(case), metrics=["accuracy"])
     callbacks = []
     if case.get("poison_rank") is not None:
         callbacks.append(_Poison(case["poison_rank"], case.get("poison_batch", 2)))
+    if case.get("raise_rank") is not None:
+        callbacks.append(_Raise(case["raise_rank"], case["raise_in"]))
     result = {}
     try:
         history = model.fit(X[:-20], y[:-20], batch_size=case["batch_size"], epochs=case.get("epochs", 2),
@@ -45,10 +48,34 @@ def train(case, distributed=None):
                             distributed=distributed)
     except gb.TrainingDiverged as exc:
         result["diverged"] = {"iteration": exc.iteration, "epoch": exc.epoch, "step": exc.step}
+    except (LookupError, DistributedAbort) as exc:
+        result["error"] = type(exc).__name__
     else:
         result.update({key: [float(v) for v in values] for key, values in history.history.items()})
     result["weights"] = np.concatenate([w.ravel() for w in model.get_weights()]).astype(np.float64).tolist()
     return result
+
+
+class _Raise(Callback):
+    """On rank ``rank`` only, raises KeyError in ``on_batch_end`` (batch 1 of the first epoch) or in
+    ``on_epoch_end`` (the first epoch): ``method`` says which."""
+
+    def __init__(self, rank, method):
+        super().__init__()
+        self.rank, self.method = rank, method
+
+    def _fail(self, method):
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.Get_rank() == self.rank and method == self.method:
+            raise KeyError(f"{method} failed on rank {self.rank}")
+
+    def on_batch_end(self, batch, logs=None):
+        if batch == 1:
+            self._fail("on_batch_end")
+
+    def on_epoch_end(self, epoch, logs):
+        self._fail("on_epoch_end")
 
 
 class _Poison(Callback):
@@ -68,9 +95,33 @@ class _Poison(Callback):
             self.model.params[0] = np.nan
 
 
+def communicator(case):
+    """``fit``'s ``distributed`` for ``case``: "mpi", or NCCL through its test double (``"nccl": true``)."""
+    if not case.get("nccl"):
+        return "mpi"
+    import nccl_double
+    from gpubp.communicator import NCCLCommunicator
+
+    return NCCLCommunicator(nccl=nccl_double)
+
+
+def train_distributed(case):
+    """Fit ``case`` on this rank; with NCCL, the result also counts the double's all-reduce calls."""
+    if not case.get("nccl"):
+        return train(case, distributed="mpi")
+    import nccl_double
+
+    before = len(nccl_double.calls)
+    result = train(case, distributed=communicator(case))
+    result["nccl_calls"] = [list(call) for call in nccl_double.calls[before:]]
+    return result
+
+
 if __name__ == "__main__":
     from mpi4py import MPI
 
+    if gb.backend.simulator_enabled():
+        sys.setswitchinterval(1e-4)  # as the tests' conftest does: the simulator's threads meet at barriers
     out = pathlib.Path(sys.argv[1])
-    results = [train(case, distributed="mpi") for case in json.loads(sys.argv[2])]
+    results = [train_distributed(case) for case in json.loads(sys.argv[2])]
     (out / f"rank{MPI.COMM_WORLD.Get_rank()}.json").write_text(json.dumps(results))

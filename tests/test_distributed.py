@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +21,9 @@ import gpubp as gb
 from gpubp.communicator import GradientAllReduce, SingleProcess, agreed, get_communicator
 from gpubp.errors import DistributedAbort, InvalidInputError
 from gpubp.train import share_of_rows
+from gpubp.launch_environment import (LOCAL_RANK_VARIABLES, WORLD_SIZE_VARIABLES, device_for_this_rank,
+                                      launched_ranks, node_local_rank)
+from helpers import requires_gpu, requires_simulator
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -86,6 +90,7 @@ def check_against_one_process(ranks, cases, tmp_path):
             assert result["val_accuracy"] == reference["val_accuracy"], label
             assert result["accuracy"] == reference["accuracy"], label
             assert result["weights"] == per_rank[0][i]["weights"], f"ranks hold different weights: {label}"
+    return per_rank
 
 
 def test_two_ranks_train_the_weights_of_one_process(tmp_path):
@@ -106,6 +111,28 @@ def test_three_ranks_with_uneven_and_empty_shares(tmp_path):
              {"optimizer": "adam", "dtype": "float64", "n": 117, "batch_size": 32},
              {"optimizer": "adam", "dtype": "float32", "n": 117, "batch_size": 32}]
     check_against_one_process(3, cases, tmp_path)
+
+
+@pytest.mark.gpu_sim
+@requires_simulator
+def test_two_ranks_with_nccl_on_the_simulated_gpu_train_the_weights_of_one_process(tmp_path):
+    """The GPU path of data-parallel training: the NCCL communicator (through a test double of
+    ``cupy.cuda.nccl`` that sums by MPI) inside the captured step of the simulated GPU backend, against the
+    same backend in one process; the all-reduce runs once per step, on the step's stream, replayed by the
+    captured graph, and the initial parameters and optimizer state go out by NCCL broadcasts."""
+    cases = [{"optimizer": "adam", "dtype": "float64", "n": 100, "batch_size": 32, "backend": "gpu-sim",
+              "nccl": True},
+             {"optimizer": "sgd", "momentum": 0.9, "dtype": "float32", "n": 90, "batch_size": 32,
+              "backend": "gpu-sim", "nccl": True}]
+    per_rank = check_against_one_process(2, cases, tmp_path)
+    for rank_results in per_rank:
+        for case, result in zip(cases, rank_results):
+            names = [name for name, *_ in result["nccl_calls"]]
+            steps = 2 * -(-(case["n"] - 20) // case["batch_size"])
+            assert names.count("allReduce") == steps, names
+            assert names.count("bcast") == 1 + (2 if case["optimizer"] == "adam" else 1), names
+            data_type = 8 if case["dtype"] == "float64" else 7
+            assert all(call[2] == data_type for call in result["nccl_calls"]), result["nccl_calls"]
 
 
 def test_only_rank_0_writes_checkpoints(tmp_path):
@@ -153,6 +180,17 @@ def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
     assert np.array_equal(rank0[1:], rank1[1:])
 
 
+@pytest.mark.parametrize("method", ["on_batch_end", "on_epoch_end"])
+def test_a_callback_that_raises_on_one_rank_stops_every_rank(tmp_path, method):
+    """Rank 1's callback raises; rank 1 gets its error and rank 0 DistributedAbort, and neither is left
+    waiting in a collective (the run ends within the timeout); both hold the same weights."""
+    case = {"optimizer": "adam", "dtype": "float64", "n": 220, "batch_size": 50, "raise_rank": 1,
+            "raise_in": method}
+    per_rank = run_cases(2, [case], tmp_path)
+    assert [results[0]["error"] for results in per_rank] == ["DistributedAbort", "KeyError"]
+    assert per_rank[0][0]["weights"] == per_rank[1][0]["weights"]
+
+
 def test_cli_distributed_prints_and_saves_on_rank_0_only(tmp_path):
     done = launch(2, ["-m", "gpubp", "train", "--distributed", "--backend", "cpu", "--epochs", "2", "--samples",
                       "300", "--json", "--save", str(tmp_path / "model.npz")], cwd=tmp_path)
@@ -183,7 +221,7 @@ def test_get_communicator():
     comm = SingleProcess()
     assert get_communicator(comm) is comm
     with pytest.raises(InvalidInputError, match="distributed must be"):
-        get_communicator("nccl")
+        get_communicator("gloo")
 
 
 def test_agreed_reraises_the_error_of_this_rank():
@@ -231,3 +269,67 @@ def test_the_all_reduce_hook_turns_off_plain_sgds_fused_update():
     assert [name for name, _ in model.gradient_hooks()] == ["all_reduce"]
     optimizer.set_all_reduce(None)
     assert model.gradient_hooks() == []
+
+
+def _clear_launch_environment(monkeypatch):
+    for name in WORLD_SIZE_VARIABLES + LOCAL_RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_launch_environment_gives_the_ranks_and_this_ranks_gpu(monkeypatch):
+    _clear_launch_environment(monkeypatch)
+    assert (launched_ranks(), node_local_rank(), device_for_this_rank(4)) == (1, 0, 0)
+    monkeypatch.setenv("PMI_SIZE", "8")  # MPICH's Hydra: 8 ranks, this one the 6th on its node
+    monkeypatch.setenv("MPI_LOCALRANKID", "5")
+    assert (launched_ranks(), node_local_rank()) == (8, 5)
+    assert (device_for_this_rank(8), device_for_this_rank(4), device_for_this_rank(1)) == (5, 1, 0)
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2")  # Open MPI's name comes first
+    assert node_local_rank() == 2
+    monkeypatch.setenv("MPI_LOCALRANKID", "not a number")
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_RANK")
+    assert node_local_rank() == 0
+
+
+def test_a_fit_in_one_of_several_launched_ranks_warns_that_copies_train(monkeypatch):
+    _clear_launch_environment(monkeypatch)
+    X, y = np.random.default_rng(0).normal(size=(40, 5)), np.arange(40) % 3
+    model = gb.Sequential([gb.Dense(3)], input_dim=5, backend="cpu").compile(optimizer="sgd")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    with pytest.warns(RuntimeWarning, match="4 independent copies are training"):
+        model.fit(X, y, epochs=1, verbose=0)
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(X, y, epochs=1, verbose=0)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_nccl_on_one_gpu_trains_as_one_process():
+    """NCCL refuses two ranks on one GPU, so one GPU smoke-tests one rank: the all-reduce inside the
+    captured step, through the real NCCL, leaves the weights of a run without it."""
+    from gpubp.communicator import NCCLCommunicator
+
+    X, y = np.random.default_rng(0).normal(size=(300, 5)), np.arange(300) % 3
+
+    def fit(distributed):
+        model = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(3)], input_dim=5, backend="gpu",
+                              dtype="float64", seed=0).compile(optimizer=gb.optim.Adam(lr=0.01))
+        model.fit(X, y, batch_size=64, epochs=3, verbose=0, distributed=distributed)
+        return np.concatenate([w.ravel() for w in model.get_weights()])
+
+    np.testing.assert_array_equal(fit(NCCLCommunicator()), fit(None))
+
+
+def test_the_scaling_model_counts_parameters_and_bounds_efficiency():
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    import scaling_model
+
+    assert scaling_model.parameters(784, 4096, 8, 10) == 784 * 4096 + 4096 + 7 * (4096 * 4096 + 4096) + 4096 * 10 + 10
+    assert scaling_model.all_reduce_seconds(8e9, 8, 50e9) == pytest.approx(2 * 7 / 8 * 8e9 / 50e9)
+    compute = 0.03
+    for reduce in (0.001, 0.01, 0.02, 0.1):
+        plain, overlapped = (scaling_model.efficiency(compute, reduce, overlap) for overlap in (False, True))
+        assert 0 < plain < overlapped <= 1
+    assert scaling_model.efficiency(compute, 0.01, True) == 1.0  # hidden behind the 20 ms backward pass
+    assert "| medium (bf16) | InfiniBand" in scaling_model.table()

@@ -43,7 +43,7 @@ def test_every_kernel_compiles(compiled):
     names = {key.split("/")[0].split(".")[-1] for key in ptx}
     for kernel in ("bias_activation", "activation_backward", "softmax_rows", "softmax_cross_entropy_rows",
                    "bce_terms", "mse_terms", "mark_non_finite", "_record_mark", "restore", "clip_values",
-                   "square_terms", "scale_to_norm", "_finish_sum", "sgd_check", "sgd_apply", "momentum_check",
+                   "square_terms", "scale_to_norm", "weigh_or_poison", "_finish_sum", "sgd_check", "sgd_apply", "momentum_check",
                    "momentum_apply", "adam_check", "adam_apply", "rmsprop_check", "rmsprop_apply", "column_sums",
                    "_gather", "_copy", "sigmoid_inplace"):
         assert kernel in names, f"{kernel} was not compiled"

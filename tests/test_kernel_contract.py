@@ -451,6 +451,38 @@ def test_clip_by_value(device, dtype, size):
     np.testing.assert_array_equal(after[outside], np.sign(g[outside]) * dtype(limit))
 
 
+class _OtherRank:
+    """A communicator of two ranks whose other rank sends ``other``: ``allreduce_sum_`` adds it, and
+    records the stream each call was queued on."""
+
+    def __init__(self, other):
+        self.other, self.streams = other, []
+
+    def allreduce_sum_(self, buffer, stream=None):
+        self.streams.append(stream)
+        buffer += self.other
+
+
+@covers("all_reduce_mean_")
+@pytest.mark.parametrize("poisoned", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_reduce_mean(device, dtype, poisoned):
+    """This rank's gradient weighted by its share (read on the device) plus the other rank's; NaN
+    everywhere from a rank whose status is set; the sum queued on the device's step stream."""
+    size = _large(device)
+    g, other = _normal(size, dtype, seed=31), _normal(size, dtype, seed=32)
+    weight, status = np.array([0.375]), _fresh_status(STATUS_LOSS if poisoned else 0, 3)
+    communicator = _OtherRank(device.to_device(other))
+    after = run_device(device, "all_reduce_mean_", g=g, weight=weight, status=status,
+                       communicator=communicator)["g"]
+    expected = run_reference("all_reduce_mean_", g=g, weight=weight, status=status,
+                             communicator=_OtherRank(other.astype(np.float64)))["g"]
+    assert_close(after, expected, dtype)
+    assert np.isnan(after).all() == poisoned
+    assert len(communicator.streams) == 1
+    assert (communicator.streams[0] is None) == (device.name == "cpu"), communicator.streams
+
+
 @covers("clip_by_norm_")
 @pytest.mark.parametrize("size", FLAT_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -35,6 +35,8 @@ def record(kernel, n, *args, threads=None):
 
 gpu._launch = record
 gpu.runtime.scratch = lambda key, shape, dtype: np.zeros(shape, dtype)
+gpu.runtime.stream_handle = lambda: 0
+no_other_ranks = types.SimpleNamespace(allreduce_sum_=lambda buffer, stream: None)
 
 for dtype in (np.float32, np.float64):
     z, dz = np.ones((4, 3), dtype), np.ones((4, 3), dtype)
@@ -53,6 +55,7 @@ for dtype in (np.float32, np.float64):
     gpu.restore_if_diverged_(flat, flat2, status)
     gpu.clip_by_value_(flat, 1.0)
     gpu.clip_by_norm_(flat, 1.0)
+    gpu.all_reduce_mean_(flat, np.ones(1), status, no_other_ranks)
     gpu.sgd_update_(flat, flat2, None, hyper, 0.0, False, 0.0, 0, status, clock)
     gpu.sgd_update_(flat, flat2, flat3, hyper, 0.9, True, 0.0, 0, status, clock)
     gpu.adam_update_(flat, flat2, flat3, np.ones(12, dtype), hyper, 0.9, 0.999, 1e-8, 0.0, 0, status, clock)
