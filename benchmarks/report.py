@@ -24,18 +24,39 @@ PEERS = ("numpy", "torch", "jax")
 def load(path):
     with open(path) as f:
         data = json.load(f)
-    steps, kernels, others = defaultdict(dict), defaultdict(dict), defaultdict(dict)
+    steps, kernels, others, fits = defaultdict(dict), defaultdict(dict), defaultdict(dict), {}
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
         median = bench["stats"]["median"]
-        if "width" not in info and "kernel" not in info and "engine" in info:
+        if "fit_seconds_per_epoch" in info:
+            fits[info["config"]] = info  # every engine's test holds the config's alternating result
+        elif "width" not in info and "kernel" not in info and "engine" in info:
             others[bench["group"]][info["engine"]] = {"median": median, **info}
         elif "kernel" in info:
             kernels[info["kernel"]][info["engine"]] = median
         elif "width" in info:
             key = (info["device"], info["width"], info["depth"], info["batch"])
             steps[key][info["engine"]] = {"median": median, **info}
-    return data, steps, kernels, others
+    return data, steps, kernels, others, fits
+
+
+FIT_ENGINES = ("gpubp", "torch", "jax", "keras", "sklearn")
+
+
+def fit_table(fits):
+    """Whole runs: median ms per epoch of each engine (engines alternating run by run), gpubp over the
+    fastest peer, and each engine's test accuracy."""
+    head = ["config (Adam, float32)"] + [f"{e} ms/epoch" for e in FIT_ENGINES] + ["gpubp / fastest peer"] + \
+        [f"{e} acc." for e in FIT_ENGINES]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config, info in fits.items():
+        seconds, accuracy = info["fit_seconds_per_epoch"], info["fit_accuracy"]
+        peers = [seconds[e] for e in FIT_ENGINES[1:] if e in seconds]
+        ratio = seconds["gpubp"] / min(peers) if "gpubp" in seconds and peers else float("nan")
+        row = [config] + [f"{seconds[e] * 1e3:.0f}" if e in seconds else "-" for e in FIT_ENGINES]
+        row += [_ratio(ratio)] + [f"{accuracy[e]:.3f}" if e in accuracy else "-" for e in FIT_ENGINES]
+        rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
 
 
 def other_tables(others):
@@ -156,8 +177,10 @@ def main(argv=None):
     parser.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR (needs matplotlib)")
     parser.add_argument("--markdown", metavar="FILE", help="write the tables to FILE instead of stdout")
     args = parser.parse_args(argv)
-    data, steps, kernels, others = load(args.json)
+    data, steps, kernels, others, fits = load(args.json)
     text = f"Measured {machine_line(data)}.\n"
+    if fits:
+        text += f"\n{fit_table(fits)}\n"
     if steps:
         text += f"\n{step_table(steps)}\n"
     if kernels:

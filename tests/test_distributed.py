@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -200,6 +201,29 @@ def test_cli_distributed_prints_and_saves_on_rank_0_only(tmp_path):
     metrics = json.loads(lines[0])
     assert metrics["saved"] == str(tmp_path / "model.npz") and metrics["epochs"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+def test_ctrl_c_to_mpiexec_stops_every_rank_after_the_same_step_and_saves(tmp_path):
+    """mpiexec forwards Ctrl-C to the ranks; they agree to stop after one step, rank 0 saves the model."""
+    path, reason = mpiexec()
+    if path is None:
+        pytest.skip(reason)
+    process = subprocess.Popen(
+        [path, "-n", "2", sys.executable, "-m", "gpubp", "train", "--distributed", "--backend", "cpu", "--epochs",
+         "100000", "--samples", "2000", "--save", str(tmp_path / "model.npz")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=dict(os.environ, **THREADS))
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 3/"):
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=TIMEOUT)
+    finally:
+        process.kill()
+    assert "interrupted by Ctrl-C after step" in err, out + err
+    assert err.count("interrupted by Ctrl-C") == 1, err  # rank 0 alone reports
+    assert "model saved to" in out and (tmp_path / "model.npz").exists(), out + err
+    assert gb.load(tmp_path / "model.npz", backend="cpu").predict(np.zeros((1, 2))).shape == (1, 2)
 
 
 # ---------------------------------------------------------------- in one process

@@ -98,16 +98,20 @@ def test_optimizer_names_give_default_instances():
     assert isinstance(model.optimizer, gb.optim.RMSprop) and math.isclose(model.optimizer.lr, 1e-3)
 
 
-@pytest.fixture(params=["cblas", "matmul-fallback"])
+@pytest.fixture(params=["openblas", "mkl", "matmul-fallback"])
 def blas_route(request, monkeypatch):
-    """Plain SGD runs inside the weight-gradient GEMM through NumPy's CBLAS, or through the
-    matmul fallback when NumPy's BLAS exposes no CBLAS; both must give the textbook update."""
+    """Plain SGD runs inside the weight-gradient GEMM through a CBLAS (NumPy's OpenBLAS, or oneMKL serving
+    every GEMM), or through the matmul fallback when there is none; each must give the textbook update."""
     from gpubp.kernels import blas
 
-    if request.param == "cblas" and not blas.AVAILABLE:
-        pytest.skip("NumPy's BLAS exposes no ILP64 CBLAS gemm here")
-    if request.param == "matmul-fallback":
-        monkeypatch.setattr(blas, "_CBLAS", {})
+    library = None
+    if request.param != "matmul-fallback":
+        library = blas.load_openblas() if request.param == "openblas" else blas.load_mkl()
+        if library is None:
+            pytest.skip(f"{request.param} has no ILP64 CBLAS gemm here")
+    monkeypatch.setattr(blas, "LIBRARY", library)
+    monkeypatch.setattr(blas, "AVAILABLE", library is not None)
+    monkeypatch.setattr(blas, "SERVES_ALL_GEMMS", request.param == "mkl")
     return request.param
 
 
