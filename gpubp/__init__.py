@@ -9,23 +9,24 @@ or CuPy (CUDA GPU, fused elementwise kernels)::
     history = model.fit(X, y, batch_size=256, epochs=20, validation_data=(Xv, yv))
 """
 
-from . import optim, schedules
+from . import losses, metrics, optim, schedules
 from .backend import Backend, get_backend, get_float32_matmul_precision, set_float32_matmul_precision
-from .callbacks import Callback, CallbackList, EarlyStopping, History
+from .callbacks import Callback, CallbackList, EarlyStopping, GradientMonitor, History
 from .divergence import Divergence
 from .errors import (BackendUnavailableError, DistributedAbort, GpubpError, InvalidInputError, InvalidTypeError,
                      ModelFileError, NotCompiledError, TrainingDiverged, InsufficientMemory)
 from .gradcheck import GradcheckResult, gradcheck
 from .loading import load_model as load
-from .layers import Dense
-from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
+from .layers import Dense, Dropout
+from .losses import BinaryCrossEntropy, Huber, MeanAbsoluteError, MeanSquaredError, SoftmaxCrossEntropy
+from .lr_finder import LRFinderResult, lr_find
 from .model import Sequential
 from .version import __version__
 
 __all__ = [
-    "__version__", "optim", "schedules", "Backend", "get_backend", "set_float32_matmul_precision",
-    "get_float32_matmul_precision", "Callback", "CallbackList", "EarlyStopping", "History", "Divergence",
+    "__version__", "losses", "metrics", "optim", "schedules", "Backend", "get_backend", "set_float32_matmul_precision",
+    "get_float32_matmul_precision", "Callback", "CallbackList", "EarlyStopping", "GradientMonitor", "History", "Divergence",
     "GpubpError", "InvalidInputError", "InvalidTypeError", "BackendUnavailableError", "NotCompiledError",
-    "ModelFileError", "TrainingDiverged", "InsufficientMemory", "DistributedAbort", "GradcheckResult", "gradcheck", "load", "Dense", "BinaryCrossEntropy",
-    "MeanSquaredError", "SoftmaxCrossEntropy", "Sequential",
+    "ModelFileError", "TrainingDiverged", "InsufficientMemory", "DistributedAbort", "GradcheckResult", "gradcheck", "load", "Dense", "Dropout",
+    "BinaryCrossEntropy", "Huber", "MeanAbsoluteError", "MeanSquaredError", "SoftmaxCrossEntropy", "Sequential", "lr_find", "LRFinderResult",
 ]

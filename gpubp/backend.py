@@ -160,6 +160,17 @@ class Backend:
             self.xp.copyto(out, self.asarray(a, out.dtype))
         return out
 
+    def chunk_stage(self, target):
+        """Host staging for refilling the device array ``target`` from another thread, while steps read
+        other buffers: that thread writes ``.host`` (after ``wait_host()``) and calls ``upload(rows)``; the
+        step's thread calls ``wait_uploaded()`` before the steps that read ``target`` and ``release()`` once
+        they are queued. On a GPU ``.host`` is pinned and the copy runs on a side stream, ordered by events
+        (no thread waits for the device but the refilling one, and only for the copy before its own);
+        on the CPU ``.host`` is ``target`` itself and every call is free."""
+        if self.runtime is not None:
+            return self.runtime.ChunkStage(target)
+        return _InPlaceStage(target)
+
     def copy_into(self, target, source):
         """Copy a host or device array into the device array ``target`` (same shape), cast to its dtype."""
         self.xp.copyto(target, self.asarray(source, target.dtype))
@@ -186,6 +197,25 @@ class _HostStaged:
         self.host = self.device = array
 
     def upload(self):
+        pass
+
+
+class _InPlaceStage:
+    """A chunk stage on the CPU: the host array is the device array, so there is nothing to copy or order."""
+
+    def __init__(self, target):
+        self.host = target
+
+    def wait_host(self):
+        pass
+
+    def upload(self, rows):
+        pass
+
+    def wait_uploaded(self):
+        pass
+
+    def release(self):
         pass
 
 

@@ -6,7 +6,9 @@ are gathered into ``x``/``y`` and each layer writes its output into
 ``outputs[l]``. The backward pass needs only two more buffers: ``loss_grad``
 for dL/d(logits), and one ``scratch`` for dL/dy of the layer below, which the
 activation backward kernel turns into dL/dz written over that layer's output
-(the output is dead once its own weight gradient has been taken).
+(the output is dead once its own weight gradient has been taken). A layer
+whose activation derivative needs its input z (GELU, SiLU: not invertible) also
+gets ``pre_activations[l]``, which its forward pass fills with z in the same pass.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ class BatchPlan:
     loss : (1,) float64 array, the batch loss the loss kernel writes; None for inference plans
     scratch : list of (B, units_l) views of one flat buffer, for dL/dy_l;
         None for inference plans
+    pre_activations : list of (B, units_l) arrays, the pre-activations z_l of the layers that keep theirs
+        (``keeps_pre_activation``), None for the other layers; all None for inference plans
     """
 
-    def __init__(self, backend, batch_size, n_inputs, widths, dtype, target_shape=None, target_dtype=None):
+    def __init__(self, backend, batch_size, n_inputs, widths, dtype, target_shape=None, target_dtype=None,
+                 keeps_pre_activation=()):
         B = batch_size
         self.batch_size = B
         self.x = backend.empty((B, n_inputs), dtype)
@@ -45,7 +50,10 @@ class BatchPlan:
         self.captured = {}
         self._origin = backend.zeros(2, np.int64)  # the gather position of :meth:`gather`
         self.y = self.loss_grad = self.loss = self.scratch = None
+        self.pre_activations = [None] * len(widths)
         if target_shape is not None:
+            keeps = list(keeps_pre_activation) or [False] * len(widths)  # one flag per layer
+            self.pre_activations = [backend.empty((B, w), dtype) if k else None for w, k in zip(widths, keeps)]
             self.y = backend.empty((B,) + tuple(target_shape), target_dtype)
             self.loss_grad = backend.empty((B, widths[-1]), dtype)
             self.loss = backend.zeros(1, np.float64)
@@ -98,6 +106,17 @@ class EpochBatches:
         """Copy the epoch's order (host int64 (n,)) into :attr:`rows` (one upload per epoch)."""
         self.backend.copy_into(self.rows, order)
 
+    def begin_epoch(self, rng=None):
+        """Start an epoch: draw its order from ``rng`` (None keeps the last one). Returns the batches in the
+        order the steps take them, as indices of the epoch's batches in row order: here always in order
+        (``gpubp.streaming.ChunkStream``, with the same interface, visits its chunks shuffled)."""
+        if rng is not None:
+            self.set_order(rng.permutation(self.X.shape[0]))
+        return np.arange(self.losses.shape[0])
+
+    def close(self):
+        """Nothing to let go of (a streamed set stops its reader here)."""
+
     def select(self, first, slot):
         """Make the next step take rows ``rows[first:first + B]`` and store its loss in ``losses[slot]``."""
         self.cursor.host[0], self.cursor.host[1] = first, slot
@@ -111,9 +130,10 @@ class EpochBatches:
         kernels.store_at_(loss, self.losses, self.cursor.device)
 
 
-def plan_bytes(batch_size, n_inputs, widths, itemsize, target_row=(), target_itemsize=8):
+def plan_bytes(batch_size, n_inputs, widths, itemsize, target_row=(), target_itemsize=8, keeps_pre_activation=()):
     """Bytes a training :class:`BatchPlan` of ``batch_size`` rows allocates (see its constructor)."""
     B = batch_size
-    rows = n_inputs + sum(widths) + widths[-1] + max(widths[:-1], default=0)
+    pre_activations = sum(w for w, keeps in zip(widths, keeps_pre_activation) if keeps)
+    rows = n_inputs + sum(widths) + widths[-1] + max(widths[:-1], default=0) + pre_activations
     targets = B * int(np.prod(target_row, dtype=np.int64)) * target_itemsize
     return B * rows * itemsize + targets + 8  # + the (1,) float64 loss

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from .errors import InvalidInputError, InvalidTypeError
+from .gradient_monitor import GradientFlowRecorder, GradientFlowWarning  # noqa: F401 (exported)
 from .validation import as_list, check_bool, check_number
 
 
@@ -295,3 +296,7 @@ class ModelCheckpoint(Callback):
             old = self.saved.pop(0)
             if os.path.exists(old):
                 os.unlink(old)
+
+
+class GradientMonitor(GradientFlowRecorder, Callback):
+    __doc__ = GradientFlowRecorder.__doc__

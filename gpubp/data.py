@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
+import mmap
 import numbers
 import os
 import zipfile
@@ -377,8 +378,19 @@ def _is_float(value):
     return True
 
 
+def load_npy(path, target):
+    """``(X, y)`` memory-mapped (``np.load(..., mmap_mode="r")``) from a features ``.npy`` file and a
+    targets ``.npy`` file ``target``, as :class:`NpyDataset` reads them: nothing is read yet."""
+    if target is None or not str(target).endswith(".npy"):
+        raise InvalidInputError(f"{path}: name the targets' .npy file with target= (--target on the command line), "
+                                f"got {target!r}")
+    X, y = NpyDataset(path).X.array, NpyDataset(path, target).y.array  # checked as fit checks them
+    return X, y
+
+
 def load_dataset(name, n_samples=2000, noise=0.2, seed=0, target=None):
-    """A built-in name, or a path to a ``.npz``/``.csv`` file -> ``(X, y)``."""
+    """A built-in name, or a path to a ``.npz``/``.csv`` file -> ``(X, y)``; a ``.npy`` file of features with
+    ``target`` the ``.npy`` file of targets -> both memory-mapped (see :func:`load_npy`)."""
     if name in BUILTIN:
         return load_builtin(name, n_samples, noise, seed)
     if not os.path.exists(name):
@@ -387,7 +399,164 @@ def load_dataset(name, n_samples=2000, noise=0.2, seed=0, target=None):
         return load_npz(name)
     if name.endswith(".csv"):
         return load_csv(name, target)
-    raise InvalidInputError(f"{name}: data files must end in .npz or .csv")
+    if name.endswith(".npy"):
+        return load_npy(name, target)
+    raise InvalidInputError(f"{name}: data files must end in .npz, .csv or .npy")
+
+
+# ------------------------------------------------------ data bigger than memory
+#: Bytes of X, as stored, per chunk of an :class:`NpyDataset` given no ``chunk_rows``.
+CHUNK_BYTES = 32 << 20
+
+
+class NpyDataset:
+    """Training data that ``fit`` streams from ``.npy`` files chunk by chunk instead of copying it whole.
+
+    ``fit`` streams X (and y) as well when given a path or a memory-mapped array directly; an
+    ``NpyDataset`` chooses the chunk size, and may bring its own targets.
+
+    Parameters
+    ----------
+    X : path of a 2-D ``.npy`` file, or the array ``np.load(path, mmap_mode="r")`` returns
+        (any other array, a view of a memory map included, is read by slicing it)
+    y : path, memory-mapped or in-memory array of targets (one per row of X), optional
+        None: ``fit``'s ``y`` is used.
+    chunk_rows : int, optional
+        Rows read, validated and moved to the device at a time; default: as many as
+        :data:`CHUNK_BYTES` of X hold. ``fit`` rounds it down to a multiple of ``batch_size``
+        (at least one batch).
+
+    Whole ``.npy`` files and their memory maps are read with ordinary file reads into a
+    reused buffer, so the pages read never stay in the process's memory.
+    """
+
+    def __init__(self, X, y=None, chunk_rows=None):
+        self.X = _RowSource(X, "X")
+        if len(self.X.shape) != 2:
+            hint = " (use X.reshape(-1, 1) for a single feature)" if len(self.X.shape) == 1 else ""
+            raise InvalidInputError(f"{self.X.where} must be 2-D (n_samples, n_features), got shape "
+                                    f"{self.X.shape}{hint}")
+        if self.X.shape[0] == 0 or self.X.shape[1] == 0:
+            raise InvalidInputError(f"{self.X.where} is empty: it has shape {self.X.shape}")
+        self.y = None if y is None else _RowSource(y, "y")
+        if self.y is not None and (len(self.y.shape) == 0 or self.y.shape[0] != self.X.shape[0]):
+            got = "a scalar" if len(self.y.shape) == 0 else f"{self.y.shape[0]} rows"
+            raise InvalidInputError(f"{self.X.where} has {self.X.shape[0]} rows but {self.y.where} has {got}")
+        if chunk_rows is None:
+            row_bytes = self.X.shape[1] * self.X.dtype.itemsize
+            chunk_rows = max(1, CHUNK_BYTES // row_bytes)
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral) or chunk_rows < 1:
+            raise InvalidInputError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
+        self.chunk_rows = int(chunk_rows)
+        self.start, self.stop = 0, self.X.shape[0]
+
+    @property
+    def shape(self):
+        return (self.stop - self.start, self.X.shape[1])
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __repr__(self):
+        return f"NpyDataset({self.X.where}, rows {self.start} to {self.stop - 1}, chunk_rows={self.chunk_rows})"
+
+    def rows(self, start, stop):
+        """The rows ``start`` to ``stop - 1`` of this set, as another NpyDataset (nothing is read)."""
+        if not 0 <= start < stop <= len(self):
+            raise InvalidInputError(f"rows {start} to {stop - 1} are not rows of a set of {len(self)}")
+        part = self._copy()
+        part.start, part.stop = self.start + start, self.start + stop
+        return part
+
+    def with_targets(self, y):
+        """This set with the targets ``y`` (path or array of ``len(X)`` rows, those of the whole file)."""
+        if self.y is not None:
+            raise InvalidInputError(f"{self!r} brings its own targets: pass y=None to fit")
+        whole = NpyDataset(self.X.array if self.X.path is None else self.X.path, y, self.chunk_rows)
+        whole.X = self.X
+        return whole.rows(self.start, self.stop) if (self.start, self.stop) != (0, self.X.shape[0]) else whole
+
+    def read(self, start, stop, out=None):
+        """``(X rows, y rows)`` ``start`` to ``stop - 1`` of this set as host arrays, as stored (X into
+        ``out``, a flat buffer of X's dtype, when given and large enough); y is None without targets."""
+        X = self.X.read(self.start + start, self.start + stop, out)
+        y = None if self.y is None else self.y.read(self.start + start, self.start + stop)
+        return X, y
+
+    def fit_scaler(self):
+        """A :class:`StandardScaler` fitted on X, read chunk by chunk (float64 sums, merged per chunk as
+        Chan et al.'s parallel variance); NaN or Inf values raise, naming the first such row."""
+        from .validation import check_finite_for_dtype
+
+        count, mean, m2 = 0, np.zeros(self.shape[1]), np.zeros(self.shape[1])
+        for start in range(0, len(self), self.chunk_rows):
+            stop = min(start + self.chunk_rows, len(self))
+            X = self.read(start, stop)[0].astype(np.float64)
+            check_finite_for_dtype(X, np.float64, self.X.where, first_row=self.start + start)
+            chunk_mean = X.mean(axis=0)
+            chunk_m2 = ((X - chunk_mean) ** 2).sum(axis=0)
+            total = count + X.shape[0]
+            delta = chunk_mean - mean
+            mean = mean + delta * (X.shape[0] / total)
+            m2 = m2 + chunk_m2 + delta ** 2 * (count * X.shape[0] / total)
+            count = total
+        scaler = StandardScaler()
+        std = np.sqrt(m2 / count)
+        scaler.mean_, scaler.scale_ = mean, np.where(std > 0, std, 1.0)
+        return scaler
+
+    def _copy(self):
+        twin = object.__new__(NpyDataset)
+        twin.__dict__.update(self.__dict__)
+        return twin
+
+
+class _RowSource:
+    """Rows of one array of an :class:`NpyDataset`: a ``.npy`` file (or its whole memory map), read with
+    file reads, or any other array, read by slicing it."""
+
+    def __init__(self, a, name):
+        self.path = self.file = None
+        if isinstance(a, (str, os.PathLike)):
+            self.path = os.fspath(a)
+            try:
+                a = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise InvalidInputError(f"{name} file {self.path!r}: no such file") from None
+            except (OSError, ValueError) as exc:
+                raise InvalidInputError(f"{name} file {self.path!r}: not a readable .npy file ({exc})") from None
+            if not isinstance(a, np.ndarray):
+                raise InvalidInputError(f"{name} file {self.path!r}: not a .npy file of one array")
+        elif not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            a = np.asarray(a)
+        self.array, self.shape, self.dtype = a, tuple(a.shape), np.dtype(a.dtype)
+        if self.dtype.kind not in "biuf":
+            raise InvalidInputError(f"{name} must hold numbers, got an array of dtype {self.dtype}")
+        if isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap) and a.flags.c_contiguous and a.filename:
+            self.file = (a.filename, int(a.offset))  # a whole memory map: its file's bytes, row by row
+            self.path = self.path or a.filename
+        self.where = name if self.path is None else f"{name} ({self.path!r})"
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def read(self, start, stop, out=None):
+        if self.file is None:
+            return np.asarray(self.array[start:stop])
+        n = stop - start
+        count = n * (self.row_bytes // self.dtype.itemsize)
+        if out is None or out.size < count:
+            out = np.empty(count, self.dtype)
+        rows = out[:count]
+        view = memoryview(rows.view(np.uint8))
+        path, offset = self.file
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset + start * self.row_bytes)
+            done = 0
+            while done < view.nbytes:
+                got = f.readinto(view[done:])
+                if not got:
+                    raise InvalidInputError(f"{self.where}: the file ends before row {stop - 1} (truncated?)")
+                done += got
+        return rows.reshape((n,) + self.shape[1:])
 
 
 # ---------------------------------------------------------- split and scale

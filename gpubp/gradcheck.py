@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidInputError, InvalidTypeError, NotCompiledError
-from .layers import Dense
+from .layers import layer_from_config
 from .model import Sequential
 from .validation import check_number, check_positive_int
 
@@ -48,7 +48,7 @@ class GradcheckResult:
 
 
 def _float64_clone(model):
-    clone = Sequential([Dense(**layer.get_config()) for layer in model.layers],
+    clone = Sequential([layer_from_config(layer.get_config()) for layer in model.layers],
                        input_dim=model.input_dim, backend="cpu", dtype="float64", seed=0)
     clone.set_weights(model.get_weights())
     clone.compile(loss=model.loss, optimizer="sgd")

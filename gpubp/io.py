@@ -228,12 +228,18 @@ def _check_format(path, what, meta, formats):
 
 def parameter_count(config, path):
     """The number of parameters of the architecture in a saved ``config``, computed before anything is
-    built; ModelFileError unless it has a positive integer ``input_dim`` and layers of positive ``units``."""
+    built; ModelFileError unless it has a positive integer ``input_dim`` and Dense layers of positive
+    ``units`` (a layer of ``"type": "Dropout"`` has none and keeps the width)."""
     layers = config.get("layers") if isinstance(config, dict) else None
     if not isinstance(layers, list) or not layers or not all(isinstance(layer, dict) for layer in layers):
         raise ModelFileError(f"{path!r} has an invalid model configuration (it needs a non-empty list of "
                              f"layer objects)")
-    widths = [config.get("input_dim")] + [layer.get("units") for layer in layers]
+    kinds = [layer.get("type", "Dense") for layer in layers]
+    if any(kind not in ("Dense", "Dropout") for kind in kinds):
+        raise ModelFileError(f"{path!r} has an invalid model configuration (layer types {kinds}; expected "
+                             f"'Dense' or 'Dropout')")
+    widths = [config.get("input_dim")] + [layer.get("units") for layer, kind in zip(layers, kinds)
+                                          if kind == "Dense"]
     for i, width in enumerate(widths):
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             name = "input_dim" if i == 0 else f"layer {i - 1}'s units"

@@ -8,7 +8,7 @@ from .checkpoint import read_checkpoint, restore_checkpoint
 from .data import StandardScaler
 from .errors import ModelFileError
 from .io import read_model_file
-from .layers import Dense
+from .layers import layer_from_config
 from .model import Sequential
 from .optim import optimizer_from_config
 
@@ -16,12 +16,12 @@ from .optim import optimizer_from_config
 def model_from_config(config, backend, path, metrics=()):
     """Rebuild a (compiled, when it was) Sequential from a saved ``config``; ModelFileError when invalid."""
     try:
-        layers = [Dense(**layer) for layer in config["layers"]]
+        layers = [layer_from_config(layer) for layer in config["layers"]]
         model = Sequential(layers, input_dim=config["input_dim"], backend=backend,
                            dtype=config["dtype"], seed=config["seed"])
         if config.get("loss"):
             optimizer = optimizer_from_config(config["optimizer"]) if config.get("optimizer") else "adam"
-            model.compile(loss=config["loss"], optimizer=optimizer, metrics=metrics or ())
+            model.compile(loss=config["loss"], optimizer=optimizer, metrics=metrics or config.get("metrics") or ())
         model.set_labels(config.get("feature_names"), config.get("classes"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path!r} has an invalid model configuration ({exc})") from None

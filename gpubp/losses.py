@@ -9,9 +9,12 @@ between calls: whatever depends on the targets is decided from the targets.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
+from .validation import check_number
 
 
 def _as_2d_targets(y, n_outputs, name):
@@ -57,7 +60,11 @@ def _labels_from_targets(y, n_outputs, name):
 
 
 class Loss:
-    """Base class: ``name``, ``is_classification`` and the three hooks below."""
+    """Base class: ``name``, ``is_classification`` and the three hooks below.
+
+    A loss with parameters (``Huber(delta=...)``, ``SoftmaxCrossEntropy(label_smoothing=...)``) lists them
+    in :meth:`parameters`; :meth:`get_config` and :func:`get_loss` round-trip them through saved models.
+    """
 
     name = ""
     #: True when accuracy is a meaningful metric for this loss.
@@ -85,6 +92,27 @@ class Loss:
         """Number of correct predictions in a batch (a device scalar), for accuracy."""
         raise NotImplementedError
 
+    def true_and_predicted(self, xp, outputs, targets):
+        """``(true, predicted)`` class indices of a batch on the device, for the classification metrics:
+        (B,) integer arrays, or (B, K) 0/1 arrays of a multi-label (element-wise) loss."""
+        raise NotImplementedError
+
+    def parameters(self):
+        """``{name: value}`` of this loss's parameters (empty for a loss without any)."""
+        return {}
+
+    def get_config(self):
+        """The loss as saved in a model configuration: its name, or ``{"name": name, **parameters}``
+        when a parameter differs from its default (so a default loss saves as before: a name)."""
+        parameters = self.parameters()
+        if not parameters or parameters == type(self)().parameters():
+            return self.name
+        return {"name": self.name, **parameters}
+
+    def __repr__(self):
+        arguments = ", ".join(f"{key}={value!r}" for key, value in self.parameters().items())
+        return f"{type(self).__name__}({arguments})"
+
 
 def _labels_given(y, n_outputs):
     """True when ``y`` holds integer class labels for a model with several outputs."""
@@ -92,14 +120,9 @@ def _labels_given(y, n_outputs):
     return y.ndim == 1 and n_outputs > 1 and y.dtype.kind in "iub"
 
 
-class MeanSquaredError(Loss):
-    """``L = 1/(2B) * sum_b sum_k (o_bk - t_bk)^2``, so ``dL/do = (o - t) / B``.
-
-    Targets are (B, K) floats, (B,) when K == 1, or integer class labels when
-    K > 1 (one-hot encoded; accuracy is then reported).
-    """
-
-    name = "mse"
+class RegressionLoss(Loss):
+    """A loss on (B, K) float targets, (B,) when K == 1, or integer class labels when K > 1 (one-hot
+    encoded; accuracy is then reported)."""
 
     def reports_accuracy(self, y, n_outputs):
         return _labels_given(y, n_outputs)
@@ -113,11 +136,57 @@ class MeanSquaredError(Loss):
             return onehot
         return _as_2d_targets(y, n_outputs, self.name).astype(dtype, copy=False)
 
+    def correct(self, xp, outputs, targets):
+        return xp.count_nonzero(xp.argmax(outputs, axis=1) == xp.argmax(targets, axis=1))
+
+    def true_and_predicted(self, xp, outputs, targets):
+        return xp.argmax(targets, axis=1), xp.argmax(outputs, axis=1)
+
+
+class MeanSquaredError(RegressionLoss):
+    """``L = 1/(2B) * sum_b sum_k (o_bk - t_bk)^2``, so ``dL/do = (o - t) / B``.
+
+    Half the sum of squares per sample (scikit-learn's MLP convention), not PyTorch's MSELoss mean over
+    the B K elements: for K outputs it is K/2 times that. Targets as :class:`RegressionLoss`.
+    """
+
+    name = "mse"
+
     def forward_backward(self, kernels, outputs, targets, grad, loss):
         kernels.mse(outputs, targets, grad, loss)
 
-    def correct(self, xp, outputs, targets):
-        return xp.count_nonzero(xp.argmax(outputs, axis=1) == xp.argmax(targets, axis=1))
+
+class Huber(RegressionLoss):
+    """Huber loss, the mean over all B*K elements (PyTorch's ``HuberLoss(delta=delta)``, Keras' ``Huber``).
+
+    With ``r = o - t``: ``L = mean(r^2 / 2 if |r| <= delta else delta (|r| - delta / 2))``, so
+    ``dL/do = clip(r, -delta, delta) / (B K)``. Quadratic near the target, linear beyond ``delta``
+    (> 0, default 1.0), so outliers pull with at most ``delta``. Targets as :class:`RegressionLoss`.
+    """
+
+    name = "huber"
+
+    def __init__(self, delta=1.0):
+        self.delta = check_number("delta", delta, minimum=0.0, strict=True)
+
+    def parameters(self):
+        return {"delta": self.delta}
+
+    def forward_backward(self, kernels, outputs, targets, grad, loss):
+        kernels.huber(outputs, targets, grad, loss, self.delta)
+
+
+class MeanAbsoluteError(RegressionLoss):
+    """Mean absolute error over all B*K elements (PyTorch's ``L1Loss``, Keras' ``MeanAbsoluteError``).
+
+    ``L = mean |o - t|``, ``dL/do = sign(o - t) / (B K)``, taken as 0 where o == t (as PyTorch's).
+    Targets as :class:`RegressionLoss`.
+    """
+
+    name = "mae"
+
+    def forward_backward(self, kernels, outputs, targets, grad, loss):
+        kernels.mae(outputs, targets, grad, loss)
 
 
 class BinaryCrossEntropy(Loss):
@@ -148,22 +217,38 @@ class BinaryCrossEntropy(Loss):
         # outputs are logits: sigmoid(z) > 0.5 <=> z > 0
         return xp.count_nonzero((outputs > 0) == (targets > 0.5))
 
+    def true_and_predicted(self, xp, outputs, targets):
+        return (targets > 0.5).astype(xp.int64), (outputs > 0).astype(xp.int64)
+
 
 class SoftmaxCrossEntropy(Loss):
     """Softmax + cross-entropy on the logits z, mean over the batch.
 
-    ``L = -1/B * sum_b log softmax(z_b)[t_b]``, ``dL/dz = (softmax(z) - onehot(t)) / B``.
+    ``L = -1/B * sum_b sum_k q_bk log softmax(z_b)_k``, ``dL/dz = (softmax(z) - q) / B``, with the target
+    ``q = (1 - eps) onehot(t) + eps / K`` for ``label_smoothing`` eps in [0, 1) (default 0: the one-hot;
+    PyTorch's ``CrossEntropyLoss(label_smoothing=eps)`` and Keras' ``label_smoothing``).
     Targets are integer labels (B,) or one-hot rows (B, K).
     """
 
     name = "softmax_cross_entropy"
     is_classification = True
 
+    def __init__(self, label_smoothing=0.0):
+        if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(label_smoothing, numbers.Real):
+            raise InvalidTypeError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+        if not 0.0 <= float(label_smoothing) < 1.0:  # NaN fails too
+            raise InvalidInputError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}: it is the "
+                                    f"weight moved from the true class to a uniform target")
+        self.label_smoothing = float(label_smoothing)
+
+    def parameters(self):
+        return {"label_smoothing": self.label_smoothing}
+
     def prepare_targets(self, y, n_outputs, dtype):
         return _labels_from_targets(y, n_outputs, self.name)
 
     def forward_backward(self, kernels, outputs, targets, grad, loss):
-        kernels.softmax_cross_entropy(outputs, targets, grad, loss)
+        kernels.softmax_cross_entropy(outputs, targets, grad, loss, self.label_smoothing)
 
     def output_activation_(self, kernels, outputs):
         kernels.softmax_(outputs)
@@ -171,6 +256,9 @@ class SoftmaxCrossEntropy(Loss):
 
     def correct(self, xp, outputs, targets):
         return xp.count_nonzero(xp.argmax(outputs, axis=1) == targets)
+
+    def true_and_predicted(self, xp, outputs, targets):
+        return targets, xp.argmax(outputs, axis=1)
 
 
 LOSSES = {
@@ -182,16 +270,30 @@ LOSSES = {
     "cross_entropy": SoftmaxCrossEntropy,
     "categorical_crossentropy": SoftmaxCrossEntropy,
     "sparse_categorical_crossentropy": SoftmaxCrossEntropy,
+    "huber": Huber,
+    "mae": MeanAbsoluteError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "l1": MeanAbsoluteError,
 }
 
 
 def get_loss(loss):
-    """Return a :class:`Loss` instance from a name or an instance."""
+    """Return a :class:`Loss` instance from a name, a saved configuration (:meth:`Loss.get_config`: a name
+    or ``{"name": name, **parameters}``) or an instance."""
     if isinstance(loss, Loss):
         return loss
+    parameters = {}
+    if isinstance(loss, dict):
+        parameters = dict(loss)
+        loss = parameters.pop("name", None)
     try:
-        return LOSSES[loss.lower()]()
+        cls = LOSSES[loss.lower()]
     except (KeyError, AttributeError):
         raise InvalidInputError(
             f"unknown loss {loss!r}; valid names are {sorted(LOSSES)}"
         ) from None
+    try:
+        return cls(**parameters)
+    except TypeError:
+        raise InvalidInputError(f"the {cls.name} loss takes the parameters {sorted(cls().parameters())}, "
+                                f"got {sorted(parameters)}") from None

@@ -15,9 +15,10 @@ from .divergence import DivergenceStatus
 from .errors import InvalidInputError, InvalidTypeError, NotCompiledError, TrainingDiverged
 from .io import save_model
 from .kernels.contract import STATUS_LOSS
-from .layers import Dense
+from .layers import Dense, Dropout, layer_from_config
 from .losses import get_loss
-from .optim import get_optimizer
+from .metrics import Evaluation, check_metrics_fit_loss, check_metrics_fit_targets, get_metrics
+from .optim import get_optimizer, optimizer_from_config
 from .train import fit
 from .validation import (as_host_array, as_list, as_target_array, check_feature_matrix, check_finite_for_dtype,
                          check_positive_int, load_features)
@@ -28,11 +29,12 @@ MAX_INFERENCE_PLANS = 4
 
 
 class Sequential:
-    """A multi-layer perceptron: ``Dense`` layers applied in order.
+    """A multi-layer perceptron: ``Dense`` layers, and ``Dropout`` between them, applied in order.
 
     Parameters
     ----------
-    layers : list of Dense
+    layers : list of Dense and Dropout
+        The last one a Dense.
     input_dim : int, optional
         Number of input features; if omitted the model is built on the first
         ``fit``/``train_on_batch`` from the data.
@@ -54,9 +56,13 @@ class Sequential:
         if not layers:
             raise InvalidInputError("Sequential needs at least one Dense layer")
         for layer in layers:
-            if not isinstance(layer, Dense):
-                raise InvalidTypeError(f"Sequential takes Dense layers, got {type(layer).__name__}")
+            if not isinstance(layer, (Dense, Dropout)):
+                raise InvalidTypeError(f"Sequential takes Dense and Dropout layers, got {type(layer).__name__}")
+        if not isinstance(layers[-1], Dense):
+            raise InvalidInputError(f"the last layer must be a Dense layer (the outputs), got {layers[-1]!r}")
         self.layers = layers
+        #: the layers with parameters, in order: ``W_l, b_l`` of :meth:`get_weights` are those of ``dense_layers[l]``
+        self.dense_layers = [layer for layer in layers if isinstance(layer, Dense)]
         self.backend = get_backend(backend)
         self.dtype = resolve_dtype(dtype)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
@@ -90,20 +96,29 @@ class Sequential:
     def build(self, input_dim):
         """Draw the initial weights (host, float64, seeded) and lay out the flat buffers."""
         input_dim = check_positive_int("input_dim", input_dim)
+        width = input_dim
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                layer.units = width  # as wide as its input
+            width = layer.units
         fan_ins = [input_dim] + [layer.units for layer in self.layers[:-1]]
+        fan_ins = [fan_in for layer, fan_in in zip(self.layers, fan_ins) if isinstance(layer, Dense)]
         self._require_memory_for_parameters(fan_ins)
-        init_seed, shuffle_seed = np.random.SeedSequence(self.seed).spawn(2)
+        init_seed, shuffle_seed, dropout_seed = np.random.SeedSequence(self.seed).spawn(3)
         rng = np.random.default_rng(init_seed)
-        initial = [layer.initial_weights(rng, fan_in) for layer, fan_in in zip(self.layers, fan_ins)]
+        initial = [layer.initial_weights(rng, fan_in) for layer, fan_in in zip(self.dense_layers, fan_ins)]
         self.input_dim = input_dim  # built from here on: only once the initial weights are drawn and checked
         self.shuffle_rng = np.random.default_rng(shuffle_seed)
+        #: the (1,) int64 key of the Dropout layers' masks on the device, in [0, 2**32)
+        self.dropout_seed = self.backend.staged(dropout_seed.generate_state(1, np.uint32).astype(np.int64))
+        self.dropout_seed.upload()
         shapes = [W.shape for W, _ in initial] + [b.shape for _, b in initial]
         sizes = [int(np.prod(s)) for s in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         xp = self.backend.xp
         self._params = self.backend.zeros(int(offsets[-1]), self.dtype)
         self._grads = self.backend.zeros(int(offsets[-1]), self.dtype)
-        self.n_weights = int(offsets[len(self.layers)])
+        self.n_weights = int(offsets[len(self.dense_layers)])
         #: the flat parameter buffer ``[W_1, ..., W_L, b_1, ..., b_L]`` on the device
         self.params = self._params
 
@@ -111,8 +126,8 @@ class Sequential:
             return [flat[offsets[i]:offsets[i + 1]].reshape(s) for i, s in enumerate(shapes)]
 
         p, g = views(self._params), views(self._grads)
-        L = len(self.layers)
-        for i, layer in enumerate(self.layers):
+        L = len(self.dense_layers)
+        for i, layer in enumerate(self.dense_layers):
             layer.bind(p[i], p[L + i], g[i], g[L + i])
         self._param_views = [v for i in range(L) for v in (p[i], p[L + i])]
         #: (start, stop) of each of W_1, b_1, ..., W_L, b_L in the flat buffers
@@ -127,10 +142,10 @@ class Sequential:
     def _require_memory_for_parameters(self, fan_ins):
         """InsufficientMemory before any weight is drawn when the parameters, their gradients, the
         optimizer's state and the float64 initial weights on the host would not fit."""
-        weights = sum(fan_in * layer.units for fan_in, layer in zip(fan_ins, self.layers))
-        n = weights + sum(layer.units for layer in self.layers)
+        weights = sum(fan_in * layer.units for fan_in, layer in zip(fan_ins, self.dense_layers))
+        n = weights + sum(layer.units for layer in self.dense_layers)
         buffers = 2 + (len(self.optimizer.state_names) if self.optimizer is not None else 0)
-        shapes = " -> ".join(str(width) for width in [fan_ins[0]] + [layer.units for layer in self.layers])
+        shapes = " -> ".join(str(width) for width in [fan_ins[0]] + [layer.units for layer in self.dense_layers])
         self.backend.require_memory(n * self.dtype.itemsize * buffers + weights * 8,
                                     f"for the {n:,} parameters of a {shapes} model", "use smaller layers")
 
@@ -143,6 +158,9 @@ class Sequential:
         lines = [f"Sequential on {self.backend.name} ({self.backend.device_name}), dtype {self.dtype.name}"]
         fan_in = self.input_dim
         for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):
+                lines.append(f"  {i}: Dropout(rate={layer.rate:g})  params: 0")
+                continue
             n = (fan_in + 1) * layer.units if fan_in else "?"
             lines.append(f"  {i}: Dense({fan_in} -> {layer.units}, {layer.activation})  params: {n}")
             fan_in = layer.units
@@ -153,16 +171,21 @@ class Sequential:
     def compile(self, loss="softmax_cross_entropy", optimizer="adam", metrics=()):
         """Choose the loss (name or Loss), the optimizer (name or Optimizer) and extra metrics.
 
-        ``metrics=["accuracy"]`` makes ``fit`` log the training-set accuracy after
-        every epoch (one extra forward pass over the training data per epoch);
-        a single name (``metrics="accuracy"``) and None are accepted too.
+        ``metrics``: names or :class:`gpubp.metrics.Metric` objects among "accuracy", "precision",
+        "recall", "f1", "top_k_accuracy" (k = 5; "top_3_accuracy" for k = 3) for class labels, and
+        "rmse", "mae", "r2" for regression (see :mod:`gpubp.metrics`); a single name and None are
+        accepted too. :meth:`evaluate` returns every one, and ``fit`` logs each on the training set
+        after every epoch (one extra forward pass over the training data per epoch, for all of them)
+        and, as "val_" + name, on the validation data. Regression metrics with a cross-entropy loss,
+        and top-k accuracy with binary_cross_entropy, are refused here; classification metrics on
+        real-valued targets when fit or evaluate sees them.
 
         Every argument is checked before anything changes. The cross-entropy
         losses need a linear last layer (they take logits), and the softmax one
         at least two output units (one per class: for two classes with one
         unit, use "binary_cross_entropy").
         """
-        metrics = self._metric_names(metrics)
+        metrics = get_metrics(metrics)
         loss = get_loss(loss)
         last = self.layers[-1].activation
         if loss.name in ("softmax_cross_entropy", "binary_cross_entropy") and last != "linear":
@@ -176,29 +199,22 @@ class Sequential:
                 f"the softmax_cross_entropy loss needs a last Dense layer with one unit per class (>= 2), but it "
                 f"has {self.n_outputs}: a softmax over one unit is always 1 and nothing is learnt; for two classes "
                 f"with one output unit use loss='binary_cross_entropy'")
+        check_metrics_fit_loss(metrics, loss, self.n_outputs)
         optimizer = get_optimizer(optimizer)
-        self.metrics, self.loss, self.optimizer = metrics, loss, optimizer
+        self.metrics, self.loss, self.optimizer = [m.name for m in metrics], loss, optimizer
         self._clear_plans()
         if self.built:
             self._bind_optimizer()
         return self
 
-    @staticmethod
-    def _metric_names(metrics):
-        """``compile``'s ``metrics`` as a list of known names: None gives [], a single name a one-element list."""
-        known = ["accuracy"]
-        metrics = as_list("metrics", metrics, lambda m: isinstance(m, str),
-                          "a list of metric names such as ['accuracy']")
-        unknown = [m for m in metrics if not isinstance(m, str) or m not in known]
-        if unknown:
-            raise InvalidInputError(f"unknown metrics {unknown}; valid: {known}")
-        return list(dict.fromkeys(metrics))  # each once, in the order given
-
     def _bind_optimizer(self):
         self.backend.require_memory(self._params.nbytes * len(self.optimizer.state_names),
                                     f"for the state of {type(self.optimizer).__name__}", "use smaller layers")
         self.optimizer.bind(self.backend, self._params, self._grads, self.n_weights,
-                            [layer.W for layer in self.layers])
+                            [layer.W for layer in self.dense_layers])
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):  # masks keyed by position, drawn at the optimizer's step
+                layer.bind(i, self.dropout_seed.device, self.optimizer.clock.device)
 
     def require_compiled(self):
         """Raise NotCompiledError unless :meth:`compile` has chosen a loss and an optimizer."""
@@ -209,6 +225,7 @@ class Sequential:
     def _clear_plans(self):
         self._plans = OrderedDict()
         self._per_thread = threading.local()
+        self._last_plan = None  # the plan of the latest train_step (see layer_outputs)
 
     def batch_plan(self, batch_size, targets=None):
         """The cached :class:`~gpubp.buffers.BatchPlan` for training on ``batch_size`` rows.
@@ -231,7 +248,8 @@ class Sequential:
         inference); ``targets`` as in :meth:`batch_plan`."""
         widths = [layer.units for layer in self.layers]
         row, itemsize = ((), 8) if targets is None else (targets.shape[1:], targets.dtype.itemsize)
-        return plan_bytes(batch_size, self.input_dim, widths, self.dtype.itemsize, row, itemsize)
+        return plan_bytes(batch_size, self.input_dim, widths, self.dtype.itemsize, row, itemsize,
+                          [layer.keeps_pre_activation for layer in self.layers])
 
     def _cached_plan(self, plans, limit, batch_size, targets):
         """The plan for (batch size, target layout) from the LRU cache ``plans`` of at most ``limit`` plans."""
@@ -245,36 +263,44 @@ class Sequential:
                                     f"for the buffers of a batch of {batch_size} rows", "pass a smaller batch_size")
         plan = plans[key] = BatchPlan(self.backend, batch_size, self.input_dim, widths, self.dtype,
                                       None if targets is None else targets.shape[1:],
-                                      None if targets is None else targets.dtype)
+                                      None if targets is None else targets.dtype,
+                                      [layer.keeps_pre_activation for layer in self.layers])
         while len(plans) > limit:
             plans.popitem(last=False)
         return plan
 
     # ------------------------------------------------------ the training step
-    def _forward(self, x, outputs, kernels=None):
-        """Run every layer on ``x``; returns the last layer's output (raw logits)."""
+    def _forward(self, x, outputs, kernels=None, training=False, pre_activations=None):
+        """Run every layer on ``x``; returns the last layer's output (raw logits). ``training``: a training
+        step's forward pass, where Dropout layers drop units (else they pass their input on).
+        ``pre_activations`` (a plan's, for a backward pass to follow) receive the pre-activations of the
+        layers that keep theirs."""
         kernels = kernels or self.backend.kernels
-        for layer, out in zip(self.layers, outputs):
-            x = layer.forward(kernels, x, out)
+        pre_activations = pre_activations or [None] * len(self.layers)
+        for layer, out, pre in zip(self.layers, outputs, pre_activations):
+            x = layer.forward(kernels, x, out, training, pre)
         return x
 
-    def _backward(self, plan, targets=None, kernels=None):
+    def _backward(self, plan, targets=None, kernels=None, training=False):
         """Backpropagate ``plan.loss_grad`` = dL/d(logits) into the flat gradient buffer.
 
         ``delta_l = (delta_{l+1} W_{l+1}^T) * f'(z_l)``: the GEMM writes dL/dy_l
         into scratch, and the activation kernel writes delta_l over y_l once
-        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``. ``targets`` (from
-        the optimizer) redirects the weight-gradient GEMMs.
+        y_l has served for ``dW_{l+1} = y_l^T delta_{l+1}``; a Dropout layer
+        multiplies dL/d(its output), in scratch, by its mask in place.
+        ``targets`` (from the optimizer, one per Dense layer) redirects the
+        weight-gradient GEMMs; ``training`` as in :meth:`_forward`.
         """
         kernels, layers, outputs = kernels or self.backend.kernels, self.layers, plan.outputs
-        targets = targets or [None] * len(layers)
-        delta = plan.loss_grad
+        dense_targets = iter(targets or [None] * len(self.dense_layers))
+        targets = [next(dense_targets) if isinstance(layer, Dense) else None for layer in layers]
+        delta, pre = plan.loss_grad, plan.pre_activations
         if layers[-1].activation != "linear":  # only with MSE: cross-entropy losses take logits
-            delta = layers[-1].activation_backward_(kernels, delta, outputs[-1])
+            delta = layers[-1].activation_backward_(kernels, delta, outputs[-1], pre[-1])
         for l in range(len(layers) - 1, 0, -1):
-            layers[l].backward(kernels, delta, outputs[l - 1], plan.scratch[l - 1], targets[l])
-            delta = layers[l - 1].activation_backward_(kernels, plan.scratch[l - 1], outputs[l - 1])
-        layers[0].backward(kernels, delta, plan.x, None, targets[0])
+            layers[l].backward(kernels, delta, outputs[l - 1], plan.scratch[l - 1], targets[l], training)
+            delta = layers[l - 1].activation_backward_(kernels, plan.scratch[l - 1], outputs[l - 1], pre[l - 1])
+        layers[0].backward(kernels, delta, plan.x, None, targets[0], training)
 
     def gradient_hooks(self):
         """``[(name, hook)]`` run on the flat gradient between the backward pass and the update, in order.
@@ -307,6 +333,7 @@ class Sequential:
         whole step is recorded once per plan as one CUDA graph and replayed.
         """
         kernels = self.backend.kernels
+        self._last_plan = plan
         self.optimizer.begin_step()
         graphs = self.cuda_graphs and self.backend.captures_steps
         loss = plan.loss if graphs or loss_out is None else loss_out
@@ -332,29 +359,45 @@ class Sequential:
     def _step_body(self, kernels, plan, loss):
         """The device work of one step: forward, loss, backward, gradient hooks, guarded update."""
         status, clock = self.status.array, self.optimizer.clock.device
-        self.loss.forward_backward(kernels, self._forward(plan.x, plan.outputs, kernels), plan.y, plan.loss_grad,
-                                   loss)
+        logits = self._forward(plan.x, plan.outputs, kernels, training=True, pre_activations=plan.pre_activations)
+        self.loss.forward_backward(kernels, logits, plan.y, plan.loss_grad, loss)
         kernels.check_finite_(loss, status, STATUS_LOSS, clock)
-        self._backward(plan, self.optimizer.weight_gradient_targets(kernels), kernels)
+        self._backward(plan, self.optimizer.weight_gradient_targets(kernels), kernels, training=True)
         for _, hook in self.gradient_hooks():
             hook(kernels, self._grads)
         self.optimizer.update(kernels, status)
 
-    def test_step(self, plan, loss_out=None):
+    def test_step(self, plan, loss_out=None, training=False):
         """Forward and loss on the batch in ``plan``, no update; returns the (1,) device loss array.
 
-        The logits stay in ``plan.outputs[-1]``.
+        The logits stay in ``plan.outputs[-1]``. With ``training`` the Dropout layers drop units as in a
+        training step, with the masks of the optimizer's current step (the last one staged).
         """
         loss = plan.loss if loss_out is None else loss_out
-        logits = self._forward(plan.x, plan.outputs)
+        logits = self._forward(plan.x, plan.outputs, training=training, pre_activations=plan.pre_activations)
         self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.loss_grad, loss)
         return loss
 
-    def compute_gradients(self, plan):
-        """Forward, loss and backward on ``plan`` without an update; returns the flat gradient and the loss."""
-        loss = self.test_step(plan)
-        self._backward(plan)
+    def compute_gradients(self, plan, training=False):
+        """Forward, loss and backward on ``plan`` without an update; returns the flat gradient and the loss.
+        ``training`` as in :meth:`test_step`: the gradient of the network the step's Dropout masks leave."""
+        loss = self.test_step(plan, training=training)
+        self._backward(plan, training=training)
         return self._grads, loss
+
+    def layer_outputs(self, x=None):
+        """Every layer's output ``[y_1, ..., y_L]`` (device arrays; ``y_L`` holds the logits) on the device
+        rows ``x`` in the model's input layout (scaled, as :meth:`prepare` returns them); None takes the
+        batch of the latest :meth:`train_step`. The arrays are buffers of this thread's inference plan,
+        valid until its next predict, evaluate or layer_outputs: a diagnostic reads them at once."""
+        if x is None:
+            if self._last_plan is None:
+                raise NotCompiledError("layer_outputs() takes the batch of the latest training step, but none "
+                                       "has run since the model was built or compiled: pass x")
+            x = self._last_plan.x
+        plan = self._inference_plan(x.shape[0])
+        self._forward(x, plan.outputs)
+        return list(plan.outputs)
 
     def read_divergence(self):
         """Read :attr:`status` (one host read); None while every step was finite.
@@ -440,7 +483,9 @@ class Sequential:
         self.build_for(X)
         X = self._features(X, name_x)
         y_device = as_target_array(self.backend, self.loss, y, X.shape[0], self.n_outputs, self.dtype, name_y)
-        return X, y_device, self.loss.reports_accuracy(y, self.n_outputs)
+        with_accuracy = self.loss.reports_accuracy(y, self.n_outputs)
+        check_metrics_fit_targets(get_metrics(self.metrics), self.loss, with_accuracy, name_y)
+        return X, y_device, with_accuracy
 
     def train_on_batch(self, x, y):
         """One optimizer step on (x, y); returns the batch loss (before the update) as a host float.
@@ -503,33 +548,35 @@ class Sequential:
         return result
 
     def evaluate(self, X, y, batch_size=None):
-        """Mean loss and accuracy (None for regression) on (X, y) as host floats. Thread-safe."""
+        """Mean loss, accuracy (None for real-valued targets) and every compiled metric on (X, y), as a
+        dict of host floats: ``{"loss", "accuracy", "f1", ...}``. Thread-safe."""
         X, y, with_accuracy = self.prepare(X, y)
         return self.evaluate_prepared(X, y, with_accuracy, batch_size)
 
     def evaluate_prepared(self, X, y, with_accuracy, batch_size=None):
-        """:meth:`evaluate` on arrays from :meth:`prepare`: one host read at the end."""
-        xp = self.backend.xp
-        chunks = list(self._chunks(X.shape[0], batch_size))
-        losses = xp.empty(len(chunks), dtype=np.float64)
-        hits = xp.zeros(len(chunks), dtype=np.int64)
-        for i, (start, stop) in enumerate(chunks):
+        """:meth:`evaluate` on arrays from :meth:`prepare`: one pass, one host read at the end."""
+        evaluation = self.evaluation(with_accuracy)
+        return evaluation.result(self.evaluation_sums(evaluation, X, y, batch_size))
+
+    def evaluation(self, with_accuracy):
+        """The :class:`~gpubp.metrics.Evaluation` of the loss and the compiled metrics, for targets that
+        are class labels (``with_accuracy``, as :meth:`prepare` returns it) or not."""
+        return Evaluation(self.backend.xp, self.loss, self.n_outputs, get_metrics(self.metrics), with_accuracy)
+
+    def evaluation_sums(self, evaluation, X, y, batch_size=None):
+        """The sums of ``evaluation`` over the prepared (X, y) as a host float64 vector: each chunk adds
+        its rows on the device, and the vector is read once at the end."""
+        sums = evaluation.zeros()
+        for start, stop in self._chunks(X.shape[0], batch_size):
             plan = self._inference_plan(stop - start, y)
             plan.load(X[start:stop], y[start:stop])
-            self.test_step(plan, loss_out=losses[i:i + 1])
-            if with_accuracy:
-                hits[i] = self.loss.correct(xp, plan.outputs[-1], plan.y)
-        sizes = np.array([stop - start for start, stop in chunks], dtype=np.float64)
-        n = X.shape[0]
-        loss = float(self.backend.to_host(losses) @ sizes) / n
-        if not with_accuracy:
-            return {"loss": loss, "accuracy": None}
-        denominator = n * (self.n_outputs if self.loss.accuracy_per_element else 1)
-        return {"loss": loss, "accuracy": int(self.backend.to_host(hits).sum()) / denominator}
+            evaluation.add_(sums, plan.outputs[-1], plan.y, self.test_step(plan), stop - start)
+        return self.backend.to_host(sums).copy()
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
-        """The model's training state as host values: ``{"params", "shuffle_rng", "scaler"}``.
+        """The model's training state as host values: ``{"params", "shuffle_rng", "scaler"}``, and
+        ``"dropout_seed"`` (an int) for a model with Dropout layers.
 
         ``params`` is a copy of the flat parameter buffer; the architecture is
         :meth:`get_config`. A model file holds this; a checkpoint adds the
@@ -537,15 +584,18 @@ class Sequential:
         """
         if not self.built:
             raise NotCompiledError("the model has no weights yet: build it (input_dim=...) or fit it first")
-        return {"params": self.backend.to_host(self._params).copy(),
-                "shuffle_rng": self.shuffle_rng.bit_generator.state,
-                "scaler": None if self.scaler is None else self.scaler.to_dict()}
+        state = {"params": self.backend.to_host(self._params).copy(),
+                 "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                 "scaler": None if self.scaler is None else self.scaler.to_dict()}
+        if len(self.dense_layers) != len(self.layers):
+            state["dropout_seed"] = int(self.dropout_seed.host[0])
+        return state
 
     def load_state_dict(self, state, scaler=None):
         """Restore :meth:`state_dict` output into this built model; ``scaler`` is the rebuilt scaler object.
 
-        ``shuffle_rng`` may be absent (a model file keeps none). Everything is
-        checked before anything changes.
+        ``shuffle_rng`` and ``dropout_seed`` may be absent (a model file keeps
+        neither). Everything is checked before anything changes.
         """
         if not self.built:
             raise NotCompiledError("the model has no weights yet: build it (input_dim=...) before loading a state")
@@ -565,9 +615,17 @@ class Sequential:
         if scaler is not None and len(scaler.mean_) != self.input_dim:
             raise InvalidInputError(f"the state holds a scaler for {len(scaler.mean_)} features, "
                                     f"the model expects {self.input_dim}")
+        dropout_seed = state.get("dropout_seed")
+        if dropout_seed is not None and (isinstance(dropout_seed, bool) or not isinstance(dropout_seed, int)
+                                         or not 0 <= dropout_seed < 2 ** 32):
+            raise InvalidInputError(f"the state holds an invalid dropout seed {dropout_seed!r} (an integer in "
+                                    f"[0, 2**32))")
         self.backend.copy_into(self._params, params)
         if rng_state is not None:
             self.shuffle_rng.bit_generator.state = rng_state
+        if dropout_seed is not None:
+            self.dropout_seed.host[0] = dropout_seed
+            self.dropout_seed.upload()
         self.set_scaler(scaler)
         self.status.clear()  # a failure recorded before refers to a state that is gone
 
@@ -594,7 +652,7 @@ class Sequential:
         except TypeError:
             raise InvalidTypeError("set_weights expects a list of arrays [W_1, b_1, ..., W_L, b_L], "
                                    f"got {type(weights).__name__}") from None
-        expected = 2 * len(self.layers)
+        expected = 2 * len(self.dense_layers)
         if len(weights) != expected:
             raise InvalidInputError(f"set_weights expects {expected} arrays ([W, b] per layer), got {len(weights)}")
         labels = [f"weights[{i}] ({'W' if i % 2 == 0 else 'b'}_{i // 2 + 1})" for i in range(expected)]
@@ -602,11 +660,12 @@ class Sequential:
         input_dim = self.input_dim
         if input_dim is None:  # unbuilt: W_1 gives the input width
             if first.ndim != 2 or first.shape[0] < 1:
-                raise InvalidInputError(f"{labels[0]} must have shape (input_dim, {self.layers[0].units}) with "
+                raise InvalidInputError(f"{labels[0]} must have shape (input_dim, {self.dense_layers[0].units}) with "
                                         f"input_dim >= 1 to build the model, got {first.shape}")
             input_dim = first.shape[0]
-        fan_ins = [input_dim] + [layer.units for layer in self.layers[:-1]]
-        shapes = [s for fan_in, layer in zip(fan_ins, self.layers) for s in ((fan_in, layer.units), (layer.units,))]
+        fan_ins = [input_dim] + [layer.units for layer in self.dense_layers[:-1]]  # Dropout keeps the width
+        shapes = [s for fan_in, layer in zip(fan_ins, self.dense_layers)
+                  for s in ((fan_in, layer.units), (layer.units,))]
         converted = []
         for i, w in enumerate(weights):
             w = first if i == 0 else self._host_weight(w, labels[i])
@@ -655,9 +714,11 @@ class Sequential:
             "input_dim": self.input_dim,
             "dtype": self.dtype.name,
             "seed": self.seed,
-            "loss": None if self.loss is None else self.loss.name,
+            "loss": None if self.loss is None else self.loss.get_config(),
             "optimizer": None if self.optimizer is None else self.optimizer.get_config(),
         }
+        if self.metrics:  # only when compiled with some: configs saved before metrics stay equal
+            config["metrics"] = list(self.metrics)
         for key in ("feature_names", "classes"):  # only when set: configs saved before them stay equal
             if getattr(self, key) is not None:
                 config[key] = list(getattr(self, key))
@@ -666,3 +727,33 @@ class Sequential:
     def save(self, path):
         """Write the architecture, weights and compile settings to an ``.npz`` file (no pickle)."""
         return save_model(self, path)
+
+    # ------------------------------------------------------------------ printing, copies and pickles
+    def __repr__(self):
+        return self.summary()
+
+    def __getstate__(self):
+        """What ``pickle`` and ``copy.deepcopy`` keep: what a checkpoint holds, as host values -- the
+        configuration (layers, loss, optimizer settings, labels), the backend's name, the metrics and,
+        once built, the model's and the optimizer's state (weights, scaler, shuffle generator, moments,
+        step count). A callable ``init`` is not kept (the weights are); buffers are made again."""
+        return {"config": self.get_config(), "backend": self.backend.name, "metrics": list(self.metrics),
+                "cuda_graphs": self.cuda_graphs, "state": self.state_dict() if self.built else None,
+                "optimizer": self.optimizer.state_dict() if self.built and self.optimizer is not None else None}
+
+    def __setstate__(self, saved):
+        config = saved["config"]
+        self.__init__([layer_from_config(layer) for layer in config["layers"]], backend=saved["backend"],
+                      dtype=config["dtype"], seed=config["seed"])
+        self.cuda_graphs = saved["cuda_graphs"]
+        if config.get("loss") is not None:
+            self.compile(loss=config["loss"], optimizer=optimizer_from_config(config["optimizer"]),
+                         metrics=saved["metrics"])
+        self.set_labels(config.get("feature_names"), config.get("classes"))
+        if config["input_dim"] is not None:
+            self.build(config["input_dim"])
+            state = saved["state"]
+            self.load_state_dict(state, scaler=None if state["scaler"] is None
+                                 else StandardScaler.from_dict(state["scaler"]))
+            if saved["optimizer"] is not None:
+                self.optimizer.load_state_dict(saved["optimizer"])

@@ -91,6 +91,8 @@ class Optimizer:
         self._n_decayed = 0
         #: the all-reduce of data-parallel training (see :meth:`set_all_reduce`), None in one process
         self.all_reduce = None
+        #: ``[(name, hook)]`` added by :meth:`add_gradient_hook` (observers such as ``GradientMonitor``)
+        self.added_hooks = []
         self._hooks = self._make_gradient_hooks()
 
     @property
@@ -130,8 +132,27 @@ class Optimizer:
         self.all_reduce = hook
         self._hooks = self._make_gradient_hooks()
 
+    def add_gradient_hook(self, name, hook):
+        """Run ``hook(kernels, g)`` on the whole flat gradient of every step, after the all-reduce and before
+        clipping and the update, until :meth:`remove_gradient_hook` (``name``). While any is added the
+        gradient is always materialised in the gradient buffer: plain SGD does not fuse its weight update
+        into the weight-gradient GEMMs."""
+        if not isinstance(name, str) or not callable(hook):
+            raise InvalidInputError(f"add_gradient_hook takes a name (str) and a callable hook(kernels, g), "
+                                    f"got {name!r} and {type(hook).__name__}")
+        if any(added == name for added, _ in self.added_hooks):
+            raise InvalidInputError(f"a gradient hook named {name!r} is already added")
+        self.added_hooks.append((name, hook))
+        self._hooks = self._make_gradient_hooks()
+
+    def remove_gradient_hook(self, name):
+        """Remove the hook :meth:`add_gradient_hook` added as ``name`` (nothing when there is none)."""
+        self.added_hooks = [(added, hook) for added, hook in self.added_hooks if added != name]
+        self._hooks = self._make_gradient_hooks()
+
     def _make_gradient_hooks(self):
         hooks = [] if self.all_reduce is None else [("all_reduce", self.all_reduce)]
+        hooks += self.added_hooks
         # the clipping hooks read clip_value / clip_norm when they run
         if self.clip_value is not None:
             hooks.append(("clip_value", lambda kernels, g: kernels.clip_by_value_(g, self.clip_value)))
@@ -170,7 +191,8 @@ class Optimizer:
         """Everything the update passes to its kernels as fixed scalars: a step captured (as a CUDA
         graph) for one signature is replayed only while it is unchanged."""
         return (type(self).__name__, self.weight_decay, self.clip_norm, self.clip_value,
-                tuple(sorted(self._hyperparameters().items())), id(self.all_reduce))
+                tuple(sorted(self._hyperparameters().items())), id(self.all_reduce),
+                tuple(id(hook) for _, hook in self.added_hooks))
 
     def state_dict(self):
         """``{"iterations": int, "state": {name: host array}}``; the schedule's position is ``iterations``."""
@@ -230,9 +252,9 @@ class SGD(Optimizer):
 
     def _fused(self):
         """True when the weight update can ride in the backward GEMMs: no momentum and no gradient hook
-        (clipping, or an all-reduce, which needs the gradient before any weight changes)."""
+        (clipping, an all-reduce, which needs the gradient before any weight changes, or an added hook)."""
         return (not self.momentum and self.clip_norm is None and self.clip_value is None
-                and self.all_reduce is None)
+                and self.all_reduce is None and not self.added_hooks)
 
     def bind(self, backend, params, grads, n_weights, weights=()):
         super().bind(backend, params, grads, n_weights, weights)

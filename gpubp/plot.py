@@ -257,3 +257,124 @@ def _draw_value_map(figure, ax, grid_x, grid_y, grid_values, X, y, predicted):
     figure.colorbar(filled, ax=ax, label="predicted value (shading), target (dots)")
     rmse = math.sqrt(float(np.mean((predicted - y) ** 2)))
     return f"Predicted value - RMSE {rmse:.4g} on these {len(X)} points"
+
+
+# ------------------------------------------------------------ lr range test
+def lr_finder(result, path=None, title=None):
+    """The loss of the learning-rate range test against the learning rate, the suggestion marked.
+
+    Parameters
+    ----------
+    result : gpubp.lr_finder.LRFinderResult
+        What :func:`gpubp.lr_find` returned (``lrs``, ``losses``, ``smoothed_losses``, ``suggestion``,
+        ``suggestion_index``, ``min_loss_index``).
+    path : str or path-like, optional
+        Write the figure there as a PNG.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel, log learning-rate axis: each step's loss (faint), the smoothed loss, the suggestion
+        (star and dashed line) and the lowest smoothed loss.
+    """
+    lrs = np.asarray(getattr(result, "lrs", ()), dtype=np.float64)
+    losses = np.asarray(getattr(result, "losses", ()), dtype=np.float64)
+    smoothed = np.asarray(getattr(result, "smoothed_losses", ()), dtype=np.float64)
+    if lrs.size < 2 or losses.shape != lrs.shape or smoothed.shape != lrs.shape:
+        raise InvalidInputError("lr_finder plots what gpubp.lr_find returned: lrs, losses and smoothed_losses of "
+                                "the same length, at least 2 steps")
+    figure = _new_figure(figsize=(8, 4.8))
+    ax = figure.subplots()
+    ax.plot(lrs, losses, color="C0", alpha=0.25, linewidth=0.8, label="loss of each step")
+    ax.plot(lrs, smoothed, color="C0", linewidth=1.8, label="smoothed loss")
+    best = int(result.min_loss_index)
+    ax.plot(lrs[best], smoothed[best], "o", color="C2", markersize=7,
+            label=f"lowest smoothed loss {smoothed[best]:.3g} at lr {lrs[best]:.2g}")
+    chosen = int(result.suggestion_index)
+    ax.axvline(lrs[chosen], color="C3", linestyle="--", linewidth=1)
+    ax.plot(lrs[chosen], smoothed[chosen], "*", color="C3", markersize=14,
+            label=f"suggestion: lr {result.suggestion:.2g} (steepest descent)")
+    ax.set_xscale("log")
+    finite = smoothed[np.isfinite(smoothed)]
+    if finite.size:  # the explosion would squash the curve: show up to a little above the start
+        top = max(finite[: max(1, best + 1)].max(), finite[0]) * 1.25
+        low = min(np.nanmin(np.where(np.isfinite(losses), losses, np.nan)), finite.min())
+        ax.set_ylim(low - 0.05 * (top - low), top)
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left")
+    stopped = " - stopped when the loss exploded" if getattr(result, "stopped_early", False) else ""
+    ax.set_title(title or f"Learning-rate range test ({lrs.size} steps{stopped})")
+    return _save(figure, path)
+
+
+# ------------------------------------------------------------ gradient flow
+def gradient_flow(monitor, path=None, title=None):
+    """Per-layer gradient norms, update-to-weight ratios and saturated or dead units over the steps.
+
+    Parameters
+    ----------
+    monitor : gpubp.callbacks.GradientMonitor or dict
+        The monitor after training, or its ``.history`` dict: ``"step"`` and per-layer lists under
+        ``"grad_norm"``, ``"update_ratio"``, ``"saturated"`` and ``"dead"``.
+    path : str or path-like, optional
+        Write the figure there as a PNG.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three panels against the training step, one line per layer (dark: near the input, light: near
+        the output): ||dL/dW|| (log), ||ΔW|| / ||W|| (log) and the fraction of saturated sigmoid/tanh
+        outputs (solid) or dead ReLU units (dashed).
+    """
+    logs = getattr(monitor, "history", monitor)
+    if not isinstance(logs, dict) or not logs.get("step") or not logs.get("grad_norm"):
+        raise InvalidInputError("gradient_flow plots a GradientMonitor (or its .history dict) that has recorded "
+                                "at least one step")
+    steps = np.asarray(logs["step"], dtype=np.float64)
+    n_layers = len(logs["grad_norm"])
+    for key in ("grad_norm", "update_ratio", "saturated", "dead"):
+        rows = logs.get(key, [])
+        if len(rows) != n_layers or any(len(row) != steps.size for row in rows):
+            raise InvalidInputError(f"history[{key!r}] must hold {n_layers} per-layer lists of {steps.size} values")
+    from matplotlib import colormaps
+
+    colors = colormaps["viridis"](np.linspace(0.0, 0.9, n_layers))
+    marker = "o" if steps.size <= 30 else None
+    figure = _new_figure(figsize=(14, 4.6))
+    grad_ax, update_ax, unit_ax = figure.subplots(1, 3)
+    for layer in range(n_layers):
+        style = dict(color=colors[layer], marker=marker, markersize=3, label=f"layer {layer + 1}")
+        grad_ax.plot(steps, _positive(logs["grad_norm"][layer]), **style)
+        update_ax.plot(steps, _positive(logs["update_ratio"][layer]), **style)
+        saturated = np.asarray(logs["saturated"][layer], dtype=np.float64)
+        dead = np.asarray(logs["dead"][layer], dtype=np.float64)
+        if np.isfinite(saturated).any():
+            unit_ax.plot(steps, saturated, **style)
+        if np.isfinite(dead).any():
+            unit_ax.plot(steps, dead, linestyle="--", **style)
+    for ax, label, name in ((grad_ax, "||dL/dW||", "Weight-gradient norm"),
+                            (update_ax, "||ΔW|| / ||W||", "Update-to-weight ratio")):
+        if any(line.get_ydata().size and np.isfinite(line.get_ydata()).any() for line in ax.lines):
+            ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel=label, title=name)
+        ax.grid(alpha=0.3, which="both")
+    unit_ax.set(xlabel="step", ylabel="fraction of units", title="Saturated (solid) / dead ReLU (dashed)",
+                ylim=(-0.03, 1.03))
+    unit_ax.grid(alpha=0.3)
+    if not unit_ax.lines:
+        unit_ax.text(0.5, 0.5, "no sigmoid, tanh or ReLU layers", ha="center", va="center",
+                     transform=unit_ax.transAxes, color="0.4")
+    handles, labels = grad_ax.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", title="layer (input first)")
+    figure.suptitle(title or f"Gradient flow over {int(steps[-1]) + 1} steps ({steps.size} records, "
+                              f"{n_layers} layers)")
+    return _save(figure, path)
+
+
+def _positive(values):
+    """``values`` as floats with zeros and negatives as NaN (gaps on a log axis)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(values > 0, values, np.nan)

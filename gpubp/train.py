@@ -69,8 +69,9 @@ def training_bytes(model, batch_sizes, y, n_steps):
     """Device memory ``fit`` allocates once the data is on the device: a batch plan per batch size,
     the epoch's order and step losses (:class:`~gpubp.buffers.EpochBatches`) and the kernels' scratch."""
     widths = [layer.units for layer in model.layers]
-    plans = sum(plan_bytes(b, model.input_dim, widths, model.dtype.itemsize, y.shape[1:], y.dtype.itemsize)
-                for b in batch_sizes)
+    keeps_pre_activation = [layer.keeps_pre_activation for layer in model.layers]
+    plans = sum(plan_bytes(b, model.input_dim, widths, model.dtype.itemsize, y.shape[1:], y.dtype.itemsize,
+                           keeps_pre_activation) for b in batch_sizes)
     epoch = 8 * (y.shape[0] + n_steps)
     return plans + epoch + model.backend.kernels.scratch_bytes(batch_sizes, widths[-1], model.params.size)
 
@@ -271,8 +272,8 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
     starts = list(range(0, n, batch_size))
     sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
     shares = [share_of_rows(int(b), communicator.size, communicator.rank) for b in sizes]
-    evaluated = max(n if "accuracy" in model.metrics and with_accuracy else 0,
-                    0 if X_val is None else X_val.shape[0])
+    training_metrics = bool(model.evaluation(with_accuracy).metrics)  # the compiled metrics these targets have
+    evaluated = max(n if training_metrics else 0, 0 if X_val is None else X_val.shape[0])
 
     def allocate():
         rows = sorted({max(count, 1) for _, count in shares})  # a rank with no rows of a batch runs one, weighted 0
@@ -315,13 +316,12 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
                 logs = {"loss": loop.mean_loss(steps_done)}  # all steps, or those before stop_training
                 model.backend.synchronize()
                 elapsed = time.perf_counter() - t0
-                if "accuracy" in model.metrics and with_accuracy:
-                    logs["accuracy"] = _evaluate(model, X, y, with_accuracy, communicator)["accuracy"]
+                if training_metrics:  # one pass over the training data for all of them
+                    logs.update(_metric_logs(model, _evaluate(model, X, y, with_accuracy, communicator)))
                 if X_val is not None:
                     val = _evaluate(model, X_val, y_val, with_accuracy, communicator)
                     logs["val_loss"] = val["loss"]
-                    if val["accuracy"] is not None:
-                        logs["val_accuracy"] = val["accuracy"]
+                    logs.update(_metric_logs(model, val, "val_"))
                 logs["epoch_time"] = elapsed
                 samples = int(loop.sizes[:steps_done].sum())
                 logs["samples_per_sec"] = samples / elapsed if elapsed > 0 else float("inf")
@@ -364,17 +364,24 @@ def _share_root_state(communicator, model, restored):
     return shared["restored"]
 
 
+def _metric_logs(model, result, prefix=""):
+    """The epoch logs of an evaluation ``result``: the compiled metrics it has, named ``prefix`` + name;
+    on validation data (``prefix`` "val_") accuracy too whenever the targets are labels."""
+    names = (["accuracy"] if prefix else []) + list(model.metrics)
+    return {prefix + name: result[name] for name in dict.fromkeys(names) if result.get(name) is not None}
+
+
 def _evaluate(model, X, y, with_accuracy, communicator):
-    """:meth:`Sequential.evaluate_prepared` on (X, y), each rank evaluating its share of the rows."""
+    """:meth:`Sequential.evaluate_prepared` on (X, y), each rank evaluating its share of the rows: the
+    ranks' sums (loss, counts, errors; see :class:`gpubp.metrics.Evaluation`) add up to those of all rows."""
     if communicator.size == 1:
         return model.evaluate_prepared(X, y, with_accuracy)
     offset, count = share_of_rows(X.shape[0], communicator.size, communicator.rank)
-    result = {"loss": 0.0, "accuracy": 0.0}
+    evaluation = model.evaluation(with_accuracy)
+    sums = np.zeros(evaluation.size)
     if count:
-        result = model.evaluate_prepared(X[offset:offset + count], y[offset:offset + count], with_accuracy)
-    loss, hits, rows = communicator.allreduce_scalars([result["loss"] * count, (result["accuracy"] or 0.0) * count,
-                                                       count])
-    return {"loss": float(loss / rows), "accuracy": float(hits / rows) if with_accuracy else None}
+        sums = model.evaluation_sums(evaluation, X[offset:offset + count], y[offset:offset + count])
+    return evaluation.result(communicator.allreduce_scalars(sums))
 
 
 def _load_callback_state(callbacks, restored, directory):

@@ -27,12 +27,13 @@ def as_host_array(a, name):
         raise InvalidInputError(f"{name} cannot be converted to a numeric array: {exc}") from None
 
 
-def check_finite_for_dtype(a, dtype, name, n_rows=None):
+def check_finite_for_dtype(a, dtype, name, n_rows=None, first_row=0):
     """Raise unless every value of the host array ``a`` is finite and stays finite once cast to ``dtype``.
 
     Float values beyond ``dtype``'s largest finite value (e.g. 1e39 with float32) would silently
     become Inf in the cast (with a NumPy overflow warning), so they are rejected here, naming
-    how many rows hold them. ``n_rows`` groups the values by leading axis (default ``a.shape[0]``).
+    how many rows hold them. ``n_rows`` groups the values by leading axis (default ``a.shape[0]``);
+    ``first_row`` is the number the messages give the first row (a chunk of a file names its rows in the file).
     """
     if a.dtype.kind != "f" or a.size == 0:
         return
@@ -43,7 +44,7 @@ def check_finite_for_dtype(a, dtype, name, n_rows=None):
     n_bad = int(np.count_nonzero(bad))
     if n_bad:
         raise InvalidInputError(
-            f"{name} holds NaN or Inf values in {n_bad} of {n} rows (first: row {int(np.argmax(bad))})")
+            f"{name} holds NaN or Inf values in {n_bad} of {n} rows (first: row {first_row + int(np.argmax(bad))})")
     if dtype.kind == "f" and np.finfo(a.dtype).max > np.finfo(dtype).max:
         limit = np.finfo(dtype).max
         big = (np.abs(rows) > limit).any(axis=1)
@@ -51,7 +52,7 @@ def check_finite_for_dtype(a, dtype, name, n_rows=None):
         if n_big:
             raise InvalidInputError(
                 f"{name} holds values too large for {dtype.name} (|value| > {float(limit):.4g}, they would "
-                f"become Inf) in {n_big} of {n} rows (first: row {int(np.argmax(big))})")
+                f"become Inf) in {n_big} of {n} rows (first: row {first_row + int(np.argmax(big))})")
 
 
 def check_feature_matrix(backend, X, n_features, name="X"):
@@ -87,13 +88,7 @@ def load_features(backend, X, dtype, name="X", scaler=None, out=None):
         staging = backend.host_view(out)
         if staging is None or not staging.flags.c_contiguous:
             staging = np.empty(X.shape, dtype)
-        scaling = () if scaler is None else (scaler.mean_.astype(dtype), scaler.scale_.astype(dtype))
-        bad_rows = host.copy_rows_checked(X, staging, *scaling)
-        if bad_rows:
-            check_finite_for_dtype(X, dtype, name)  # raises, naming the rows, when the raw values are bad
-            raise InvalidInputError(
-                f"{name} standardised by the model's scaler holds NaN or Inf values in {bad_rows} of "
-                f"{X.shape[0]} rows (a scale of 0 in {dtype.name}, or values far outside the scaler's range)")
+        write_features(X, staging, name, scaler)
         return backend.upload(staging, out)
     if not _is_device_array(backend, X):
         check_finite_for_dtype(X, dtype, name)
@@ -107,16 +102,46 @@ def load_features(backend, X, dtype, name="X", scaler=None, out=None):
     return X if out is None else backend.upload(X, out)
 
 
+def write_features(X, out, name="X", scaler=None, first_row=0):
+    """Check the host rows ``X`` (any numeric dtype) and write them into the C-contiguous host array ``out``
+    (same shape) cast to its dtype and standardised by ``scaler`` when given; errors as :func:`load_features`,
+    with rows numbered from ``first_row``. Float32/float64 rows take one compiled pass
+    (``gpubp.kernels.host``), others NumPy's passes."""
+    dtype = out.dtype
+    scaling = () if scaler is None else (scaler.mean_.astype(dtype), scaler.scale_.astype(dtype))
+    if X.dtype in host.FAST_DTYPES:
+        bad_rows = host.copy_rows_checked(X, out, *scaling)
+    else:
+        check_finite_for_dtype(X, dtype, name, first_row=first_row)
+        np.copyto(out, X, casting="unsafe")
+        if scaling:
+            out -= scaling[0]
+            out /= scaling[1]
+        bad_rows = int(np.count_nonzero(~np.isfinite(out).all(axis=1)))
+    if bad_rows:
+        check_finite_for_dtype(X, dtype, name, first_row=first_row)  # raises, naming the rows, if the raw values are bad
+        raise InvalidInputError(
+            f"{name} standardised by the model's scaler holds NaN or Inf values in {bad_rows} of "
+            f"{X.shape[0]} rows (a scale of 0 in {dtype.name}, or values far outside the scaler's range)")
+
+
 def as_target_array(backend, loss, y, n_samples, n_outputs, dtype, name="y"):
     """Validate ``y`` for ``loss`` and return it on the device in the loss kernel's layout."""
     y = backend.to_host(y) if _is_device_array(backend, y) else as_host_array(y, name)
+    return backend.asarray(host_targets(loss, y, n_samples, n_outputs, dtype, name))
+
+
+def host_targets(loss, y, n_samples, n_outputs, dtype, name="y", first_row=0):
+    """:func:`as_target_array` on a host array, returning the targets on the host; rows numbered from
+    ``first_row`` in the messages."""
+    y = as_host_array(y, name)
     if y.dtype.kind not in "biuf":
         raise InvalidTypeError(f"{name} must hold numbers, got an array of dtype {y.dtype}")
     if y.ndim == 0 or y.shape[0] != n_samples:
         got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} samples"
         name_x = name[:-1] + "X" if name.endswith(" y") else "X"
         raise InvalidInputError(f"{name_x} has {n_samples} samples but {name} has {got}")
-    check_finite_for_dtype(y, dtype, name, n_samples)
+    check_finite_for_dtype(y, dtype, name, n_samples, first_row)
     try:
         targets = loss.prepare_targets(y, n_outputs, dtype)
     except InvalidInputError as exc:
@@ -125,7 +150,7 @@ def as_target_array(backend, loss, y, n_samples, n_outputs, dtype, name="y"):
         if name != "y" or not re.search(r"(?<![\w\[])y(?!\w)", message):
             raise InvalidInputError(f"{name}: {message}") from None
         raise
-    return backend.asarray(targets)
+    return targets
 
 
 def check_positive_int(name, value):

@@ -38,8 +38,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Activation names every device implements.
-ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
+#: Activation names every device implements. "gelu" is the tanh approximation (PyTorch's
+#: ``approximate="tanh"``), "gelu_exact" the erf form (PyTorch's default); "silu" is x sigmoid(x).
+ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu_exact", "softplus", "silu")
+
+#: The activations that take the kernels' ``alpha``, each with its default (PyTorch's): leaky_relu's negative
+#: slope and elu's alpha. Both must be > 0, so that the output y still tells z <= 0 from z > 0.
+ACTIVATION_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+#: The activations whose derivative is not a function of their output (they are not invertible): their
+#: backward reads the pre-activation z, which the forward writes into ``pre``.
+NEEDS_PRE_ACTIVATION = ("gelu", "gelu_exact", "silu")
 
 #: ``status[0]`` codes: what was not finite.
 STATUS_CLEAR = 0
@@ -74,6 +83,21 @@ def unknown_activation(name):
     return ValueError(f"unknown activation {name!r}; expected one of {list(ACTIVATIONS)}")
 
 
+def activation_alpha(activation, alpha):
+    """The ``alpha`` an activation kernel uses: ``alpha`` as a float, or the activation's default
+    (:data:`ACTIVATION_ALPHA`) when it is None; 0.0 for an activation that takes none."""
+    if alpha is None:
+        return ACTIVATION_ALPHA.get(activation, 0.0)
+    return float(alpha)
+
+
+def missing_pre_activation(name):
+    """The error every device raises when the backward of a :data:`NEEDS_PRE_ACTIVATION` activation gets no
+    ``pre``."""
+    return ValueError(f"the derivative of activation {name!r} needs its pre-activation: pass the pre array "
+                      f"that bias_activation_ wrote")
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """One kernel: its argument names, what it writes, and what it raises."""
@@ -86,17 +110,23 @@ class KernelSpec:
 
 KERNELS = {
     "bias_activation_": KernelSpec(
-        ("z", "b", "activation"), ("z",), "z (B, n) = f(z + b), b (n,)", "ValueError for an unknown activation"),
-    "activation_backward_": KernelSpec(
-        ("dy", "y", "activation"), ("y",),
-        "y = dy * f'(z), f' from the output y: sigmoid y(1-y), tanh 1-y^2, linear 1; relu: y = dy where "
-        "y > 0, else 0 (a select: 0 even where dy is NaN)",
+        ("z", "b", "activation", "alpha", "pre"), ("z", "pre"),
+        "z (B, n) = f(z + b), b (n,); pre (B, n), unless None, = z + b (the pre-activation, in the same pass); "
+        "alpha: the parameter of an ACTIVATION_ALPHA activation (None: its default), ignored by the others",
         "ValueError for an unknown activation"),
+    "activation_backward_": KernelSpec(
+        ("dy", "y", "activation", "alpha", "pre"), ("y",),
+        "y = dy * f'(z), f' from the output y: sigmoid y(1-y), tanh 1-y^2, linear 1, leaky_relu 1 if y > 0 "
+        "else alpha, elu 1 if y > 0 else y + alpha, softplus 1 - exp(-y); relu: y = dy where y > 0, else 0 "
+        "(a select: 0 even where dy is NaN); for NEEDS_PRE_ACTIVATION ones from pre = z (required): "
+        "gelu, gelu_exact, silu; pre is ignored by the others",
+        "ValueError for an unknown activation, or one of NEEDS_PRE_ACTIVATION without pre"),
     "sigmoid_": KernelSpec(("x",), ("x",), "x = 1 / (1 + exp(-x))"),
     "softmax_": KernelSpec(("x",), ("x",), "each row of x (B, K) = softmax(row)"),
     "softmax_cross_entropy": KernelSpec(
-        ("logits", "labels", "grad", "loss"), ("grad", "loss"),
-        "loss[0] = mean_b -log softmax(z_b)[t_b]; grad = (softmax(z) - onehot(t)) / B; "
+        ("logits", "labels", "grad", "loss", "label_smoothing"), ("grad", "loss"),
+        "q = (1 - eps) onehot(t) + eps / K with eps = label_smoothing in [0, 1); "
+        "loss[0] = mean_b -sum_k q_bk log softmax(z_b)_k; grad = (softmax(z) - q) / B; "
         "a label outside [0, K) makes loss[0] NaN"),
     "binary_cross_entropy": KernelSpec(
         ("logits", "targets", "grad", "loss"), ("grad", "loss"),
@@ -104,6 +134,20 @@ KERNELS = {
     "mse": KernelSpec(
         ("outputs", "targets", "grad", "loss"), ("grad", "loss"),
         "loss[0] = sum((o - t)^2) / (2B); grad = (o - t) / B"),
+    "huber": KernelSpec(
+        ("outputs", "targets", "grad", "loss", "delta"), ("grad", "loss"),
+        "r = o - t; loss[0] = mean over all B K elements of (r^2 / 2 if |r| <= delta else delta (|r| - delta / 2)); "
+        "grad = clip(r, -delta, delta) / (B K); delta > 0 (PyTorch's HuberLoss, reduction 'mean')"),
+    "mae": KernelSpec(
+        ("outputs", "targets", "grad", "loss"), ("grad", "loss"),
+        "loss[0] = mean over all B K elements of |o - t|; grad = sign(o - t) / (B K), 0 where o == t "
+        "(PyTorch's L1Loss, reduction 'mean')"),
+    "dropout_": KernelSpec(
+        ("x", "out", "rate", "seed", "clock", "layer"), ("out",),
+        "out = x * m / (1 - rate), m = 1 where w >= floor(rate 2^32), else 0 (x * 0: NaN stays NaN); "
+        "w = philox4x32-10(counter (i mod 2^32, i div 2^32, s mod 2^32, s div 2^32), key (seed[0], layer))[0], "
+        "i the flat index, s = clock[0]; seed (1,) int64 in [0, 2^32), read on the device; rate in [0, 1); "
+        "out may be x"),
     "check_finite_": KernelSpec(
         ("values", "status", "code", "clock"), ("status",), "status[:2] = [code, clock[0]] if values hold NaN/Inf"),
     "restore_if_diverged_": KernelSpec(

@@ -21,8 +21,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import blas, scalar_math
-from .contract import ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, check_matmul_precision, unknown_activation
+from . import blas, philox, scalar_math
+from .contract import (ACTIVATION_ALPHA, ACTIVATIONS, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE,
+                       activation_alpha, check_matmul_precision, missing_pre_activation, unknown_activation)
 from .fastmath import as_dtype_of, fast_exp, fast_tanh
 
 __all__ = [
@@ -34,6 +35,9 @@ __all__ = [
     "sigmoid_",
     "binary_cross_entropy",
     "mse",
+    "huber",
+    "mae",
+    "dropout_",
     "check_finite_",
     "restore_if_diverged_",
     "clip_by_value_",
@@ -140,25 +144,117 @@ def _bias_relu(z, b):
             z[i, j] = zero if x < zero else x
 
 
+_leaky_relu_value = numba.njit(inline="always")(scalar_math.leaky_relu)
+_elu_value = numba.njit(inline="always")(scalar_math.elu)
+_softplus_value = numba.njit(inline="always")(scalar_math.softplus)
+_gelu_gate_input_value = numba.njit(inline="always")(scalar_math.gelu_gate_input)
+_gated_value = numba.njit(inline="always")(scalar_math.gated)
+_gelu_exact_value = numba.njit(inline="always")(scalar_math.gelu_exact)
+
+
+def _bias_leaky_relu(z, b, alpha):
+    """z (B, n) = leaky_relu(z + b) with negative slope alpha."""
+    batch, width = z.shape
+    slope, zero = as_dtype_of(alpha, z), as_dtype_of(0.0, z)
+    for i in prange(batch):
+        for j in range(width):
+            z[i, j] = _leaky_relu_value(z[i, j] + b[j], slope, zero)
+
+
+def _bias_elu(z, b, alpha):
+    """z (B, n) = elu(z + b) with alpha."""
+    batch, width = z.shape
+    alpha, zero = as_dtype_of(alpha, z), as_dtype_of(0.0, z)
+    for i in prange(batch):
+        for j in range(width):
+            z[i, j] = _elu_value(z[i, j] + b[j], alpha, zero)
+
+
+def _bias_softplus(z, b):
+    """z (B, n) = log(1 + exp(z + b))."""
+    batch, width = z.shape
+    zero = as_dtype_of(0.0, z)
+    for i in prange(batch):
+        for j in range(width):
+            z[i, j] = _softplus_value(z[i, j] + b[j], zero)
+
+
+# The bodies of the activations that need their pre-activation write it into ``pre`` in the same pass
+# (``pre`` may be z itself: then z takes z + b, then f(z + b)).
+
+def _bias_silu(z, b, pre):
+    """pre = z + b; z (B, n) = pre sigmoid(pre)."""
+    batch, width = z.shape
+    for i in prange(batch):
+        for j in range(width):
+            x = z[i, j] + b[j]
+            pre[i, j] = x
+            z[i, j] = _gated_value(x, _sigmoid(x))
+
+
+def _bias_gelu(z, b, pre):
+    """pre = z + b; z (B, n) = the tanh-approximated GELU of pre, as pre sigmoid(u(pre))."""
+    batch, width = z.shape
+    gate_a, gate_b = as_dtype_of(scalar_math.GELU_GATE_A, z), as_dtype_of(scalar_math.GELU_GATE_B, z)
+    for i in prange(batch):
+        for j in range(width):
+            x = z[i, j] + b[j]
+            pre[i, j] = x
+            z[i, j] = _gated_value(x, _sigmoid(_gelu_gate_input_value(x, gate_a, gate_b)))
+
+
+def _bias_gelu_exact(z, b, pre):
+    """pre = z + b; z (B, n) = pre Phi(pre) (erf GELU)."""
+    batch, width = z.shape
+    half, minus_sqrt_half = as_dtype_of(0.5, z), as_dtype_of(scalar_math.MINUS_SQRT_HALF, z)
+    for i in prange(batch):
+        for j in range(width):
+            x = z[i, j] + b[j]
+            pre[i, j] = x
+            z[i, j] = _gelu_exact_value(x, half, minus_sqrt_half)
+
+
 _BIAS_ACTIVATION_KERNELS = {
     "linear": _serial_and_parallel(_bias_linear),
     "sigmoid": _serial_and_parallel(_bias_sigmoid),
     "tanh": _serial_and_parallel(_bias_tanh),
     "relu": _serial_and_parallel(_bias_relu),
+    "leaky_relu": _serial_and_parallel(_bias_leaky_relu),
+    "elu": _serial_and_parallel(_bias_elu),
+    "gelu": _serial_and_parallel(_bias_gelu),
+    "gelu_exact": _serial_and_parallel(_bias_gelu_exact),
+    "softplus": _serial_and_parallel(_bias_softplus),
+    "silu": _serial_and_parallel(_bias_silu),
 }
 
 
-def bias_activation_(z, b, activation):
-    """In place z[:] = f(z + b); z (B, n), b (n,), same float dtype."""
+def _extra_args(activation, alpha, pre, out):
+    """The arguments an activation's kernel body takes after its two arrays: the alpha of an
+    ``ACTIVATION_ALPHA`` activation, the pre-activation array of a ``NEEDS_PRE_ACTIVATION`` one
+    (``out`` when ``pre`` is None), nothing for the others."""
+    if activation in ACTIVATION_ALPHA:
+        return (activation_alpha(activation, alpha),)
+    if activation in NEEDS_PRE_ACTIVATION:
+        return (out if pre is None else pre,)
+    return ()
+
+
+def bias_activation_(z, b, activation, alpha=None, pre=None):
+    """In place z[:] = f(z + b); z (B, n), b (n,), same float dtype.
+
+    ``alpha``: leaky_relu's negative slope or elu's alpha (None: the default); for gelu, gelu_exact and
+    silu, ``pre`` (B, n), unless None, receives z + b, which their backward needs.
+    """
     try:
         serial, parallel = _BIAS_ACTIVATION_KERNELS[activation]
     except KeyError:
         raise unknown_activation(activation) from None
-    (parallel if z.size >= PARALLEL_THRESHOLD else serial)(z, b)
+    (parallel if z.size >= PARALLEL_THRESHOLD else serial)(z, b, *_extra_args(activation, alpha, pre, z))
 
 
 # --------------------------------------------------------------------------
-# Activation backward (derivative expressed with the forward output y)
+# Activation backward (derivative expressed with the forward output y, or with the
+# pre-activation z for the activations that are not invertible)
 # --------------------------------------------------------------------------
 
 _sigmoid_backward_value = numba.njit(inline="always")(scalar_math.sigmoid_backward)
@@ -192,19 +288,89 @@ def _relu_backward(dy, y):
         flat_y[i] = _relu_backward_value(flat_dy[i], flat_y[i], zero)
 
 
+_leaky_relu_backward_value = numba.njit(inline="always")(scalar_math.leaky_relu_backward)
+_elu_backward_value = numba.njit(inline="always")(scalar_math.elu_backward)
+_softplus_backward_value = numba.njit(inline="always")(scalar_math.softplus_backward)
+_gated_backward_value = numba.njit(inline="always")(scalar_math.gated_backward)
+_sigmoid_pair_value = numba.njit(inline="always")(scalar_math.sigmoid_pair)
+_gelu_exact_backward_value = numba.njit(inline="always")(scalar_math.gelu_exact_backward)
+
+
+def _leaky_relu_backward(dy, y, alpha):
+    """y = dy if y > 0 else dy alpha; any shape, flattened."""
+    flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
+    slope, zero = as_dtype_of(alpha, y), as_dtype_of(0.0, y)
+    for i in prange(flat_y.size):
+        flat_y[i] = _leaky_relu_backward_value(flat_dy[i], flat_y[i], slope, zero)
+
+
+def _elu_backward(dy, y, alpha):
+    """y = dy if y > 0 else dy (y + alpha); any shape, flattened."""
+    flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
+    alpha, zero = as_dtype_of(alpha, y), as_dtype_of(0.0, y)
+    for i in prange(flat_y.size):
+        flat_y[i] = _elu_backward_value(flat_dy[i], flat_y[i], alpha, zero)
+
+
+def _softplus_backward(dy, y):
+    """y = dy (1 - exp(-y)); any shape, flattened."""
+    flat_dy, flat_y = dy.reshape(dy.size), y.reshape(y.size)
+    for i in prange(flat_y.size):
+        flat_y[i] = _softplus_backward_value(flat_dy[i], flat_y[i])
+
+
+def _silu_backward(dy, y, pre):
+    """y = dy s (1 + z (1 - s)), z = pre, s = sigmoid(z); any shape, flattened."""
+    flat_dy, flat_y, flat_z = dy.reshape(dy.size), y.reshape(y.size), pre.reshape(pre.size)
+    one, zero = as_dtype_of(1.0, y), as_dtype_of(0.0, y)
+    for i in prange(flat_y.size):
+        x = flat_z[i]
+        s, s_complement = _sigmoid_pair_value(x, fast_exp(-abs(x)), one, zero)
+        flat_y[i] = _gated_backward_value(flat_dy[i], x, s, s_complement, one, one)
+
+
+def _gelu_backward(dy, y, pre):
+    """y = dy s (1 + z (1 - s) (a + 3 b z^2)), z = pre, s = sigmoid(z (a + b z^2)); any shape, flattened."""
+    flat_dy, flat_y, flat_z = dy.reshape(dy.size), y.reshape(y.size), pre.reshape(pre.size)
+    one, zero = as_dtype_of(1.0, y), as_dtype_of(0.0, y)
+    gate_a, gate_b = as_dtype_of(scalar_math.GELU_GATE_A, y), as_dtype_of(scalar_math.GELU_GATE_B, y)
+    gate_3b = as_dtype_of(3.0 * scalar_math.GELU_GATE_B, y)
+    for i in prange(flat_y.size):
+        x = flat_z[i]
+        u = _gelu_gate_input_value(x, gate_a, gate_b)
+        s, s_complement = _sigmoid_pair_value(u, fast_exp(-abs(u)), one, zero)
+        flat_y[i] = _gated_backward_value(flat_dy[i], x, s, s_complement, gate_a + gate_3b * x * x, one)
+
+
+def _gelu_exact_backward(dy, y, pre):
+    """y = dy (Phi(z) + z phi(z)), z = pre; any shape, flattened."""
+    flat_dy, flat_y, flat_z = dy.reshape(dy.size), y.reshape(y.size), pre.reshape(pre.size)
+    half, minus_sqrt_half = as_dtype_of(0.5, y), as_dtype_of(scalar_math.MINUS_SQRT_HALF, y)
+    inv_sqrt_2pi = as_dtype_of(scalar_math.INV_SQRT_2PI, y)
+    for i in prange(flat_y.size):
+        flat_y[i] = _gelu_exact_backward_value(flat_dy[i], flat_z[i], half, minus_sqrt_half, inv_sqrt_2pi)
+
+
 _ACTIVATION_BACKWARD_KERNELS = {
     "sigmoid": _serial_and_parallel(_sigmoid_backward),
     "tanh": _serial_and_parallel(_tanh_backward),
     "relu": _serial_and_parallel(_relu_backward),
+    "leaky_relu": _serial_and_parallel(_leaky_relu_backward),
+    "elu": _serial_and_parallel(_elu_backward),
+    "gelu": _serial_and_parallel(_gelu_backward),
+    "gelu_exact": _serial_and_parallel(_gelu_exact_backward),
+    "softplus": _serial_and_parallel(_softplus_backward),
+    "silu": _serial_and_parallel(_silu_backward),
 }
 
 
-def activation_backward_(dy, y, activation):
+def activation_backward_(dy, y, activation, alpha=None, pre=None):
     """In place ``y = dy * f'(z)``, with f' written in terms of the forward output y.
 
-    sigmoid: y (1 - y); tanh: 1 - y^2; relu: [y > 0]; linear: 1 (y = dy).
-    dy and y have the same shape and float dtype. The training step writes
-    dL/dz over the activation it no longer needs.
+    sigmoid: y (1 - y); tanh: 1 - y^2; relu: [y > 0]; linear: 1 (y = dy); leaky_relu: 1 or alpha;
+    elu: 1 or y + alpha; softplus: 1 - exp(-y). gelu, gelu_exact and silu read f' from their
+    pre-activation ``pre`` = z (required) instead. dy, y (and pre) have the same shape and float dtype.
+    The training step writes dL/dz over the activation it no longer needs.
     """
     if activation == "linear":
         np.copyto(y, dy)
@@ -213,7 +379,9 @@ def activation_backward_(dy, y, activation):
         serial, parallel = _ACTIVATION_BACKWARD_KERNELS[activation]
     except KeyError:
         raise unknown_activation(activation) from None
-    (parallel if y.size >= PARALLEL_THRESHOLD else serial)(dy, y)
+    if pre is None and activation in NEEDS_PRE_ACTIVATION:
+        raise missing_pre_activation(activation)
+    (parallel if y.size >= PARALLEL_THRESHOLD else serial)(dy, y, *_extra_args(activation, alpha, pre, y))
 
 
 # --------------------------------------------------------------------------
@@ -269,11 +437,13 @@ def softmax_(x):
 # --------------------------------------------------------------------------
 
 @numba.njit(**_JIT_OPTIONS)
-def _cross_entropy_row(logits, label, grad, i, inv_batch):
-    """Row i: grad = (softmax(logits[i]) - onehot(label)) * inv_batch.
+def _cross_entropy_row(logits, label, grad, i, inv_batch, hit, off, smoothing):
+    """Row i: grad = (softmax(logits[i]) - q) * inv_batch, q the one-hot of label smoothed by eps:
+    ``hit = (1 - eps) / B`` and ``off = eps / (K B)`` in the logits' dtype, ``smoothing = eps`` (float64).
 
-    Returns the row loss in two float64 parts, ``(s, m - z_label)`` with
-    ``s = sum_j exp(z_j - m)`` and m = max_j z_j: the loss is log(s) + m - z_label.
+    Returns the row loss in two float64 parts, ``(s, margin)`` with
+    ``s = sum_j exp(z_j - m)`` and m = max_j z_j: the loss is log(s) + margin,
+    ``margin = (1 - eps) (m - z_label) + eps (m - mean_j z_j)`` (``m - z_label`` when eps = 0).
     The caller takes one log per block of rows (of the product of their s, each
     in [1, K]), since a scalar libm log per row costs as much as the rest of
     the row. A separate (LLVM-inlined) function: numba's parfor reduction
@@ -291,9 +461,15 @@ def _cross_entropy_row(logits, label, grad, i, inv_batch):
         total += e
     scale = inv_batch / total
     for j in range(width):
-        grad[i, j] *= scale
-    grad[i, label] -= inv_batch
-    return np.float64(total), np.float64(row_max) - np.float64(logits[i, label])
+        grad[i, j] = grad[i, j] * scale - off
+    grad[i, label] -= hit
+    margin = np.float64(row_max) - np.float64(logits[i, label])
+    if smoothing != 0.0:
+        row_sum = 0.0
+        for j in range(width):
+            row_sum += np.float64(logits[i, j])
+        margin = (1.0 - smoothing) * margin + smoothing * (np.float64(row_max) - row_sum / width)
+    return np.float64(total), margin
 
 
 #: Rows whose softmax denominators (each in [1, K]) are multiplied before one
@@ -301,15 +477,17 @@ def _cross_entropy_row(logits, label, grad, i, inv_batch):
 _LOG_BLOCK = 32
 
 
-def _softmax_cross_entropy(logits, labels, grad, loss):
-    """Mean cross-entropy of softmax(logits) and its gradient.
+def _softmax_cross_entropy(logits, labels, grad, loss, smoothing):
+    """Mean cross-entropy of softmax(logits) and its gradient, with label smoothing eps = ``smoothing``.
 
     logits, grad (B, K); labels (B,) integers; loss (1,) float64.
-    grad = (softmax(logits) - onehot(labels)) / B; loss[0] = mean of row losses,
+    grad = (softmax(logits) - q) / B, q = (1 - eps) onehot(labels) + eps / K; loss[0] = mean of row losses,
     NaN when a label lies outside [0, K) (its row is then never read out of bounds).
     """
     batch, width = logits.shape
     inv_batch = as_dtype_of(1.0 / batch, logits)
+    hit = as_dtype_of((1.0 - smoothing) / batch, logits)
+    off = as_dtype_of(smoothing / (width * batch), logits)
     total_loss = 0.0
     bad_labels = 0
     for block in prange((batch + _LOG_BLOCK - 1) // _LOG_BLOCK):
@@ -319,7 +497,8 @@ def _softmax_cross_entropy(logits, labels, grad, loss):
             label = labels[i]
             label_ok = label >= 0 and label < width
             bad_labels += 0 if label_ok else 1
-            row_total, margin = _cross_entropy_row(logits, label if label_ok else 0, grad, i, inv_batch)
+            row_total, margin = _cross_entropy_row(logits, label if label_ok else 0, grad, i, inv_batch, hit, off,
+                                                   smoothing)
             product *= row_total
             margins += margin
         total_loss += math.log(product) + margins
@@ -329,15 +508,16 @@ def _softmax_cross_entropy(logits, labels, grad, loss):
 _SOFTMAX_CROSS_ENTROPY_KERNELS = _serial_and_parallel(_softmax_cross_entropy)
 
 
-def softmax_cross_entropy(logits, labels, grad, loss):
+def softmax_cross_entropy(logits, labels, grad, loss, label_smoothing):
     """Mean softmax cross-entropy into ``loss[0]``; its gradient into ``grad``.
 
-    logits, grad: (B, K) float32/float64; labels: (B,) int64; loss: (1,) float64.
-    grad = (softmax(logits) - onehot(labels)) / B. logits are not modified.
-    A label outside [0, K) makes the loss NaN.
+    logits, grad: (B, K) float32/float64; labels: (B,) int64; loss: (1,) float64; label_smoothing eps in
+    [0, 1): the target is q = (1 - eps) onehot(labels) + eps / K. grad = (softmax(logits) - q) / B.
+    logits are not modified. A label outside [0, K) makes the loss NaN.
     """
     serial, parallel = _SOFTMAX_CROSS_ENTROPY_KERNELS
-    (parallel if logits.size >= PARALLEL_THRESHOLD else serial)(logits, labels, grad, loss)
+    (parallel if logits.size >= PARALLEL_THRESHOLD else serial)(logits, labels, grad, loss,
+                                                                float(label_smoothing))
 
 
 def _binary_cross_entropy(logits, targets, grad, loss):
@@ -403,6 +583,105 @@ def mse(outputs, targets, grad, loss):
     """
     serial, parallel = _MSE_KERNELS
     (parallel if outputs.size >= PARALLEL_THRESHOLD else serial)(outputs, targets, grad, loss)
+
+
+@numba.njit(inline="always")
+def _sign_value(v, magnitude, zero):
+    """``magnitude`` times the sign of v: 0 where v == 0, NaN where v is NaN."""
+    return magnitude if v > zero else (-magnitude if v < zero else (zero if v == zero else v))
+
+
+def _huber(outputs, targets, grad, loss, delta):
+    """r = o - t; loss = mean(r^2 / 2 if |r| <= delta else delta (|r| - delta / 2)); grad = clip(r) / (B K)."""
+    flat_outputs = outputs.reshape(outputs.size)
+    flat_targets = targets.reshape(targets.size)
+    flat_grad = grad.reshape(grad.size)
+    count = flat_outputs.size
+    inv_count = as_dtype_of(1.0 / count, outputs)
+    limit = as_dtype_of(delta, outputs)
+    total = 0.0
+    for i in prange(count):
+        diff = flat_outputs[i] - flat_targets[i]
+        flat_grad[i] = _clip_value(diff, limit) * inv_count
+        r = abs(np.float64(diff))
+        total += 0.5 * r * r if r <= delta else delta * (r - 0.5 * delta)
+    loss[0] = total / count
+
+
+_HUBER_KERNELS = _serial_and_parallel(_huber)
+
+
+def huber(outputs, targets, grad, loss, delta):
+    """Mean Huber loss (PyTorch's HuberLoss) into ``loss[0]``; its gradient into ``grad``.
+
+    outputs, targets, grad: (B, K) same float dtype; loss: (1,) float64; delta > 0.
+    r = o - t; loss = mean over the B K elements of r^2 / 2 (|r| <= delta) or delta (|r| - delta / 2);
+    grad = clip(r, -delta, delta) / (B K).
+    """
+    serial, parallel = _HUBER_KERNELS
+    (parallel if outputs.size >= PARALLEL_THRESHOLD else serial)(outputs, targets, grad, loss, float(delta))
+
+
+def _mae(outputs, targets, grad, loss):
+    """loss = mean |o - t|; grad = sign(o - t) / (B K), 0 where o == t, NaN where o - t is NaN."""
+    flat_outputs = outputs.reshape(outputs.size)
+    flat_targets = targets.reshape(targets.size)
+    flat_grad = grad.reshape(grad.size)
+    count = flat_outputs.size
+    inv_count = as_dtype_of(1.0 / count, outputs)
+    zero = as_dtype_of(0.0, outputs)
+    total = 0.0
+    for i in prange(count):
+        diff = flat_outputs[i] - flat_targets[i]
+        flat_grad[i] = _sign_value(diff, inv_count, zero)
+        total += abs(np.float64(diff))
+    loss[0] = total / count
+
+
+_MAE_KERNELS = _serial_and_parallel(_mae)
+
+
+def mae(outputs, targets, grad, loss):
+    """Mean absolute error (PyTorch's L1Loss) into ``loss[0]``; its gradient into ``grad``.
+
+    outputs, targets, grad: (B, K) same float dtype; loss: (1,) float64.
+    loss = mean over the B K elements of |o - t|; grad = sign(o - t) / (B K), 0 where o == t.
+    """
+    serial, parallel = _MAE_KERNELS
+    (parallel if outputs.size >= PARALLEL_THRESHOLD else serial)(outputs, targets, grad, loss)
+
+
+# --------------------------------------------------------------------------
+# Dropout (a counter-based mask: Philox4x32-10 of the element's index and the step)
+# --------------------------------------------------------------------------
+
+_philox = numba.njit(inline="always")(philox.philox4x32)
+
+
+def _dropout(x, out, threshold, scale, seed, clock, layer):
+    """out = x * (scale if word(i) >= threshold else 0); word(i) the first Philox word of (i, step), key
+    (seed[0], layer); any shape, flattened; out may be x."""
+    flat_x, flat_out = x.reshape(x.size), out.reshape(out.size)
+    low, shift = philox.LOW32, philox.SHIFT32
+    key, step, layer = np.uint64(seed[0]), np.uint64(clock[0]), np.uint64(layer)
+    step_low, step_high = step & low, step >> shift
+    zero = as_dtype_of(0.0, x)
+    for i in prange(flat_x.size):
+        index = np.uint64(i)
+        word = _philox(index & low, index >> shift, step_low, step_high, key, layer)[0]
+        flat_out[i] = flat_x[i] * (scale if word >= threshold else zero)
+
+
+_DROPOUT_KERNELS = _serial_and_parallel(_dropout)
+
+
+def dropout_(x, out, rate, seed, clock, layer):
+    """Inverted dropout: ``out = x * m / (1 - rate)``, m the keep mask of (seed[0], clock[0], layer, flat
+    index) (see ``contract.KERNELS["dropout_"]``); x, out same shape and float dtype (out may be x)."""
+    scale = x.dtype.type(1.0 / (1.0 - rate))
+    serial, parallel = _DROPOUT_KERNELS
+    (parallel if x.size >= PARALLEL_THRESHOLD else serial)(x, out, philox.dropout_threshold(rate), scale, seed,
+                                                           clock, np.int64(layer))
 
 
 # --------------------------------------------------------------------------
@@ -685,9 +964,9 @@ def weight_gradient_(x, delta, out, scale=None):
 
     ``[alpha, beta] = scale`` (read on the host: free on the CPU), or 1 and 0
     when scale is None. With ``out`` the weights, ``alpha = -lr`` and ``beta = 1 - lr * wd`` this is
-    a whole plain-SGD update of W in one BLAS call. Uses NumPy's OpenBLAS
-    through CBLAS directly when it is available (about 1 us of call overhead,
-    no temporary); otherwise ``matmul`` (plus, for alpha != 1 or beta != 0, a temporary).
+    a whole plain-SGD update of W in one BLAS call. Calls the CBLAS of ``gpubp.kernels.blas`` directly
+    when there is one (about 1 us of call overhead, no temporary); otherwise ``matmul`` (plus, for
+    alpha != 1 or beta != 0, a temporary).
     """
     alpha, beta = (1.0, 0.0) if scale is None else (float(scale[0]), float(scale[1]))
     if blas.gemm_at_b_(x, delta, out, alpha, beta):
@@ -718,7 +997,10 @@ def matmul_precision():
 
 
 def linear_(x, W, out):
-    """``out = x @ W``; x (B, fan_in), W (fan_in, fan_out), out (B, fan_out)."""
+    """``out = x @ W``; x (B, fan_in), W (fan_in, fan_out), out (B, fan_out) (oneMKL's CBLAS when it serves
+    every GEMM, see ``gpubp.kernels.blas``; else ``matmul``)."""
+    if blas.SERVES_ALL_GEMMS and blas.gemm_(x, W, out):
+        return
     np.matmul(x, W, out=out)
 
 
@@ -794,6 +1076,8 @@ def input_gradient_(delta, W, out):
     layout, into a buffer cached per shape and thread (allocated on first use
     only, at most 64 x fan_in values), and copied back transposed.
     """
+    if blas.SERVES_ALL_GEMMS and blas.gemm_(delta, W, out, trans_b=True):
+        return
     batch, fan_in = out.shape
     if not transposed_input_gradient_is_faster(batch, fan_in, W.shape[1]):
         np.matmul(delta, W.T, out=out)

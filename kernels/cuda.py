@@ -31,8 +31,9 @@ import numpy as np
 from numba import cuda
 from numba.core import config as numba_config
 
-from . import scalar_math
-from .contract import STATUS_GRADIENT, STATUS_UPDATE, check_matmul_precision, unknown_activation
+from . import philox, scalar_math
+from .contract import (NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE, activation_alpha, check_matmul_precision,
+                       missing_pre_activation, unknown_activation)
 
 if numba_config.ENABLE_CUDASIM:
     from . import cuda_simulated as runtime
@@ -41,7 +42,8 @@ else:
 
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
-    "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_",
+    "binary_cross_entropy", "mse", "huber", "mae", "dropout_", "check_finite_", "restore_if_diverged_",
+    "clip_by_value_", "clip_by_norm_",
     "all_reduce_mean_", "sgd_update_", "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_",
     "bias_gradient_", "gather_rows_", "store_at_", "copy_", "scratch_bytes", "set_matmul_precision", "matmul_precision",
 ]
@@ -58,11 +60,25 @@ def _device(fn):
 _sigmoid_backward = _device(scalar_math.sigmoid_backward)
 _tanh_backward = _device(scalar_math.tanh_backward)
 _relu_backward = _device(scalar_math.relu_backward)
+_leaky_relu = _device(scalar_math.leaky_relu)
+_leaky_relu_backward = _device(scalar_math.leaky_relu_backward)
+_elu = _device(scalar_math.elu)
+_elu_backward = _device(scalar_math.elu_backward)
+_softplus = _device(scalar_math.softplus)
+_softplus_backward = _device(scalar_math.softplus_backward)
+_gelu_gate_input = _device(scalar_math.gelu_gate_input)
+_gated = _device(scalar_math.gated)
+_gated_backward = _device(scalar_math.gated_backward)
+_sigmoid_pair = _device(scalar_math.sigmoid_pair)
+_gelu_exact = _device(scalar_math.gelu_exact)
+_gelu_exact_backward = _device(scalar_math.gelu_exact_backward)
 _clip = _device(scalar_math.clip)
 _sgd_step = _device(scalar_math.sgd_step)
 _momentum_step = _device(scalar_math.momentum_step)
 _adam_step = _device(scalar_math.adam_step)
 _rmsprop_step = _device(scalar_math.rmsprop_step)
+_philox = _device(philox.philox4x32)
+_LOW32, _SHIFT32 = philox.LOW32, philox.SHIFT32
 
 
 def _blocks(n, threads=None):
@@ -99,35 +115,77 @@ class _DtypeKernels:
         def relu(x):
             return zero if x < zero else x  # NaN stays NaN
 
-        @_device
-        def identity(x):
-            return x
+        gate_a, gate_b = T(scalar_math.GELU_GATE_A), T(scalar_math.GELU_GATE_B)
+        gate_3b = T(3 * scalar_math.GELU_GATE_B)
+        half, minus_sqrt_half, inv_sqrt_2pi = T(0.5), T(scalar_math.MINUS_SQRT_HALF), T(scalar_math.INV_SQRT_2PI)
 
-        forward = {"linear": identity, "sigmoid": sigmoid, "tanh": _device(lambda x: math.tanh(x)), "relu": relu}
+        # f(x, alpha), alpha the parameter of leaky_relu and elu (of the array dtype), ignored by the others
+        forward = {
+            "linear": _device(lambda x, alpha: x),
+            "sigmoid": _device(lambda x, alpha: sigmoid(x)),
+            "tanh": _device(lambda x, alpha: math.tanh(x)),
+            "relu": _device(lambda x, alpha: relu(x)),
+            "leaky_relu": _device(lambda x, alpha: _leaky_relu(x, alpha, zero)),
+            "elu": _device(lambda x, alpha: _elu(x, alpha, zero)),
+            "gelu": _device(lambda x, alpha: _gated(x, sigmoid(_gelu_gate_input(x, gate_a, gate_b)))),
+            "gelu_exact": _device(lambda x, alpha: _gelu_exact(x, half, minus_sqrt_half)),
+            "softplus": _device(lambda x, alpha: _softplus(x, zero)),
+            "silu": _device(lambda x, alpha: _gated(x, sigmoid(x))),
+        }
 
-        def make_bias_activation(f):
+        def make_bias_activation(f, keeps_pre):
             @cuda.jit
-            def bias_activation(z, b):
+            def bias_activation(z, b, alpha, pre, keep):
+                """z = f(z + b); pre = z + b when keep (pre was given) for an activation that keeps it."""
                 n = z.shape[1]
                 start, stride = cuda.grid(1), cuda.gridsize(1)
                 for i in range(start, z.size, stride):
                     r, c = i // n, i % n
-                    z[r, c] = f(z[r, c] + b[c])
+                    x = z[r, c] + b[c]
+                    if keeps_pre and keep:  # keeps_pre: a compile-time constant
+                        pre[r, c] = x
+                    z[r, c] = f(x, alpha)
             return bias_activation
 
-        self.bias_activation = {name: make_bias_activation(f) for name, f in forward.items()}
+        self.bias_activation = {name: make_bias_activation(f, name in NEEDS_PRE_ACTIVATION)
+                                for name, f in forward.items()}
 
-        def make_backward(derivative, constant):
+        @_device
+        def silu_backward(dy, z):
+            s, s_complement = _sigmoid_pair(z, math.exp(-abs(z)), one, zero)
+            return _gated_backward(dy, z, s, s_complement, one, one)
+
+        @_device
+        def gelu_backward(dy, z):
+            u = _gelu_gate_input(z, gate_a, gate_b)
+            s, s_complement = _sigmoid_pair(u, math.exp(-abs(u)), one, zero)
+            return _gated_backward(dy, z, s, s_complement, gate_a + gate_3b * z * z, one)
+
+        # dL/dz(dy, y, z, alpha): from the output y, or from the pre-activation z for NEEDS_PRE_ACTIVATION
+        derivatives = {
+            "sigmoid": _device(lambda dy, y, z, alpha: _sigmoid_backward(dy, y, one)),
+            "tanh": _device(lambda dy, y, z, alpha: _tanh_backward(dy, y, one)),
+            "relu": _device(lambda dy, y, z, alpha: _relu_backward(dy, y, zero)),
+            "leaky_relu": _device(lambda dy, y, z, alpha: _leaky_relu_backward(dy, y, alpha, zero)),
+            "elu": _device(lambda dy, y, z, alpha: _elu_backward(dy, y, alpha, zero)),
+            "softplus": _device(lambda dy, y, z, alpha: _softplus_backward(dy, y)),
+            "gelu": _device(lambda dy, y, z, alpha: gelu_backward(dy, z)),
+            "gelu_exact": _device(
+                lambda dy, y, z, alpha: _gelu_exact_backward(dy, z, half, minus_sqrt_half, inv_sqrt_2pi)),
+            "silu": _device(lambda dy, y, z, alpha: silu_backward(dy, z)),
+        }
+
+        def make_backward(derivative, reads_pre):
             @cuda.jit
-            def activation_backward(dy, y):
+            def activation_backward(dy, y, alpha, pre):
                 start, stride = cuda.grid(1), cuda.gridsize(1)
                 for i in range(start, y.size, stride):
-                    y[i] = derivative(dy[i], y[i], constant)
+                    z = pre[i] if reads_pre else zero  # reads_pre: a compile-time constant
+                    y[i] = derivative(dy[i], y[i], z, alpha)
             return activation_backward
 
-        self.activation_backward = {"sigmoid": make_backward(_sigmoid_backward, one),
-                                    "tanh": make_backward(_tanh_backward, one),
-                                    "relu": make_backward(_relu_backward, zero)}
+        self.activation_backward = {name: make_backward(d, name in NEEDS_PRE_ACTIVATION)
+                                    for name, d in derivatives.items()}
 
         @cuda.jit
         def sigmoid_inplace(x):
@@ -184,25 +242,50 @@ class _DtypeKernels:
 
         self.softmax = softmax_rows
 
+        @_device
+        def row_sum_float64(x, r, shared):
+            """sum_k x[r, k] in float64, reduced in shared memory by the block's row_threads."""
+            t = cuda.threadIdx.x
+            s = 0.0
+            for k in range(t, x.shape[1], row_threads):
+                s += np.float64(x[r, k])
+            shared[t] = s
+            cuda.syncthreads()
+            width = row_threads // 2
+            while width > 0:
+                if t < width:
+                    shared[t] += shared[t + width]
+                cuda.syncthreads()
+                width //= 2
+            total = shared[0]
+            cuda.syncthreads()
+            return total
+
         @cuda.jit
-        def softmax_cross_entropy_rows(logits, labels, grad, row_loss):
-            """grad = (softmax - onehot) / B; row_loss[r] (float64) = log(sum) + max - z[label], NaN for a
-            label outside [0, K) (then only column 0 is touched, never out of bounds)."""
+        def softmax_cross_entropy_rows(logits, labels, grad, row_loss, hit, off, smoothing):
+            """grad = (softmax - q) / B, q the one-hot smoothed by eps = smoothing: hit = (1 - eps) / B at the
+            label, off = eps / (K B) everywhere; row_loss[r] (float64) = log(sum) + (1 - eps) (max - z[label])
+            + eps (max - mean(z)), NaN for a label outside [0, K) (then only column 0 is touched, never out of
+            bounds)."""
             shared_max = cuda.shared.array(row_threads, T)
             shared_sum = cuda.shared.array(row_threads, T)
+            shared_z = cuda.shared.array(row_threads, np.float64)
             B, K = logits.shape
             inv_batch = one / T(B)
             for r in range(cuda.blockIdx.x, B, cuda.gridDim.x):
                 m, total = row_max_and_sum(logits, r, shared_max, shared_sum)
+                z_sum = row_sum_float64(logits, r, shared_z) if smoothing != 0.0 else 0.0
                 label = labels[r]
                 valid = label >= 0 and label < K
                 safe = label if valid else 0
                 scale = inv_batch / total
                 for k in range(cuda.threadIdx.x, K, row_threads):
-                    p = math.exp(logits[r, k] - m) * scale
-                    grad[r, k] = p - inv_batch if k == safe else p
+                    p = math.exp(logits[r, k] - m) * scale - off
+                    grad[r, k] = p - hit if k == safe else p
                 if cuda.threadIdx.x == 0:
                     margin = np.float64(m) - np.float64(logits[r, safe])
+                    if smoothing != 0.0:
+                        margin = (1.0 - smoothing) * margin + smoothing * (np.float64(m) - z_sum / K)
                     row_loss[r] = math.log(np.float64(total)) + margin if valid else math.nan
 
         self.softmax_cross_entropy = softmax_cross_entropy_rows
@@ -236,7 +319,49 @@ class _DtypeKernels:
                 acc += np.float64(d) * np.float64(d)
             block_sum(shared, acc, partial)
 
+        @cuda.jit
+        def huber_terms(outputs, targets, grad, partial, inv_count, delta):
+            """grad = clip(r, -delta, delta) / n, r = o - t; per-block float64 partial sums of the Huber terms."""
+            shared = cuda.shared.array(threads, np.float64)
+            limit = T(delta)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            acc = 0.0
+            for i in range(start, outputs.size, stride):
+                d = outputs[i] - targets[i]
+                grad[i] = _clip(d, limit) * inv_count
+                r = abs(np.float64(d))
+                acc += 0.5 * r * r if r <= delta else delta * (r - 0.5 * delta)
+            block_sum(shared, acc, partial)
+
+        @cuda.jit
+        def mae_terms(outputs, targets, grad, partial, inv_count):
+            """grad = sign(o - t) / n (0 where o == t); per-block float64 partial sums of |o - t|."""
+            shared = cuda.shared.array(threads, np.float64)
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            acc = 0.0
+            for i in range(start, outputs.size, stride):
+                d = outputs[i] - targets[i]
+                grad[i] = inv_count if d > zero else (-inv_count if d < zero else (zero if d == zero else d))
+                acc += abs(np.float64(d))
+            block_sum(shared, acc, partial)
+
         self.bce_terms, self.mse_terms = bce_terms, mse_terms
+        self.huber_terms, self.mae_terms = huber_terms, mae_terms
+
+        # ------------------------------------------------------------------ dropout
+        @cuda.jit
+        def dropout(x, out, threshold, scale, seed, clock, layer):
+            """out = x * (scale if word(i) >= threshold else 0), word(i) the first Philox word of (i, step)
+            with the key (seed[0], layer); flat; out may be x."""
+            key, step = np.uint64(seed[0]), np.uint64(clock[0])
+            step_low, step_high = step & _LOW32, step >> _SHIFT32
+            start, stride = cuda.grid(1), cuda.gridsize(1)
+            for i in range(start, x.size, stride):
+                index = np.uint64(i)
+                word = _philox(index & _LOW32, index >> _SHIFT32, step_low, step_high, key, layer)[0]
+                out[i] = x[i] * (scale if word >= threshold else zero)
+
+        self.dropout = dropout
 
         # ------------------------------------------------------------------ status and hooks
         @cuda.jit
@@ -504,17 +629,31 @@ def _lookup(table, activation):
 
 
 # --------------------------------------------------------------------------- activations
-def bias_activation_(z, b, activation):
-    """In place: ``z = f(z + b)``; z (B, n), b (n,)."""
-    _launch(_lookup(_of(z).bias_activation, activation), z.size, z, b)
+def _placeholder(a):
+    """A one-element array of ``a``'s dtype and rank, made once: the ``pre`` of an activation kernel that
+    was given none (never read or written)."""
+    return runtime.scratch(("placeholder",), (1,) * a.ndim, a.dtype)
 
 
-def activation_backward_(dy, y, activation):
-    """In place: ``y = dy * f'(z)`` written with the output y (linear: y = dy)."""
+def bias_activation_(z, b, activation, alpha=None, pre=None):
+    """In place: ``z = f(z + b)``; z (B, n), b (n,); alpha: leaky_relu's negative slope or elu's alpha (None:
+    the default); for gelu, gelu_exact and silu, ``pre`` (B, n), unless None, receives z + b in the same pass."""
+    kernel = _lookup(_of(z).bias_activation, activation)
+    _launch(kernel, z.size, z, b, z.dtype.type(activation_alpha(activation, alpha)),
+            _placeholder(z) if pre is None else pre, pre is not None)
+
+
+def activation_backward_(dy, y, activation, alpha=None, pre=None):
+    """In place: ``y = dy * f'(z)`` written with the output y (linear: y = dy), or with the pre-activation
+    ``pre`` = z (required) for gelu, gelu_exact and silu."""
     if activation == "linear":
         copy_(dy, y)
         return
-    _launch(_lookup(_of(y).activation_backward, activation), y.size, _flat(dy), _flat(y))
+    kernel = _lookup(_of(y).activation_backward, activation)
+    if pre is None and activation in NEEDS_PRE_ACTIVATION:
+        raise missing_pre_activation(activation)
+    _launch(kernel, y.size, _flat(dy), _flat(y), y.dtype.type(activation_alpha(activation, alpha)),
+            _placeholder(dy.reshape(-1)) if pre is None else _flat(pre))
 
 
 def sigmoid_(x):
@@ -532,19 +671,22 @@ def _reduce_into(loss, partial, count, scale):
     _launch(_finish_sum, THREADS, partial, count, scale, loss, threads=THREADS)
 
 
-def softmax_cross_entropy(logits, labels, grad, loss):
-    """Mean softmax cross-entropy into ``loss[0]``; ``grad = (softmax - onehot) / B``; bad labels give NaN."""
-    B = logits.shape[0]
+def softmax_cross_entropy(logits, labels, grad, loss, label_smoothing):
+    """Mean softmax cross-entropy into ``loss[0]``; ``grad = (softmax - q) / B``, q the one-hot of the labels
+    smoothed by eps = label_smoothing, (1 - eps) onehot + eps / K; bad labels give NaN."""
+    B, K = logits.shape
+    eps = float(label_smoothing)
     row_loss = runtime.scratch(("row_loss", B), (B,), np.float64)
+    T = logits.dtype.type
     _launch(_of(logits).softmax_cross_entropy, B * ROW_THREADS, logits, labels, grad, row_loss,
-            threads=ROW_THREADS)
+            T((1.0 - eps) / B), T(eps / (K * B)), eps, threads=ROW_THREADS)
     _reduce_into(loss, row_loss, B, 1.0 / B)
 
 
-def _elementwise_loss(terms, a, targets, grad, loss, grad_scale, loss_scale):
+def _elementwise_loss(terms, a, targets, grad, loss, grad_scale, loss_scale, *parameters):
     blocks = _blocks(a.size)
     partial = runtime.scratch(("loss_partial", blocks), (blocks,), np.float64)
-    _launch(terms, a.size, _flat(a), _flat(targets), _flat(grad), partial, a.dtype.type(grad_scale))
+    _launch(terms, a.size, _flat(a), _flat(targets), _flat(grad), partial, a.dtype.type(grad_scale), *parameters)
     _reduce_into(loss, partial, blocks, loss_scale)
 
 
@@ -557,6 +699,26 @@ def mse(outputs, targets, grad, loss):
     """``loss[0] = 1/(2B) sum (o - t)^2``; ``grad = (o - t) / B``."""
     B = outputs.shape[0]
     _elementwise_loss(_of(outputs).mse_terms, outputs, targets, grad, loss, 1.0 / B, 0.5 / B)
+
+
+def huber(outputs, targets, grad, loss, delta):
+    """``loss[0]`` = mean Huber term over the B K elements (PyTorch's HuberLoss); ``grad = clip(r) / (B K)``."""
+    n = outputs.size
+    _elementwise_loss(_of(outputs).huber_terms, outputs, targets, grad, loss, 1.0 / n, 1.0 / n, float(delta))
+
+
+def mae(outputs, targets, grad, loss):
+    """``loss[0] = mean |o - t|`` (PyTorch's L1Loss); ``grad = sign(o - t) / (B K)``, 0 where o == t."""
+    n = outputs.size
+    _elementwise_loss(_of(outputs).mae_terms, outputs, targets, grad, loss, 1.0 / n, 1.0 / n)
+
+
+# --------------------------------------------------------------------------- dropout
+def dropout_(x, out, rate, seed, clock, layer):
+    """Inverted dropout, ``out = x * m / (1 - rate)``, with the counter-based mask of
+    ``contract.KERNELS["dropout_"]`` drawn from seed[0] and clock[0] on the device; out may be x."""
+    _launch(_of(x).dropout, x.size, _flat(x), _flat(out), philox.dropout_threshold(rate),
+            x.dtype.type(1.0 / (1.0 - rate)), seed, clock, np.uint64(layer))
 
 
 # --------------------------------------------------------------------------- status and gradient hooks
@@ -627,9 +789,10 @@ def rmsprop_update_(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, c
 def scratch_bytes(batch_sizes, n_outputs, n_params):
     """Device memory these kernels and the runtime allocate for steps of ``batch_sizes`` rows: per batch
     size the softmax cross-entropy row losses and the loss partial sums (float64), the gradient norm's
-    partial sums, and the runtime's fixed buffers (the cuBLAS workspace)."""
+    partial sums, the activation kernels' two one-element placeholders, and the runtime's fixed buffers (the
+    cuBLAS workspace)."""
     per_batch = sum(b + _blocks(b * n_outputs) for b in batch_sizes)
-    return 8 * (per_batch + _blocks(n_params) + 1) + runtime.FIXED_BYTES
+    return 8 * (per_batch + _blocks(n_params) + 1 + 2) + runtime.FIXED_BYTES
 
 
 def set_matmul_precision(precision):

@@ -2,8 +2,8 @@
 
 What lives here and nowhere else: the step's CUDA stream, numba views of
 CuPy arrays (made once per buffer), scratch buffers, cuBLAS GEMMs, pinned
-staging of per-step values, CUDA graph capture, and the probe that decides
-whether the GPU is usable at all.
+staging of per-step values and of streamed chunks of training rows, CUDA graph
+capture, and the probe that decides whether the GPU is usable at all.
 
 GEMMs call cuBLAS through its C API (ctypes, as ``gpubp.kernels.blas`` calls
 CBLAS) on a handle of our own, bound once to the step's stream, in device
@@ -221,6 +221,56 @@ class Staged:
 
 def staged(initial):
     return Staged(initial)
+
+
+def _copy_stream():
+    """The non-blocking side stream chunk uploads run on, beside the step's stream."""
+    s = _state.get("copy_stream")
+    if s is None:
+        s = _state["copy_stream"] = cupy.cuda.Stream(non_blocking=True)
+    return s
+
+
+class ChunkStage:
+    """Host staging of a chunk of training rows (see ``Backend.chunk_stage``): a pinned host array, copied
+    asynchronously into ``target`` on the side stream once the steps that read ``target`` before have run.
+
+    Events order the streams: ``release()`` records one on the step's stream after the last step that reads
+    ``target``; ``upload()`` makes the side stream wait for it, copies and records ``uploaded``;
+    ``wait_uploaded()`` makes the step's stream wait for that; ``wait_host()`` waits (on the host, in the
+    refilling thread) for the previous copy out of the pinned array before it is overwritten."""
+
+    def __init__(self, target):
+        self.target = target
+        self.device_id = cupy.cuda.Device().id
+        self._memory = cupy.cuda.alloc_pinned_memory(max(target.nbytes, 1))
+        self.host = np.frombuffer(self._memory, target.dtype, target.size).reshape(target.shape)
+        self._copy_stream = _copy_stream()
+        self._released = self._uploaded = None
+
+    def wait_host(self):
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
+
+    def upload(self, rows):
+        with cupy.cuda.Device(self.device_id):
+            s = self._copy_stream
+            if self._released is not None:
+                s.wait_event(self._released)
+            nbytes = rows * (self.target.nbytes // max(self.target.shape[0], 1))
+            self.target.data.copy_from_host_async(self.host.ctypes.data, nbytes, s)
+            event = cupy.cuda.Event(disable_timing=True)
+            event.record(s)
+            self._uploaded = event
+
+    def wait_uploaded(self):
+        if self._uploaded is not None:
+            _stream().wait_event(self._uploaded)
+
+    def release(self):
+        event = cupy.cuda.Event(disable_timing=True)
+        event.record(_stream())
+        self._released = event
 
 
 class DeviceGraph:

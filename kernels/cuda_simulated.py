@@ -124,3 +124,23 @@ class Staged:
 
     def upload(self):
         np.copyto(self.device, self.host)
+
+
+class ChunkStage:
+    """Host staging of a chunk (see ``Backend.chunk_stage``): a host array copied into the "device" one."""
+
+    def __init__(self, target):
+        self.target = target
+        self.host = np.empty_like(target)
+
+    def wait_host(self):
+        pass
+
+    def upload(self, rows):
+        np.copyto(self.target[:rows], self.host[:rows])
+
+    def wait_uploaded(self):
+        pass
+
+    def release(self):
+        pass

@@ -8,13 +8,18 @@ they are references, not a backend.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .contract import (ACTIVATIONS, STATUS_GRADIENT, STATUS_UPDATE, unknown_activation)
+from .contract import (ACTIVATIONS, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE, activation_alpha,
+                       missing_pre_activation, unknown_activation)
+from .philox import dropout_threshold, philox4x32
 
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
-    "binary_cross_entropy", "mse", "check_finite_", "restore_if_diverged_", "clip_by_value_", "clip_by_norm_",
+    "binary_cross_entropy", "mse", "huber", "mae", "dropout_", "check_finite_", "restore_if_diverged_",
+    "clip_by_value_", "clip_by_norm_",
     "all_reduce_mean_", "sgd_update_",
     "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_", "bias_gradient_",
     "gather_rows_", "store_at_", "copy_",
@@ -29,8 +34,22 @@ def _xp(a):
     return np
 
 
-def _activation(z, activation):
+def _erf(x):
+    """erf of an array (CuPy's or SciPy's, or the math module's elementwise)."""
+    if _xp(x) is not np:
+        from cupyx.scipy.special import erf
+
+        return erf(x)
+    try:
+        from scipy.special import erf
+    except ImportError:
+        return np.vectorize(math.erf, otypes=[np.float64])(x)
+    return erf(x)
+
+
+def _activation(z, activation, alpha=None):
     xp = _xp(z)
+    alpha = activation_alpha(activation, alpha)
     if activation == "linear":
         return z
     if activation == "sigmoid":
@@ -39,20 +58,54 @@ def _activation(z, activation):
         return xp.tanh(z)
     if activation == "relu":
         return xp.where(z < 0, 0, z)
+    if activation == "leaky_relu":
+        return xp.where(z > 0, z, alpha * z)
+    if activation == "elu":
+        return xp.where(z > 0, z, alpha * xp.expm1(xp.minimum(z, 0)))
+    if activation == "gelu":  # PyTorch's approximate="tanh"
+        return 0.5 * z * (1 + xp.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))
+    if activation == "gelu_exact":
+        return 0.5 * z * (1 + _erf(z / math.sqrt(2)))
+    if activation == "softplus":
+        return xp.logaddexp(0, z)
+    if activation == "silu":
+        return z / (1 + xp.exp(-z))
     raise unknown_activation(activation)
 
 
-def bias_activation_(z, b, activation):
-    z[...] = _activation(z + b, activation)
+def _derivative_from_pre_activation(z, activation):
+    """f'(z) of the activations of NEEDS_PRE_ACTIVATION."""
+    xp = _xp(z)
+    if activation == "gelu":
+        t = xp.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * z * z)
+    if activation == "gelu_exact":
+        return 0.5 * (1 + _erf(z / math.sqrt(2))) + z * xp.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    s = 1 / (1 + xp.exp(-z))  # silu
+    return s * (1 + z * (1 - s))
 
 
-def activation_backward_(dy, y, activation):
+def bias_activation_(z, b, activation, alpha=None, pre=None):
+    if pre is not None and activation in NEEDS_PRE_ACTIVATION:
+        pre[...] = z + b
+    z[...] = _activation(z + b, activation, alpha)
+
+
+def activation_backward_(dy, y, activation, alpha=None, pre=None):
     if activation not in ACTIVATIONS:
         raise unknown_activation(activation)
+    if activation in NEEDS_PRE_ACTIVATION:
+        if pre is None:
+            raise missing_pre_activation(activation)
+        y[...] = dy * _derivative_from_pre_activation(pre, activation)
+        return
     if activation == "relu":  # a select, as in PyTorch's threshold_backward: 0 where y <= 0, even for NaN dy
         y[...] = _xp(y).where(y > 0, dy, 0)
         return
-    derivative = {"linear": lambda: 1, "sigmoid": lambda: y * (1 - y), "tanh": lambda: 1 - y * y}[activation]()
+    xp, alpha = _xp(y), activation_alpha(activation, alpha)
+    derivative = {"linear": lambda: 1, "sigmoid": lambda: y * (1 - y), "tanh": lambda: 1 - y * y,
+                  "leaky_relu": lambda: xp.where(y > 0, 1, alpha), "elu": lambda: xp.where(y > 0, 1, y + alpha),
+                  "softplus": lambda: -xp.expm1(-y)}[activation]()
     y[...] = dy * derivative
 
 
@@ -65,18 +118,18 @@ def softmax_(x):
     x[...] = e / e.sum(axis=1, keepdims=True)
 
 
-def softmax_cross_entropy(logits, labels, grad, loss):
+def softmax_cross_entropy(logits, labels, grad, loss, label_smoothing):
     xp = _xp(logits)
     B, K = logits.shape
     valid = (labels >= 0) & (labels < K)
     safe = xp.where(valid, labels, 0)
+    target = xp.full((B, K), label_smoothing / K)  # the smoothed one-hot q
+    target[xp.arange(B), safe] += 1 - label_smoothing
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    log_sum = xp.log(xp.exp(shifted).sum(axis=1))
-    rows = log_sum - shifted[xp.arange(B), safe]
+    log_probabilities = shifted - xp.log(xp.exp(shifted).sum(axis=1))[:, None]
+    rows = -(target * log_probabilities).sum(axis=1)
     loss[0] = rows.mean() if bool(valid.all()) else np.nan
-    probabilities = xp.exp(shifted - log_sum[:, None])
-    probabilities[xp.arange(B), safe] -= 1
-    grad[...] = probabilities / B
+    grad[...] = (xp.exp(log_probabilities) - target) / B
 
 
 def binary_cross_entropy(logits, targets, grad, loss):
@@ -90,6 +143,36 @@ def mse(outputs, targets, grad, loss):
     diff = outputs.astype(np.float64) - targets
     loss[0] = (diff * diff).sum() / (2 * outputs.shape[0])
     grad[...] = diff / outputs.shape[0]
+
+
+def huber(outputs, targets, grad, loss, delta):
+    xp = _xp(outputs)
+    r = outputs.astype(np.float64) - targets
+    loss[0] = xp.where(xp.abs(r) <= delta, r * r / 2, delta * (xp.abs(r) - delta / 2)).mean()
+    grad[...] = xp.clip(r, -delta, delta) / r.size
+
+
+def mae(outputs, targets, grad, loss):
+    xp = _xp(outputs)
+    r = outputs.astype(np.float64) - targets
+    loss[0] = xp.abs(r).mean()
+    grad[...] = xp.sign(r) / r.size
+
+
+def dropout_mask(shape, rate, seed, step, layer):
+    """The dropout keep mask (bool, ``shape``) of the contract: Philox4x32-10 of (flat index, step) keyed by
+    (seed, layer), its first word compared with floor(rate 2^32). A NumPy array on the host."""
+    index = np.arange(int(np.prod(shape)), dtype=np.uint64)
+    low, shift = np.uint64(0xFFFFFFFF), np.uint64(32)
+    step, seed, layer = np.uint64(step), np.uint64(seed), np.uint64(layer)
+    word = philox4x32(index & low, index >> shift, np.full_like(index, step & low),
+                      np.full_like(index, step >> shift), seed, layer)[0]
+    return (word >= dropout_threshold(rate)).reshape(shape)
+
+
+def dropout_(x, out, rate, seed, clock, layer):
+    keep = dropout_mask(x.shape, rate, int(seed[0]), int(clock[0]), layer)
+    out[...] = x * _xp(x).asarray(keep.astype(x.dtype) / (1 - rate))
 
 
 def check_finite_(values, status, code, clock):

@@ -7,7 +7,14 @@ it as Python). No literals appear in them: the caller passes constants such as
 ``one`` already cast to the array dtype, so float32 kernels stay float32.
 """
 
-from math import sqrt
+from math import erfc, exp, expm1, log1p, pi, sqrt
+
+#: The constants of the GELUs, for the callers to cast: ``a`` and ``b`` of :func:`gelu_gate_input` (the
+#: tanh approximation's sqrt(2/pi) (x + 0.044715 x^3), doubled), and -1/sqrt(2), 1/sqrt(2 pi) of the exact form.
+GELU_GATE_A = 2.0 * sqrt(2.0 / pi)
+GELU_GATE_B = 0.044715 * GELU_GATE_A
+MINUS_SQRT_HALF = -sqrt(0.5)
+INV_SQRT_2PI = 1.0 / sqrt(2.0 * pi)
 
 
 def sigmoid_backward(dy, y, one):
@@ -23,6 +30,70 @@ def tanh_backward(dy, y, one):
 def relu_backward(dy, y, zero):
     """dL/dz of ReLU, from its output y: dy where y > 0, else 0 (a select: 0 even for a NaN dy)."""
     return dy if y > zero else zero
+
+
+def leaky_relu(x, slope, zero):
+    """x if x > 0 else slope x (PyTorch's LeakyReLU); NaN stays NaN."""
+    return x if x > zero else x * slope
+
+
+def leaky_relu_backward(dy, y, slope, zero):
+    """dL/dz of leaky ReLU, from its output y (slope > 0: y > 0 exactly where z > 0): dy or dy slope."""
+    return dy if y > zero else dy * slope
+
+
+def elu(x, alpha, zero):
+    """x if x > 0 else alpha (exp(x) - 1) (PyTorch's ELU); NaN stays NaN."""
+    return x if x > zero else alpha * expm1(x)
+
+
+def elu_backward(dy, y, alpha, zero):
+    """dL/dz of ELU, from its output y (alpha > 0): dy if y > 0, else dy alpha exp(z) = dy (y + alpha)."""
+    return dy if y > zero else dy * (y + alpha)
+
+
+def softplus(x, zero):
+    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|)); NaN stays NaN."""
+    return (x if x > zero else zero) + log1p(exp(-abs(x)))
+
+
+def softplus_backward(dy, y):
+    """dL/dz of softplus, from its output y: dy sigmoid(z) = dy (1 - exp(-y)), as -expm1(-y) (exact for small y)."""
+    return dy * -expm1(-y)
+
+
+def gelu_gate_input(x, a, b):
+    """u = x (a + b x^2), with a = 2 sqrt(2/pi) and b = 0.044715 a: the tanh-approximated GELU is
+    0.5 x (1 + tanh(u / 2)) = x sigmoid(u), and its derivative uses du/dx = a + 3 b x^2."""
+    return x * (a + b * x * x)
+
+
+def gated(x, s):
+    """x s: SiLU with s = sigmoid(x), the tanh-approximated GELU with s = sigmoid(gelu_gate_input(x))."""
+    return x * s
+
+
+def sigmoid_pair(u, e, one, zero):
+    """(sigmoid(u), 1 - sigmoid(u)) from e = exp(-|u|), both to full relative accuracy (1 - s formed as a
+    difference would lose it where s is near 1)."""
+    r = one / (one + e)
+    return (r, e * r) if u >= zero else (e * r, r)
+
+
+def gated_backward(dy, x, s, s_complement, du_dx, one):
+    """dL/dz of x sigmoid(u(x)) from z = x, s = sigmoid(u) and s_complement = 1 - s: dy s (1 + x (1 - s) du/dx)
+    (SiLU: du/dx = 1; tanh-approximated GELU: a + 3 b x^2, see :func:`gelu_gate_input`)."""
+    return dy * (s * (one + x * s_complement * du_dx))
+
+
+def gelu_exact(x, half, minus_sqrt_half):
+    """x Phi(x) = x erfc(-x / sqrt(2)) / 2 (PyTorch's exact GELU; erfc keeps accuracy for x < 0)."""
+    return half * x * erfc(minus_sqrt_half * x)
+
+
+def gelu_exact_backward(dy, x, half, minus_sqrt_half, inv_sqrt_2pi):
+    """dL/dz of the exact GELU from z = x: dy (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
+    return dy * (half * erfc(minus_sqrt_half * x) + x * inv_sqrt_2pi * exp(-half * x * x))
 
 
 def clip(v, limit):

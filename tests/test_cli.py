@@ -319,3 +319,23 @@ def test_text_labels_and_named_columns_travel_with_the_model(tmp_path):
     proc = gpubp("predict", "--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "other.csv"), check=False)
     assert proc.returncode == 2 and "missing ['length']" in proc.stderr and "not used by the model ['height']" \
         in proc.stderr
+
+
+def test_lr_find_prints_a_suggestion_and_writes_its_plot(tmp_path):
+    out = gpubp("lr-find", "--backend", "cpu", "--samples", "600", "--plot", str(tmp_path)).stdout
+    suggested = float(out.split("suggested learning rate: ")[1].split()[0])
+    assert 1e-5 < suggested < 1 and "Sequential on cpu" in out and "gpubp train ... --lr" in out
+    assert (tmp_path / "lr_finder.png").stat().st_size > 10_000
+    result = json.loads(gpubp("lr-find", "--backend", "cpu", "--samples", "600", "--dataset", "circles",
+                              "--optimizer", "sgd", "--momentum", "0.9", "--steps", "80", "--json").stdout)
+    assert 0 < result["suggested_lr"] < result["min_loss_lr"] and result["steps"] <= 80
+
+
+def test_train_diagnose_prints_the_gradient_flow_and_writes_its_plot(tmp_path):
+    proc = gpubp("train", "--backend", "cpu", "--epochs", "2", "--samples", "600", "--hidden", "16,16,16,16,16,16,16,16",
+                 "--activation", "sigmoid", "--diagnose", "--diagnose-every", "10", "--plot", str(tmp_path), "--quiet")
+    assert "gradient flow at step" in proc.stdout and "vanishing gradients at step 0" in proc.stdout
+    assert (tmp_path / "gradient_flow.png").stat().st_size > 20_000
+    metrics = json.loads(gpubp("train", "--backend", "cpu", "--epochs", "2", "--samples", "600", "--activation",
+                               "relu", "--diagnose", "--json").stdout)
+    assert metrics["diagnosis"] == {"steps": [0], "findings": []}

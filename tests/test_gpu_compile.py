@@ -20,7 +20,8 @@ pytestmark = pytest.mark.gpu_compile
 SCRIPT = Path(__file__).parent / "gpu_compile" / "compile_kernels.py"
 #: float32 kernels whose float64 arithmetic is intended: the loss and norm sums (float64 accumulators), and
 #: the once-per-thread 1 - beta, 1 - rho and 1 / bc2 formed in float64 before the cast, as on the CPU
-FLOAT64_BY_DESIGN = {"softmax_cross_entropy_rows", "bce_terms", "mse_terms", "square_terms", "scale_to_norm",
+FLOAT64_BY_DESIGN = {"softmax_cross_entropy_rows", "bce_terms", "mse_terms", "huber_terms", "mae_terms",
+                     "square_terms", "scale_to_norm",
                      "adam_check", "adam_apply", "rmsprop_check", "rmsprop_apply", "_finish_sum"}
 F64_ARITHMETIC = re.compile(r"\b(add|sub|mul|div|fma|mad|sqrt|rcp|neg|abs|min|max|ex2|lg2)(\.[a-z]+)*\.f64\b")
 
@@ -45,7 +46,7 @@ def test_every_kernel_compiles(compiled):
                    "bce_terms", "mse_terms", "mark_non_finite", "_record_mark", "restore", "clip_values",
                    "square_terms", "scale_to_norm", "weigh_or_poison", "_finish_sum", "sgd_check", "sgd_apply", "momentum_check",
                    "momentum_apply", "adam_check", "adam_apply", "rmsprop_check", "rmsprop_apply", "column_sums",
-                   "_gather", "_copy", "sigmoid_inplace"):
+                   "_gather", "_copy", "sigmoid_inplace", "huber_terms", "mae_terms", "dropout"):
         assert kernel in names, f"{kernel} was not compiled"
     for key, text in ptx.items():
         assert f".target sm_{arch}" in text, key

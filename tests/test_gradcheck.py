@@ -64,7 +64,7 @@ def test_gradcheck_detects_a_wrong_derivative(monkeypatch):
     X, y = random_batch(np.random.default_rng(1), 5, 3, 2, "mse")
     from gpubp.layers import Dense
 
-    monkeypatch.setattr(Dense, "activation_backward_", lambda self, kernels, dy, y: dy)
+    monkeypatch.setattr(Dense, "activation_backward_", lambda self, kernels, dy, y, pre=None: dy)
     result = gb.gradcheck(model, X, y)
     assert not result.ok
     assert result.errors["W1"][1] > 1e-3 and result.errors["W2"][1] < 1e-6

@@ -57,7 +57,7 @@ def test_bad_layer_and_model_arguments():
         gb.Dense(0)
     with pytest.raises(gb.InvalidInputError, match="init"):
         gb.Dense(3, init="orthogonal")
-    with pytest.raises(gb.InvalidTypeError, match="Dense layers"):
+    with pytest.raises(gb.InvalidTypeError, match="Dense and Dropout layers"):
         gb.Sequential(["dense"])
     with pytest.raises(gb.InvalidInputError, match="dtype"):
         gb.Sequential([gb.Dense(1)], dtype="float16", backend="cpu")

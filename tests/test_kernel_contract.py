@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from gpubp.kernels import reference
-from gpubp.kernels.contract import (ACTIVATIONS, KERNELS, MATMUL_PRECISIONS, STATUS_GRADIENT, STATUS_LOSS,
-                                    STATUS_UPDATE, unknown_activation)
+from gpubp.kernels.contract import (ACTIVATION_ALPHA, ACTIVATIONS, KERNELS, MATMUL_PRECISIONS, NEEDS_PRE_ACTIVATION,
+                                    STATUS_GRADIENT, STATUS_LOSS, STATUS_UPDATE, missing_pre_activation,
+                                    unknown_activation)
 from helpers import gpu_sim, requires_gpu
 
 # --------------------------------------------------------------------------- devices
@@ -209,6 +210,16 @@ def test_every_spec_writes_only_its_own_arguments():
 # --------------------------------------------------------------------------- activations
 
 
+#: A value of ``alpha`` other than the default for each activation that takes one (others get None).
+OTHER_ALPHA = {"leaky_relu": 0.2, "elu": 0.7}
+assert set(OTHER_ALPHA) == set(ACTIVATION_ALPHA)
+
+
+def _pre_buffer(activation, shape, dtype):
+    """A NaN-filled ``pre`` for the activations that keep their pre-activation, else None."""
+    return np.full(shape, np.nan, dtype) if activation in NEEDS_PRE_ACTIVATION else None
+
+
 @covers("bias_activation_")
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -219,9 +230,12 @@ def test_bias_activation(device, dtype, shape, activation):
     if z.size > 2:
         z.flat[0], z.flat[1] = 1e4, -1e4  # saturation
     b = _normal(shape[1], dtype, seed=2)
-    args = dict(z=z, b=b, activation=activation)
-    assert_close(run_device(device, "bias_activation_", **args)["z"],
-                 run_reference("bias_activation_", **args)["z"], dtype)
+    args = dict(z=z, b=b, activation=activation, alpha=OTHER_ALPHA.get(activation),
+                pre=_pre_buffer(activation, shape, dtype))
+    after, expected = run_device(device, "bias_activation_", **args), run_reference("bias_activation_", **args)
+    assert_close(after["z"], expected["z"], dtype)
+    if args["pre"] is not None:  # z + b, rounded once
+        np.testing.assert_array_equal(after["pre"], z + b)
 
 
 @covers("activation_backward_")
@@ -230,24 +244,54 @@ def test_bias_activation(device, dtype, shape, activation):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_activation_backward(device, dtype, shape, activation):
     z = _normal(shape, dtype, seed=3)
-    y = run_reference("bias_activation_", z=z, b=np.zeros(shape[1]), activation=activation)["z"].astype(dtype)
+    alpha = OTHER_ALPHA.get(activation)
+    y = run_reference("bias_activation_", z=z, b=np.zeros(shape[1]), activation=activation, alpha=alpha,
+                      pre=None)["z"].astype(dtype)
     dy = _normal(shape, dtype, scale=1.0, seed=4)
     dy.flat[-1] = np.nan  # relu: 0 where y <= 0 even then (a select), NaN elsewhere
-    args = dict(dy=dy, y=y, activation=activation)
+    args = dict(dy=dy, y=y, activation=activation, alpha=alpha,
+                pre=z if activation in NEEDS_PRE_ACTIVATION else None)
     assert_close(run_device(device, "activation_backward_", **args)["y"],
                  run_reference("activation_backward_", **args)["y"], dtype)
 
 
 @covers("bias_activation_", "activation_backward_")
-@pytest.mark.parametrize("name", ["softplus", "", "ReLU", None])
+@pytest.mark.parametrize("activation", sorted(ACTIVATION_ALPHA))
+def test_activation_alpha_none_is_the_default(device, activation):
+    z, b = _normal((7, 3), np.float64, seed=5), _normal(3, np.float64, seed=6)
+    default = ACTIVATION_ALPHA[activation]
+    forward = dict(z=z, b=b, activation=activation, pre=None)
+    np.testing.assert_array_equal(run_device(device, "bias_activation_", alpha=None, **forward)["z"],
+                                  run_device(device, "bias_activation_", alpha=default, **forward)["z"])
+    y = run_reference("bias_activation_", alpha=default, **forward)["z"]
+    backward = dict(dy=np.ones_like(y), y=y, activation=activation, pre=None)
+    np.testing.assert_array_equal(run_device(device, "activation_backward_", alpha=None, **backward)["y"],
+                                  run_device(device, "activation_backward_", alpha=default, **backward)["y"])
+    assert not np.array_equal(y, run_reference("bias_activation_", alpha=OTHER_ALPHA[activation], **forward)["z"])
+
+
+@covers("bias_activation_", "activation_backward_")
+@pytest.mark.parametrize("activation", NEEDS_PRE_ACTIVATION)
+def test_pre_activation_is_optional_forward_and_required_backward(device, activation):
+    z, b = _normal((7, 3), np.float64, seed=7), _normal(3, np.float64, seed=8)
+    args = dict(z=z, b=b, activation=activation, alpha=None)
+    np.testing.assert_array_equal(run_device(device, "bias_activation_", pre=None, **args)["z"],
+                                  run_device(device, "bias_activation_", pre=np.empty_like(z), **args)["z"])
+    with pytest.raises(ValueError) as error:
+        run_device(device, "activation_backward_", dy=z, y=z.copy(), activation=activation, alpha=None, pre=None)
+    assert str(error.value) == str(missing_pre_activation(activation))
+
+
+@covers("bias_activation_", "activation_backward_")
+@pytest.mark.parametrize("name", ["mish", "", "ReLU", None])
 def test_unknown_activation_raises_value_error(device, name):
     z, b = np.ones((3, 2)), np.zeros(2)
     expected = str(unknown_activation(name))
     with pytest.raises(ValueError) as error:
-        run_device(device, "bias_activation_", z=z, b=b, activation=name)
+        run_device(device, "bias_activation_", z=z, b=b, activation=name, alpha=None, pre=None)
     assert str(error.value) == expected
     with pytest.raises(ValueError) as error:
-        run_device(device, "activation_backward_", dy=z, y=z.copy(), activation=name)
+        run_device(device, "activation_backward_", dy=z, y=z.copy(), activation=name, alpha=None, pre=None)
     assert str(error.value) == expected
 
 
@@ -294,27 +338,48 @@ def _loss_array():
 
 
 @covers("softmax_cross_entropy")
+@pytest.mark.parametrize("label_smoothing", (0.0, 0.2))
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_cross_entropy(device, dtype, shape):
+def test_softmax_cross_entropy(device, dtype, shape, label_smoothing):
     logits = _normal(shape, dtype, seed=7)
     labels = _rng(8, *shape).integers(0, shape[1], shape[0]).astype(np.int64)
-    args = dict(logits=logits, labels=labels, grad=np.full_like(logits, np.nan), loss=_loss_array())
+    args = dict(logits=logits, labels=labels, grad=np.full_like(logits, np.nan), loss=_loss_array(),
+                label_smoothing=label_smoothing)
     after = run_device(device, "softmax_cross_entropy", **args)
     expected = run_reference("softmax_cross_entropy", **args)
     assert after["loss"].dtype == np.float64 and np.isfinite(after["loss"][0])
     assert_close(after["loss"], expected["loss"], dtype)
-    assert_close(after["grad"], expected["grad"], dtype, scale=np.abs(expected["grad"]).max())
-    # each gradient row sums to 0: the softmax sums to 1, the one-hot to 1
+    # with K = 1 the gradient is 0 (softmax 1, target 1): its rounding is measured against 1/B
+    assert_close(after["grad"], expected["grad"], dtype, scale=max(np.abs(expected["grad"]).max(), 1 / shape[0]))
+    # each gradient row sums to 0: the softmax sums to 1, the (smoothed) one-hot to 1
     np.testing.assert_allclose(after["grad"].sum(axis=1), 0.0, atol=10 * TOLERANCE[dtype] / shape[0])
 
 
 @covers("softmax_cross_entropy")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_cross_entropy_huge_logits(device, dtype):
+def test_label_smoothing_moves_eps_of_the_target_to_a_uniform_one(device, dtype):
+    """With every logit equal the softmax is uniform: the gradient is (1/K - q) / B, exactly the smoothed
+    target's offsets, and the loss log K whatever eps is."""
+    B, K, eps = 6, 4, 0.3
+    labels = np.arange(B, dtype=np.int64) % K
+    args = dict(logits=np.zeros((B, K), dtype), labels=labels, grad=np.full((B, K), np.nan, dtype),
+                loss=_loss_array(), label_smoothing=eps)
+    after = run_device(device, "softmax_cross_entropy", **args)
+    target = np.full((B, K), eps / K)
+    target[np.arange(B), labels] += 1 - eps
+    assert_close(after["grad"], (1 / K - target) / B, dtype, scale=1 / B)
+    assert_close(after["loss"], [np.log(K)], dtype)
+
+
+@covers("softmax_cross_entropy")
+@pytest.mark.parametrize("label_smoothing", (0.0, 0.1))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_huge_logits(device, dtype, label_smoothing):
     logits = _normal((40, 5), dtype, scale=1e4, seed=9)
     labels = np.arange(40, dtype=np.int64) % 5
-    args = dict(logits=logits, labels=labels, grad=np.full_like(logits, np.nan), loss=_loss_array())
+    args = dict(logits=logits, labels=labels, grad=np.full_like(logits, np.nan), loss=_loss_array(),
+                label_smoothing=label_smoothing)
     after = run_device(device, "softmax_cross_entropy", **args)
     expected = run_reference("softmax_cross_entropy", **args)
     assert np.isfinite(after["loss"][0]) and np.all(np.isfinite(after["grad"]))
@@ -332,7 +397,8 @@ def test_softmax_cross_entropy_out_of_range_label_gives_nan_loss(device, dtype, 
     logits = _normal((n, 3), dtype, seed=10)
     labels = _rng(11).integers(0, 3, n).astype(np.int64)
     labels[bad_row] = bad_label
-    args = dict(logits=logits, labels=labels, grad=np.full_like(logits, np.nan), loss=_loss_array())
+    args = dict(logits=logits, labels=labels, grad=np.full_like(logits, np.nan), loss=_loss_array(),
+                label_smoothing=0.0)
     after = run_device(device, "softmax_cross_entropy", **args)
     assert np.isnan(after["loss"][0])
     good = np.arange(n) != bad_row  # rows with a valid label still get their gradient
@@ -340,8 +406,8 @@ def test_softmax_cross_entropy_out_of_range_label_gives_nan_loss(device, dtype, 
     assert_close(after["grad"][good], expected["grad"][good], dtype, scale=1 / n)
 
 
-@covers("softmax_cross_entropy", "binary_cross_entropy", "mse")
-@pytest.mark.parametrize("name", ("softmax_cross_entropy", "binary_cross_entropy", "mse"))
+@covers("softmax_cross_entropy", "binary_cross_entropy", "mse", "huber", "mae")
+@pytest.mark.parametrize("name", ("softmax_cross_entropy", "binary_cross_entropy", "mse", "huber", "mae"))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_losses_of_a_nan_input_are_nan(device, dtype, name):
     """Divergence detection relies on it: a NaN output gives a NaN loss."""
@@ -350,9 +416,11 @@ def test_losses_of_a_nan_input_are_nan(device, dtype, name):
     second = (np.zeros(33, np.int64) if name == "softmax_cross_entropy"
               else (_rng(13).random((33, 3)) > 0.5).astype(dtype))
     first, second_name = {"softmax_cross_entropy": ("logits", "labels"), "binary_cross_entropy": ("logits", "targets"),
-                          "mse": ("outputs", "targets")}[name]
+                          "mse": ("outputs", "targets"), "huber": ("outputs", "targets"),
+                          "mae": ("outputs", "targets")}[name]
+    parameters = {"softmax_cross_entropy": {"label_smoothing": 0.1}, "huber": {"delta": 1.0}}.get(name, {})
     after = run_device(device, name, **{first: outputs, second_name: second, "grad": np.full_like(outputs, np.nan),
-                                        "loss": _loss_array()})
+                                        "loss": _loss_array()}, **parameters)
     assert np.isnan(after["loss"][0])
 
 
@@ -383,6 +451,77 @@ def test_mse(device, dtype, shape):
     expected = run_reference("mse", **args)
     assert_close(after["loss"], expected["loss"], dtype)
     assert_close(after["grad"], expected["grad"], dtype, scale=np.abs(expected["grad"]).max())
+
+
+@covers("huber")
+@pytest.mark.parametrize("delta", (0.5, 1.0, 4.0))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huber(device, dtype, shape, delta):
+    outputs = _normal(shape, dtype, seed=16)  # scale 3: residuals on both sides of delta
+    targets = _normal(shape, dtype, seed=17)
+    args = dict(outputs=outputs, targets=targets, grad=np.full_like(outputs, np.nan), loss=_loss_array(),
+                delta=delta)
+    after = run_device(device, "huber", **args)
+    expected = run_reference("huber", **args)
+    assert_close(after["loss"], expected["loss"], dtype)
+    assert_close(after["grad"], expected["grad"], dtype, scale=np.abs(expected["grad"]).max())
+    assert np.abs(after["grad"]).max() <= delta / outputs.size * (1 + TOLERANCE[dtype])  # outliers pull <= delta
+
+
+@covers("mae")
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mae(device, dtype, shape):
+    outputs = _normal(shape, dtype, seed=16)
+    targets = _normal(shape, dtype, seed=17)
+    targets.flat[::4] = outputs.flat[::4]  # residual exactly 0: gradient 0, as PyTorch's sign(0)
+    args = dict(outputs=outputs, targets=targets, grad=np.full_like(outputs, np.nan), loss=_loss_array())
+    after = run_device(device, "mae", **args)
+    expected = run_reference("mae", **args)
+    assert_close(after["loss"], expected["loss"], dtype)
+    assert_close(after["grad"], expected["grad"], dtype, scale=1 / outputs.size)
+    assert np.all(after["grad"].flat[::4] == 0)
+
+
+# --------------------------------------------------------------------------- dropout
+
+
+@covers("dropout_")
+@pytest.mark.parametrize("rate", (0.0, 0.25, 0.5, 0.9))
+@pytest.mark.parametrize("shape", ((1,), (7, 3), (33, 70), (1001, 3)))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout(device, dtype, shape, rate):
+    x = _normal(shape, dtype, seed=30)
+    x.flat[-1] = np.nan  # NaN stays NaN, dropped or not (x * 0)
+    seed, clock, layer = np.array([2**32 - 5], np.int64), _clock(2**33 + 7), 3  # words of both halves
+    args = dict(x=x, out=np.full_like(x, -1.0), rate=rate, seed=seed, clock=clock, layer=layer)
+    after = run_device(device, "dropout_", **args)
+    expected = run_reference("dropout_", **args)
+    assert_close(after["out"], expected["out"], dtype)
+    keep = reference.dropout_mask(shape, rate, int(seed[0]), int(clock[0]), layer)
+    np.testing.assert_array_equal(after["out"][~keep & ~np.isnan(x)], 0)  # exactly the reference's mask
+    kept = keep & ~np.isnan(x)
+    np.testing.assert_array_equal(after["out"][kept], x[kept] * dtype(1 / (1 - rate)))
+    if rate == 0:
+        np.testing.assert_array_equal(after["out"], x)
+
+
+@covers("dropout_")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_in_place_and_keyed_by_seed_step_and_layer(device, dtype):
+    """out may be x; another step, layer or seed draws another mask, the same ones the same mask."""
+    x = np.ones(37, dtype)
+    masks = {}
+    for key in ((1, 0, 0), (1, 1, 0), (1, 0, 1), (2, 0, 0), (1, 0, 0)):
+        seed, step, layer = key
+        a = device.to_device(x)
+        device.module.dropout_(a, a, 0.5, device.to_device(np.array([seed], np.int64)), device.to_device(_clock(step)),
+                               layer)
+        masks.setdefault(key, []).append(device.to_host(a) != 0)
+    np.testing.assert_array_equal(*masks[(1, 0, 0)])
+    distinct = {m[0].tobytes() for m in masks.values()}
+    assert len(distinct) == 4
 
 
 # --------------------------------------------------------------------------- status record and gradient hooks

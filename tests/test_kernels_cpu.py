@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from gpubp.kernels import cpu, reference
-from gpubp.kernels.contract import KERNELS, STATUS_GRADIENT, STATUS_LOSS, STATUS_UPDATE
+from gpubp.kernels.contract import (ACTIVATIONS, KERNELS, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_LOSS,
+                                    STATUS_UPDATE)
 from gpubp.kernels.fastmath import fast_exp, fast_tanh
 
 DTYPES = (np.float32, np.float64)
@@ -222,7 +223,7 @@ def _two_d(size):
     return (7, 3) if size < 100 else (1001, 70)
 
 
-def _losses(kernel, bad_label=False):
+def _losses(kernel, bad_label=False, **parameters):
     def make(dtype, size):
         shape = _two_d(size)
         outputs = _normal(shape, dtype, seed=51)
@@ -235,7 +236,8 @@ def _losses(kernel, bad_label=False):
         else:
             second = _normal(shape, dtype, seed=52)
         names = KERNELS[kernel].args
-        return {names[0]: outputs, names[1]: second, "grad": np.full_like(outputs, np.nan), "loss": np.zeros(1)}
+        return {names[0]: outputs, names[1]: second, "grad": np.full_like(outputs, np.nan), "loss": np.zeros(1),
+                **parameters}
     return _array_case(kernel, make)
 
 
@@ -248,17 +250,25 @@ def _with_nan(shape, dtype, seed):
 
 AGREEMENT_CASES = {
     **{f"bias_{name}": _array_case("bias_activation_", lambda dtype, size, name=name: dict(
-        z=_with_nan(_two_d(size), dtype, 53), b=_normal(_two_d(size)[1], dtype, seed=54), activation=name))
-       for name in ("linear", "sigmoid", "tanh", "relu")},
+        z=_with_nan(_two_d(size), dtype, 53), b=_normal(_two_d(size)[1], dtype, seed=54), activation=name,
+        alpha=0.3, pre=np.zeros(_two_d(size), dtype) if name in NEEDS_PRE_ACTIVATION else None))
+       for name in ACTIVATIONS},
     **{f"backward_{name}": _array_case("activation_backward_", lambda dtype, size, name=name: dict(
-        dy=_normal(_two_d(size), dtype, seed=55), y=np.tanh(_normal(_two_d(size), dtype, seed=56)), activation=name))
-       for name in ("sigmoid", "tanh", "relu")},
+        dy=_normal(_two_d(size), dtype, seed=55), y=np.tanh(_normal(_two_d(size), dtype, seed=56)), activation=name,
+        alpha=0.3, pre=_normal(_two_d(size), dtype, seed=60) if name in NEEDS_PRE_ACTIVATION else None))
+       for name in ACTIVATIONS if name != "linear"},
     "sigmoid": _array_case("sigmoid_", lambda dtype, size: dict(x=_with_nan((3,) + _two_d(size), dtype, 57))),
     "softmax": _array_case("softmax_", lambda dtype, size: dict(x=_normal(_two_d(size), dtype, seed=58))),
-    "cross_entropy": _losses("softmax_cross_entropy"),
-    "cross_entropy_bad_label": _losses("softmax_cross_entropy", bad_label=True),
+    "cross_entropy": _losses("softmax_cross_entropy", label_smoothing=0.0),
+    "cross_entropy_smoothed": _losses("softmax_cross_entropy", label_smoothing=0.1),
+    "cross_entropy_bad_label": _losses("softmax_cross_entropy", bad_label=True, label_smoothing=0.1),
     "bce": _losses("binary_cross_entropy"),
     "mse": _losses("mse"),
+    "huber": _losses("huber", delta=1.0),
+    "mae": _losses("mae"),
+    "dropout": _array_case("dropout_", lambda dtype, size: dict(
+        x=_with_nan(_two_d(size), dtype, 59), out=np.zeros(_two_d(size), dtype), rate=0.3,
+        seed=np.array([11]), clock=np.array([2**40 + 3]), layer=2)),
     **{f"{update}_{scenario}": _update_case(update, scenario) for update in _UPDATE_HYPER
        for scenario in UPDATE_SCENARIOS},
 }
@@ -368,7 +378,7 @@ def test_extreme_inputs_saturate_without_warnings(monkeypatch, dtype, threshold)
         cpu.bias_activation_(tanh, b, "tanh")
         cpu.sigmoid_(flat)
         cpu.softmax_(soft)
-        cpu.softmax_cross_entropy(huge, np.arange(64, dtype=np.int64) % 10, grad, loss)
+        cpu.softmax_cross_entropy(huge, np.arange(64, dtype=np.int64) % 10, grad, loss, 0.0)
         cpu.binary_cross_entropy(z, (np.arange(z.size).reshape(z.shape) % 2).astype(dtype), bce_grad, bce_loss)
     for out in (sig, tanh, flat, soft, grad, bce_grad):
         assert np.all(np.isfinite(out))
@@ -381,7 +391,7 @@ def test_extreme_inputs_saturate_without_warnings(monkeypatch, dtype, threshold)
     np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=10 * TOLERANCE[dtype])
     assert np.isfinite(loss[0]) and np.isfinite(bce_loss[0])
     expected_loss, expected_grad = np.zeros(1), np.empty(huge.shape)
-    reference.softmax_cross_entropy(huge, np.arange(64) % 10, expected_grad, expected_loss)
+    reference.softmax_cross_entropy(huge, np.arange(64) % 10, expected_grad, expected_loss, 0.0)
     assert abs(loss[0] - expected_loss[0]) <= 1e-6 * expected_loss[0]
     _assert_close(grad, expected_grad, dtype)
 
@@ -398,14 +408,14 @@ def test_softmax_cross_entropy_at_row_counts_off_the_log_blocks(monkeypatch, dty
     logits = _normal((rows, 10), dtype, seed=9)
     labels = _rng(10, rows).integers(0, 10, rows).astype(np.int64)
     grad, loss = np.full_like(logits, np.nan), np.zeros(1)
-    cpu.softmax_cross_entropy(logits, labels, grad, loss)
+    cpu.softmax_cross_entropy(logits, labels, grad, loss, 0.0)
     expected_grad, expected_loss = np.empty((rows, 10)), np.zeros(1)
-    reference.softmax_cross_entropy(logits.astype(np.float64), labels, expected_grad, expected_loss)
+    reference.softmax_cross_entropy(logits.astype(np.float64), labels, expected_grad, expected_loss, 0.0)
     assert abs(loss[0] - expected_loss[0]) <= TOLERANCE[dtype] * max(1.0, expected_loss[0])
     assert np.max(np.abs(grad - expected_grad)) <= TOLERANCE[dtype] / rows
     # deterministic: the same call gives bit-identical results
     grad_again, loss_again = np.empty_like(grad), np.zeros(1)
-    cpu.softmax_cross_entropy(logits, labels, grad_again, loss_again)
+    cpu.softmax_cross_entropy(logits, labels, grad_again, loss_again, 0.0)
     assert loss_again[0] == loss[0]
     np.testing.assert_array_equal(grad_again, grad)
 
@@ -419,7 +429,7 @@ def test_softmax_cross_entropy_block_product_of_wide_rows_stays_finite(monkeypat
     logits = np.full((rows, width), 0.25)
     labels = (np.arange(rows, dtype=np.int64) * 7919) % width
     grad, loss = np.empty_like(logits), np.zeros(1)
-    cpu.softmax_cross_entropy(logits, labels, grad, loss)
+    cpu.softmax_cross_entropy(logits, labels, grad, loss, 0.0)
     assert abs(loss[0] - np.log(width)) <= 1e-12 * np.log(width)
 
 
@@ -532,7 +542,7 @@ def test_kernels_do_not_allocate(shape):
         lambda: cpu.bias_activation_(z, b, "tanh"),
         lambda: cpu.activation_backward_(delta, z, "sigmoid"),
         lambda: cpu.activation_backward_(delta, z, "linear"),
-        lambda: cpu.softmax_cross_entropy(z, labels, grad, loss),
+        lambda: cpu.softmax_cross_entropy(z, labels, grad, loss, 0.0),
         lambda: cpu.binary_cross_entropy(z, targets, grad, loss),
         lambda: cpu.mse(z, targets, grad, loss),
         lambda: cpu.softmax_(z),

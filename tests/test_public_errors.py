@@ -319,8 +319,8 @@ def test_compile_takes_a_single_metric_name_and_none():
 
 
 @pytest.mark.parametrize("metrics,error,pattern", [
-    ("acc", gb.InvalidInputError, r"unknown metrics \['acc'\]; valid: \['accuracy'\]"),
-    (["accuracy", "f1"], gb.InvalidInputError, r"unknown metrics \['f1'\]"),
+    ("acc", gb.InvalidInputError, r"unknown metrics \['acc'\]; valid: \['accuracy', 'precision'"),
+    (["accuracy", "f2"], gb.InvalidInputError, r"unknown metrics \['f2'\]"),
     ([["accuracy"]], gb.InvalidInputError, "unknown metrics"),
     (3, gb.InvalidTypeError, "metrics must be a list of metric names"),
     ({"accuracy": 1}, gb.InvalidTypeError, "metrics must be a list"),

@@ -181,4 +181,4 @@ def test_accuracy_metric_logs_training_accuracy(moons):
     history = model.fit(Xtr, ytr, epochs=2, validation_data=(Xte, yte), verbose=0)
     assert history.history["accuracy"][-1] == pytest.approx(model.evaluate(Xtr, ytr)["accuracy"])
     with pytest.raises(gb.InvalidInputError, match="unknown metrics"):
-        model.compile(loss="mse", metrics=["f1"])
+        model.compile(loss="mse", metrics=["f2"])

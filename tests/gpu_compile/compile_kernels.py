@@ -24,13 +24,15 @@ cc = (int(sys.argv[1]) // 10, int(sys.argv[1]) % 10)
 dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
 
 from gpubp.kernels import cuda as gpu  # noqa: E402
+from gpubp.kernels.contract import ACTIVATIONS  # noqa: E402
 
 launches = {}
 
 
 def record(kernel, n, *args, threads=None):
     signature = tuple(numba.typeof(a) for a in args)
-    launches[(kernel.py_func.__qualname__, signature)] = (kernel, signature)
+    # the kernel object too: a factory makes several kernels of one name (one per activation)
+    launches[(kernel.py_func.__qualname__, signature, id(kernel))] = (kernel, signature)
 
 
 gpu._launch = record
@@ -43,14 +45,17 @@ for dtype in (np.float32, np.float64):
     flat, flat2, flat3 = np.ones(12, dtype), np.ones(12, dtype), np.ones(12, dtype)
     status, clock, hyper = np.zeros(4, np.int64), np.zeros(1, np.int64), np.ones(2)
     loss, labels = np.zeros(1), np.zeros(4, np.int64)
-    for activation in ("linear", "sigmoid", "tanh", "relu"):
-        gpu.bias_activation_(z, np.ones(3, dtype), activation)
-        gpu.activation_backward_(dz, z, activation)
+    for activation in ACTIVATIONS:
+        gpu.bias_activation_(z, np.ones(3, dtype), activation, None, np.ones((4, 3), dtype))
+        gpu.activation_backward_(dz, z, activation, None, np.ones((4, 3), dtype))
     gpu.sigmoid_(z)
     gpu.softmax_(z)
-    gpu.softmax_cross_entropy(z, labels, dz, loss)
+    gpu.softmax_cross_entropy(z, labels, dz, loss, 0.1)
     gpu.binary_cross_entropy(z, z, dz, loss)
     gpu.mse(z, z, dz, loss)
+    gpu.huber(z, z, dz, loss, 1.0)
+    gpu.mae(z, z, dz, loss)
+    gpu.dropout_(z, dz, 0.5, clock, clock, 2)
     gpu.check_finite_(flat, status, 1, clock)
     gpu.restore_if_diverged_(flat, flat2, status)
     gpu.clip_by_value_(flat, 1.0)
@@ -67,7 +72,7 @@ gpu.gather_rows_(labels, labels, labels, labels)
 gpu.store_at_(loss, loss, labels)
 
 out = {}
-for (name, signature), (kernel, _) in sorted(launches.items(), key=lambda item: str(item[0])):
+for (name, signature, _), (kernel, _) in sorted(launches.items(), key=lambda item: str(item[0][:2])):
     ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=cc)
     floats = [str(t.dtype) for t in signature if isinstance(t, numba.types.Array) and str(t.dtype).startswith("float")]
     out[f"{name}/{floats[0] if floats else 'int'}/{len(out)}"] = ptx  # the first float array: the kernel's dtype
