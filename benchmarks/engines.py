@@ -182,3 +182,26 @@ def sgemm_engine(backend, m, k, n):
     # the matmul runs on CuPy's current stream, not the training step's: wait for the whole device
     sync = b.xp.cuda.runtime.deviceSynchronize if b.name == "gpu" else b.synchronize
     return Engine("sgemm", b.name, lambda: b.xp.matmul(A, B, out=C), sync)
+
+
+def cpu_sgemm_engines(m, k, n):
+    """``C = A @ B`` in float32 through every BLAS on this machine: NumPy's OpenBLAS, oneMKL (through
+    gpubp's direct CBLAS call, when installed) and PyTorch's (when installed); ``{name: Engine}``."""
+    from gpubp.kernels import blas
+
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(m, k)).astype(np.float32), rng.normal(size=(k, n)).astype(np.float32)
+    C = np.empty((m, n), np.float32)
+    engines = {"openblas": Engine("sgemm-openblas", "cpu", lambda: np.matmul(A, B, out=C), lambda: None)}
+    mkl = blas.load_mkl()
+    if mkl is not None:
+        gemm = mkl.gemm[np.dtype(np.float32)]
+        engines["mkl"] = Engine("sgemm-mkl", "cpu", lambda: gemm(101, 111, 111, m, n, k, 1.0, A.ctypes.data, k,
+                                                                 B.ctypes.data, n, 0.0, C.ctypes.data, n),
+                                lambda: None)
+    if has("torch"):
+        import torch
+
+        tA, tB, tC = torch.from_numpy(A), torch.from_numpy(B), torch.empty((m, n))
+        engines["torch"] = Engine("sgemm-torch", "cpu", lambda: torch.matmul(tA, tB, out=tC), lambda: None)
+    return engines

@@ -64,12 +64,22 @@ def available(engine):
     needs = {"torch": "torch", "jax": "optax", "keras": "keras", "sklearn": "sklearn"}.get(engine)
     if needs is not None and not has(needs):
         return f"{needs} is not installed (pip install 'gpubp[bench]')"
+    if engine == "gpubp-openblas":
+        from gpubp.kernels import blas
+
+        if blas.name() != "mkl":
+            return "gpubp runs on OpenBLAS already (the mkl extra is not installed)"
     return None
 
 
 # ----------------------------------------------------------------------------- gpubp
-def gpubp_engine(config):
+def gpubp_engine(config, blas_library=None):
+    """gpubp's ``fit``; ``blas_library`` ("openblas", "mkl") serves its GEMMs during each run (default:
+    the process's choice, oneMKL when installed)."""
     import gpubp as gb
+    from gpubp.kernels import blas
+
+    library = blas_library or blas.name()
 
     def build():
         layers = [gb.Dense(h, activation=config.activation) for h in config.hidden] + [gb.Dense(10)]
@@ -77,12 +87,23 @@ def gpubp_engine(config):
             optimizer=gb.optim.Adam(lr=LR))
 
     def run(X, y, epochs):
-        model = build()
-        model.fit(X, y, batch_size=config.batch, epochs=epochs, verbose=0)
+        chosen = blas.name()
+        blas.use(library)
+        try:
+            model = build()
+            model.fit(X, y, batch_size=config.batch, epochs=epochs, verbose=0)
+        finally:
+            blas.use(chosen)
         return model
 
     run(np.zeros((2 * config.batch, 784), np.float32), np.arange(2 * config.batch) % 10, 1)  # compile kernels
-    return FitEngine("gpubp", run, lambda model, X, y: float(np.mean(model.predict(X).argmax(1) == y)))
+    name = "gpubp" if blas_library is None else f"gpubp-{blas_library}"
+    return FitEngine(name, run, lambda model, X, y: float(np.mean(model.predict(X).argmax(1) == y)))
+
+
+def gpubp_openblas_engine(config):
+    """gpubp's ``fit`` with NumPy's OpenBLAS, what it runs without the ``mkl`` extra."""
+    return gpubp_engine(config, "openblas")
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -212,7 +233,7 @@ def sklearn_engine(config):
     return FitEngine("sklearn", run, lambda model, X, y: float(model.score(X, y)))
 
 
-BUILDERS = {"gpubp": gpubp_engine, "torch": torch_engine, "jax": jax_engine, "keras": keras_engine,
+BUILDERS = {"gpubp": gpubp_engine, "gpubp-openblas": gpubp_openblas_engine, "torch": torch_engine, "jax": jax_engine, "keras": keras_engine,
             "sklearn": sklearn_engine}
 
 

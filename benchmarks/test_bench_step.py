@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from conftest import ENGINES, engine_params, interleaved_seconds, missing, run_timed
+from conftest import ENGINES, engine_params, interleaved_seconds, missing, run_timed, sgemm_by_blas
 from engines import flops_per_step, gpubp_engine, jax_engine, numpy_engine, torch_engine
 
 N_IN, N_OUT = 784, 10
@@ -61,5 +61,6 @@ def test_sgd_step(benchmark, sgemm_gflops, engine_device, width, depth, batch):
         "engine": engine_name, "device": device, "width": width, "depth": depth, "batch": batch,
         "flops_per_step": flops, "gflops": flops / seconds / 1e9, "samples_per_s": batch / seconds,
         "sgemm_gflops": peak, "gemm_fraction": flops / seconds / 1e9 / peak,
+        "sgemm_by_blas": sgemm_by_blas(batch, width, width) if device == "cpu" else {},
         "interleaved_ms": interleaved_ms(device, width, depth, batch),
     })

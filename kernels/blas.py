@@ -146,6 +146,25 @@ AVAILABLE = LIBRARY is not None
 #: True when every GEMM of a step goes to :data:`LIBRARY` (oneMKL), not only the weight gradient.
 SERVES_ALL_GEMMS = AVAILABLE and LIBRARY.name == "mkl"
 _JITTED = {}
+_LOADERS = {}
+
+
+def use(name):
+    """Serve the CPU step's GEMMs with ``"openblas"``, ``"mkl"`` or ``"numpy"`` (``matmul`` only) from now on
+    in this process, as ``GPUBP_BLAS`` does at start (for comparisons in one process; results then differ
+    from the other library's by rounding). Raises ValueError for an unknown or uninstalled library."""
+    global LIBRARY, AVAILABLE, SERVES_ALL_GEMMS
+    if name not in LIBRARIES + ("numpy",):
+        raise ValueError(f"unknown BLAS {name!r}; expected one of {list(LIBRARIES) + ['numpy']}")
+    library = None
+    if name != "numpy":
+        if name not in _LOADERS:
+            _LOADERS[name] = load_mkl() if name == "mkl" else load_openblas()
+        library = _LOADERS[name]
+        if library is None:
+            raise ValueError(f"{name} has no ILP64 CBLAS gemm here" + (" (pip install 'gpubp[mkl]')"
+                                                                       if name == "mkl" else ""))
+    LIBRARY, AVAILABLE, SERVES_ALL_GEMMS = library, library is not None, name == "mkl"
 
 
 def name():

@@ -110,3 +110,23 @@ def test_gpubp_blas_chooses_the_library_in_a_fresh_process():
     chosen, warning = _chosen({"GPUBP_BLAS": "atlas"})
     assert chosen == default and "'atlas' is not one of" in warning
     assert _chosen({"GPUBP_DISABLE_CBLAS": "1"})[0] == ["numpy", False]
+
+
+def test_use_switches_the_library_of_this_process():
+    before = blas.name()
+    try:
+        blas.use("numpy")
+        assert (blas.name(), blas.AVAILABLE, blas.SERVES_ALL_GEMMS) == ("numpy", False, False)
+        x = np.ones((3, 2), np.float32)
+        out = np.empty((2, 2), np.float32)
+        cpu.weight_gradient_(x, x, out)  # the matmul fallback
+        np.testing.assert_array_equal(out, np.full((2, 2), 3.0))
+        blas.use("openblas")
+        assert blas.name() == "openblas" and not blas.SERVES_ALL_GEMMS
+        if blas.load_mkl() is not None:
+            blas.use("mkl")
+            assert blas.name() == "mkl" and blas.SERVES_ALL_GEMMS
+        with pytest.raises(ValueError, match="unknown BLAS"):
+            blas.use("atlas")
+    finally:
+        blas.use(before)
