@@ -146,8 +146,9 @@ KERNELS = {
         ("x", "out", "rate", "seed", "clock", "layer"), ("out",),
         "out = x * m / (1 - rate), m = 1 where w >= floor(rate 2^32), else 0 (x * 0: NaN stays NaN); "
         "w = philox4x32-10(counter (i mod 2^32, i div 2^32, s mod 2^32, s div 2^32), key (seed[0], layer))[0], "
-        "i the flat index, s = clock[0]; seed (1,) int64 in [0, 2^32), read on the device; rate in [0, 1); "
-        "out may be x"),
+        "i = the flat index + seed[1] n (n = x.shape[-1]: row r of x is row seed[1] + r of the whole batch, "
+        "so the ranks of data-parallel training draw one process's mask), s = clock[0]; seed (2,) int64 "
+        "[key in [0, 2^32), first row >= 0], read on the device; rate in [0, 1); out may be x"),
     "check_finite_": KernelSpec(
         ("values", "status", "code", "clock"), ("status",), "status[:2] = [code, clock[0]] if values hold NaN/Inf"),
     "restore_if_diverged_": KernelSpec(

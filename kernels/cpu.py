@@ -658,16 +658,17 @@ def mae(outputs, targets, grad, loss):
 _philox = numba.njit(inline="always")(philox.philox4x32)
 
 
-def _dropout(x, out, threshold, scale, seed, clock, layer):
-    """out = x * (scale if word(i) >= threshold else 0); word(i) the first Philox word of (i, step), key
-    (seed[0], layer); any shape, flattened; out may be x."""
+def _dropout(x, out, threshold, scale, seed, clock, layer, width):
+    """out = x * (scale if word(i) >= threshold else 0); word(i) the first Philox word of (i + seed[1] width,
+    step), key (seed[0], layer); any shape, flattened; out may be x."""
     flat_x, flat_out = x.reshape(x.size), out.reshape(out.size)
     low, shift = philox.LOW32, philox.SHIFT32
     key, step, layer = np.uint64(seed[0]), np.uint64(clock[0]), np.uint64(layer)
+    first = np.uint64(seed[1]) * np.uint64(width)
     step_low, step_high = step & low, step >> shift
     zero = as_dtype_of(0.0, x)
     for i in prange(flat_x.size):
-        index = np.uint64(i)
+        index = np.uint64(i) + first
         word = _philox(index & low, index >> shift, step_low, step_high, key, layer)[0]
         flat_out[i] = flat_x[i] * (scale if word >= threshold else zero)
 
@@ -677,11 +678,12 @@ _DROPOUT_KERNELS = _serial_and_parallel(_dropout)
 
 def dropout_(x, out, rate, seed, clock, layer):
     """Inverted dropout: ``out = x * m / (1 - rate)``, m the keep mask of (seed[0], clock[0], layer, flat
-    index) (see ``contract.KERNELS["dropout_"]``); x, out same shape and float dtype (out may be x)."""
+    index in the whole batch, whose first row seed[1] is) (see ``contract.KERNELS["dropout_"]``); x, out same
+    shape and float dtype (out may be x)."""
     scale = x.dtype.type(1.0 / (1.0 - rate))
     serial, parallel = _DROPOUT_KERNELS
     (parallel if x.size >= PARALLEL_THRESHOLD else serial)(x, out, philox.dropout_threshold(rate), scale, seed,
-                                                           clock, np.int64(layer))
+                                                           clock, np.int64(layer), np.int64(x.shape[-1]))
 
 
 # --------------------------------------------------------------------------

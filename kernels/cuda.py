@@ -350,14 +350,15 @@ class _DtypeKernels:
 
         # ------------------------------------------------------------------ dropout
         @cuda.jit
-        def dropout(x, out, threshold, scale, seed, clock, layer):
-            """out = x * (scale if word(i) >= threshold else 0), word(i) the first Philox word of (i, step)
-            with the key (seed[0], layer); flat; out may be x."""
+        def dropout(x, out, threshold, scale, seed, clock, layer, width):
+            """out = x * (scale if word(i) >= threshold else 0), word(i) the first Philox word of
+            (i + seed[1] width, step) with the key (seed[0], layer); flat; out may be x."""
             key, step = np.uint64(seed[0]), np.uint64(clock[0])
+            first = np.uint64(seed[1]) * width
             step_low, step_high = step & _LOW32, step >> _SHIFT32
             start, stride = cuda.grid(1), cuda.gridsize(1)
             for i in range(start, x.size, stride):
-                index = np.uint64(i)
+                index = np.uint64(i) + first
                 word = _philox(index & _LOW32, index >> _SHIFT32, step_low, step_high, key, layer)[0]
                 out[i] = x[i] * (scale if word >= threshold else zero)
 
@@ -718,7 +719,7 @@ def dropout_(x, out, rate, seed, clock, layer):
     """Inverted dropout, ``out = x * m / (1 - rate)``, with the counter-based mask of
     ``contract.KERNELS["dropout_"]`` drawn from seed[0] and clock[0] on the device; out may be x."""
     _launch(_of(x).dropout, x.size, _flat(x), _flat(out), philox.dropout_threshold(rate),
-            x.dtype.type(1.0 / (1.0 - rate)), seed, clock, np.uint64(layer))
+            x.dtype.type(1.0 / (1.0 - rate)), seed, clock, np.uint64(layer), np.uint64(x.shape[-1]))
 
 
 # --------------------------------------------------------------------------- status and gradient hooks

@@ -159,10 +159,11 @@ def mae(outputs, targets, grad, loss):
     grad[...] = xp.sign(r) / r.size
 
 
-def dropout_mask(shape, rate, seed, step, layer):
-    """The dropout keep mask (bool, ``shape``) of the contract: Philox4x32-10 of (flat index, step) keyed by
-    (seed, layer), its first word compared with floor(rate 2^32). A NumPy array on the host."""
-    index = np.arange(int(np.prod(shape)), dtype=np.uint64)
+def dropout_mask(shape, rate, seed, step, layer, first_row=0):
+    """The dropout keep mask (bool, ``shape``) of the contract: Philox4x32-10 of (flat index in the whole
+    batch, step) keyed by (seed, layer), its first word compared with floor(rate 2^32); the array's first row
+    is row ``first_row`` of the batch. A NumPy array on the host."""
+    index = np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(first_row * shape[-1])
     low, shift = np.uint64(0xFFFFFFFF), np.uint64(32)
     step, seed, layer = np.uint64(step), np.uint64(seed), np.uint64(layer)
     word = philox4x32(index & low, index >> shift, np.full_like(index, step & low),
@@ -171,7 +172,7 @@ def dropout_mask(shape, rate, seed, step, layer):
 
 
 def dropout_(x, out, rate, seed, clock, layer):
-    keep = dropout_mask(x.shape, rate, int(seed[0]), int(clock[0]), layer)
+    keep = dropout_mask(x.shape, rate, int(seed[0]), int(clock[0]), layer, int(seed[1]))
     out[...] = x * _xp(x).asarray(keep.astype(x.dtype) / (1 - rate))
 
 

@@ -32,7 +32,9 @@ def optimizer(case):
 def train(case, distributed=None):
     """Fit ``case`` and return ``{"weights", "loss", "val_loss", "accuracy", ...}`` (lists of floats)."""
     X, y = data(case["n"])
-    model = gb.Sequential([gb.Dense(16, activation="tanh"), gb.Dense(3)], input_dim=5, backend=case.get("backend", "cpu"),
+    dropout = [gb.Dropout(case["dropout"])] if case.get("dropout") else []
+    model = gb.Sequential([gb.Dense(16, activation="tanh")] + dropout + [gb.Dense(3)], input_dim=5,
+                          backend=case.get("backend", "cpu"),
                           dtype=case["dtype"], seed=case.get("seed", 0))
     model.compile(optimizer=optimizer(case), metrics=["accuracy"])
     callbacks = []

@@ -101,7 +101,8 @@ def test_two_ranks_train_the_weights_of_one_process(tmp_path):
              {"optimizer": "sgd", "dtype": "float64", "n": 420, "batch_size": 64},
              {"optimizer": "adam", "dtype": "float64", "n": 420, "batch_size": 64},
              {"optimizer": "adam", "dtype": "float32", "n": 420, "batch_size": 64},
-             {"optimizer": "sgd", "momentum": 0.9, "dtype": "float32", "n": 420, "batch_size": 64}]
+             {"optimizer": "sgd", "momentum": 0.9, "dtype": "float32", "n": 420, "batch_size": 64},
+             {"optimizer": "adam", "dtype": "float64", "n": 420, "batch_size": 64, "dropout": 0.3}]
     check_against_one_process(2, cases, tmp_path)
 
 
@@ -110,7 +111,8 @@ def test_three_ranks_with_uneven_and_empty_shares(tmp_path):
     have no share of."""
     cases = [{"optimizer": "sgd", "momentum": 0.9, "dtype": "float64", "n": 117, "batch_size": 32},
              {"optimizer": "adam", "dtype": "float64", "n": 117, "batch_size": 32},
-             {"optimizer": "adam", "dtype": "float32", "n": 117, "batch_size": 32}]
+             {"optimizer": "adam", "dtype": "float32", "n": 117, "batch_size": 32},
+             {"optimizer": "sgd", "momentum": 0.9, "dtype": "float64", "n": 117, "batch_size": 32, "dropout": 0.5}]
     check_against_one_process(3, cases, tmp_path)
 
 

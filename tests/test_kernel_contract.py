@@ -494,7 +494,7 @@ def test_mae(device, dtype, shape):
 def test_dropout(device, dtype, shape, rate):
     x = _normal(shape, dtype, seed=30)
     x.flat[-1] = np.nan  # NaN stays NaN, dropped or not (x * 0)
-    seed, clock, layer = np.array([2**32 - 5], np.int64), _clock(2**33 + 7), 3  # words of both halves
+    seed, clock, layer = np.array([2**32 - 5, 0], np.int64), _clock(2**33 + 7), 3  # words of both halves
     args = dict(x=x, out=np.full_like(x, -1.0), rate=rate, seed=seed, clock=clock, layer=layer)
     after = run_device(device, "dropout_", **args)
     expected = run_reference("dropout_", **args)
@@ -516,12 +516,26 @@ def test_dropout_in_place_and_keyed_by_seed_step_and_layer(device, dtype):
     for key in ((1, 0, 0), (1, 1, 0), (1, 0, 1), (2, 0, 0), (1, 0, 0)):
         seed, step, layer = key
         a = device.to_device(x)
-        device.module.dropout_(a, a, 0.5, device.to_device(np.array([seed], np.int64)), device.to_device(_clock(step)),
-                               layer)
+        device.module.dropout_(a, a, 0.5, device.to_device(np.array([seed, 0], np.int64)),
+                               device.to_device(_clock(step)), layer)
         masks.setdefault(key, []).append(device.to_host(a) != 0)
     np.testing.assert_array_equal(*masks[(1, 0, 0)])
     distinct = {m[0].tobytes() for m in masks.values()}
     assert len(distinct) == 4
+
+
+@covers("dropout_")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_rows_are_keyed_by_their_row_in_the_whole_batch(device, dtype):
+    """Rows 5.. of a batch drawn with seed[1] = 5 get the mask rows 5.. of the whole batch get: the shares
+    of data-parallel ranks together draw one process's mask."""
+    x = np.ones((12, 7), dtype)
+    whole = run_device(device, "dropout_", x=x, out=np.empty_like(x), rate=0.5, seed=np.array([9, 0], np.int64),
+                       clock=_clock(4), layer=1)["out"]
+    share = run_device(device, "dropout_", x=x[5:], out=np.empty_like(x[5:]), rate=0.5,
+                       seed=np.array([9, 5], np.int64), clock=_clock(4), layer=1)["out"]
+    np.testing.assert_array_equal(share, whole[5:])
+    assert not np.array_equal(share, whole[:7])
 
 
 # --------------------------------------------------------------------------- status record and gradient hooks

@@ -55,7 +55,7 @@ for dtype in (np.float32, np.float64):
     gpu.mse(z, z, dz, loss)
     gpu.huber(z, z, dz, loss, 1.0)
     gpu.mae(z, z, dz, loss)
-    gpu.dropout_(z, dz, 0.5, clock, clock, 2)
+    gpu.dropout_(z, dz, 0.5, np.zeros(2, np.int64), clock, 2)
     gpu.check_finite_(flat, status, 1, clock)
     gpu.restore_if_diverged_(flat, flat2, status)
     gpu.clip_by_value_(flat, 1.0)
