@@ -110,7 +110,10 @@ class Sequential:
         self.input_dim = input_dim  # built from here on: only once the initial weights are drawn and checked
         self.shuffle_rng = np.random.default_rng(shuffle_seed)
         #: the (1,) int64 key of the Dropout layers' masks on the device, in [0, 2**32)
-        self.dropout_seed = self.backend.staged(dropout_seed.generate_state(1, np.uint32).astype(np.int64))
+        #: [key, first row]: the dropout masks' key, and the row of the whole batch the step's first row is
+        #: (see :meth:`set_dropout_first_row`)
+        self.dropout_seed = self.backend.staged(np.array([dropout_seed.generate_state(1, np.uint32)[0], 0],
+                                                         np.int64))
         self.dropout_seed.upload()
         shapes = [W.shape for W, _ in initial] + [b.shape for _, b in initial]
         sizes = [int(np.prod(s)) for s in shapes]
@@ -572,6 +575,14 @@ class Sequential:
             plan.load(X[start:stop], y[start:stop])
             evaluation.add_(sums, plan.outputs[-1], plan.y, self.test_step(plan), stop - start)
         return self.backend.to_host(sums).copy()
+
+    def set_dropout_first_row(self, first_row):
+        """The next training steps' batch rows are rows ``first_row``, ... of the whole batch (a rank's
+        share in data-parallel training), so Dropout draws for each row the mask one process would; staged
+        to the device only when it changes. No effect without Dropout layers."""
+        if self.built and self.dropout_seed.host[1] != first_row:
+            self.dropout_seed.host[1] = first_row
+            self.dropout_seed.upload()
 
     # ------------------------------------------------------------------ state
     def state_dict(self):

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from .buffers import INFERENCE_BATCH, EpochBatches, plan_bytes
+from .buffers import INFERENCE_BATCH, plan_bytes
 from .callbacks import CallbackList, History, as_callback_list
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
 from .communicator import GradientAllReduce, agreed, get_communicator
@@ -24,6 +24,7 @@ from .errors import DistributedAbort, InvalidInputError, InvalidTypeError, Model
 from .kernels.contract import STATUS_GRADIENT
 from .output_paths import check_writable_directory
 from .progress import ProgressLogger
+from .streaming import StreamedSet, as_dataset, epoch_batches, split_streamed
 from .validation import check_bool, check_positive_int
 
 
@@ -97,6 +98,9 @@ def _split_validation(model, X, y, validation_data, validation_split):
         raise InvalidInputError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
     if not 0.0 <= validation_split < 1.0:
         raise InvalidInputError(f"validation_split must lie in [0, 1), got {validation_split!r}")
+    dataset = as_dataset(X, y)
+    if dataset is not None:  # streamed from its files, chunk by chunk (see gpubp.streaming)
+        return split_streamed(model, dataset, validation_data, validation_split)
     X, y, with_accuracy = model.prepare(X, y)
     if validation_split:
         # like Keras: the last fraction of the samples, before any shuffling
@@ -157,8 +161,10 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
 
     Parameters
     ----------
-    X : array (n_samples, n_features)
-    y : targets in the layout the loss expects (class labels, one-hot rows or values)
+    X : array (n_samples, n_features); or, streamed from disk chunk by chunk, the path of a ``.npy``
+        file, an array ``np.load(path, mmap_mode="r")`` returned or a :class:`gpubp.data.NpyDataset`
+    y : targets in the layout the loss expects (class labels, one-hot rows or values); with streamed
+        X also a ``.npy`` path, and None when the NpyDataset holds its targets
     batch_size : int
         Rows per step; the last batch of an epoch holds the remainder.
     epochs : int
@@ -209,6 +215,14 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     the same batches) and uploaded once per epoch; each batch is gathered into a
     preallocated buffer, so the steady-state step allocates nothing.
 
+    Streamed X (a path, a memory map or an NpyDataset) is never copied whole:
+    the device holds two chunks of rows, and a reader thread reads, checks and
+    uploads the next while the steps train on the current one. Each epoch
+    visits the chunks in a shuffled order and the rows of each chunk in a
+    shuffled order (not a permutation of the whole set; see
+    :mod:`gpubp.streaming`); a set of one chunk trains exactly as in memory.
+    ``validation_data`` and the rows ``validation_split`` holds out are in memory.
+
     A Ctrl-C (SIGINT) during ``fit`` stops training cleanly after the current
     step (the weights are those of a whole step) and sets
     ``history.interrupted = {"epoch", "step", "steps_per_epoch"}``; a second
@@ -254,7 +268,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
         if model.built:
             model.read_divergence()  # a failure an aborted run left unread: rewinds the step count to it
         if resume or shared:  # before the data is prepared: the checkpoint's scaler applies to it
-            model.build_for(X)
+            model.build_for(as_dataset(X, y) or X)
         if shared:
             all_reduce = GradientAllReduce(communicator, model.backend, model.status.array)
         if resume and checkpoint_dir is not None:
@@ -292,6 +306,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
         callbacks.callbacks[-1].set_model(model)
     model.stop_training = False
     started = []
+    loop = None
     model.optimizer.set_all_reduce(all_reduce)
     try:
         agreed(communicator, lambda: callbacks.on_train_begin(started=started))
@@ -335,6 +350,8 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
         raise
     finally:
         model.optimizer.set_all_reduce(None)
+        if loop is not None:
+            loop.batches.close()
     callbacks.on_train_end(only=started)
     return history
 
@@ -374,6 +391,8 @@ def _metric_logs(model, result, prefix=""):
 def _evaluate(model, X, y, with_accuracy, communicator):
     """:meth:`Sequential.evaluate_prepared` on (X, y), each rank evaluating its share of the rows: the
     ranks' sums (loss, counts, errors; see :class:`gpubp.metrics.Evaluation`) add up to those of all rows."""
+    if isinstance(X, StreamedSet):  # every rank all the rows, a chunk at a time
+        return X.evaluate(model, with_accuracy)
     if communicator.size == 1:
         return model.evaluate_prepared(X, y, with_accuracy)
     offset, count = share_of_rows(X.shape[0], communicator.size, communicator.rank)
@@ -410,24 +429,28 @@ class _EpochLoop:
         #: rows of each batch in this rank's share (0: it runs one row, weighted 0)
         self.counts = np.array([count for _, count in shares], dtype=np.float64)
         self.weights = self.counts / sizes
-        self.batches = EpochBatches(model.backend, X, y, len(starts))
+        #: the batches in row order; ``sizes``, ``counts`` and ``weights`` are those of the steps of the
+        #: epoch running, in the order they run (a streamed set's shuffled chunks reorder them)
+        self.by_batch = (sizes, self.counts, self.weights)
+        self.batches = epoch_batches(model, X, y, int(sizes[0]), len(starts))
         self.first_iteration = 0
         #: the error a batch-level callback raised on this rank, until the ranks agree to stop
         self.failure = None
 
     def run(self, interrupt):
         """Run the epoch's steps; returns ``(divergence or None, steps run)``."""
-        model, n = self.model, self.X.shape[0]
-        if self.shuffle:
-            self.batches.set_order(model.shuffle_rng.permutation(n))
+        model = self.model
+        batches = self.batches.begin_epoch(model.shuffle_rng if self.shuffle else None)
+        self.sizes, self.counts, self.weights = (a[batches] for a in self.by_batch)
         self.first_iteration = model.optimizer.iterations
         last = len(self.starts) - 1
-        for i, start in enumerate(self.starts):
+        for i, batch in enumerate(batches):
             plan = self.plans[max(int(self.counts[i]), 1)]
             self._call(self.callbacks.on_batch_begin, i)
-            self.batches.select(start + self.offsets[i], i)
+            self.batches.select(self.starts[batch] + self.offsets[batch], i)
             if self.all_reduce is not None:
                 self.all_reduce.weight = float(self.weights[i])
+                model.set_dropout_first_row(self.offsets[i])
             model.train_step(plan, batches=self.batches)
             loss = self.batches.losses[i:i + 1]
             self._call(self.callbacks.on_batch_end, i, {"batch": i, "size": plan.batch_size, "loss": loss})
