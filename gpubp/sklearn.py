@@ -38,8 +38,11 @@ from .model import Sequential
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-#: scikit-learn activation names -> gpubp activation names
-HIDDEN_ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+#: scikit-learn activation names -> gpubp activation names, then gpubp's own hidden activations beyond them
+#: (with their default slope and alpha)
+HIDDEN_ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
+                      "leaky_relu": "leaky_relu", "elu": "elu", "gelu": "gelu", "gelu_exact": "gelu_exact",
+                      "softplus": "softplus", "silu": "silu"}
 SOLVERS = ("sgd", "adam")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
 #: the "adaptive" schedule stops once the learning rate has fallen to this (as in scikit-learn)

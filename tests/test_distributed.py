@@ -334,6 +334,7 @@ def test_a_fit_in_one_of_several_launched_ranks_warns_that_copies_train(monkeypa
 def test_nccl_on_one_gpu_trains_as_one_process():
     """NCCL refuses two ranks on one GPU, so one GPU smoke-tests one rank: the all-reduce inside the
     captured step, through the real NCCL, leaves the weights of a run without it."""
+    pytest.importorskip("mpi4py", reason="the NCCL communicator sends NCCL's id over MPI: pip install 'gpubp[mpi]'")
     from gpubp.communicator import NCCLCommunicator
 
     X, y = np.random.default_rng(0).normal(size=(300, 5)), np.arange(300) % 3

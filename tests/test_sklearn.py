@@ -179,3 +179,17 @@ def test_bad_parameters_raise_value_error_naming_them(param, value, classificati
     X, y = classification
     with pytest.raises(ValueError, match=param):
         MLPClassifier(backend="cpu", **{param: value}).fit(X, y)
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "elu", "gelu", "silu"])
+def test_gpubp_hidden_activations_beyond_scikit_learns(activation, classification):
+    """The estimators take gpubp's other hidden activations and learn with them about as well as with ReLU."""
+    X, y = classification
+
+    def fit(name):
+        return MLPClassifier(hidden_layer_sizes=(16,), activation=name, learning_rate_init=1e-2, max_iter=60,
+                             random_state=0, backend="cpu").fit(X, y)
+
+    clf, relu = fit(activation), fit("relu")
+    assert not np.allclose(clf.predict_proba(X), relu.predict_proba(X))  # another function was trained
+    assert clf.score(X, y) > relu.score(X, y) - 0.1
