@@ -203,9 +203,10 @@ def _check_compatible(path, meta, state, model):
         raise ModelFileError("cannot restore a checkpoint into an uncompiled model: call compile() first")
     saved = dict(meta["config"])
     current = json.loads(json.dumps(model.get_config()))
-    # the seed only chose the initial weights and the shuffle stream, both restored
-    saved.pop("seed", None)
-    current.pop("seed", None)
+    # the seed only chose the initial weights and the shuffle stream, both restored; metrics change no state
+    for key in ("seed", "metrics"):
+        saved.pop(key, None)
+        current.pop(key, None)
     if saved != current:
         diffs = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs model {current.get(k)!r}" for k in diffs)

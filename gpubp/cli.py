@@ -57,8 +57,8 @@ def _add_data_arguments(command):
     data = command.add_argument_group("data")
     data.add_argument("--dataset", default="moons",
                       help="moons, circles, spirals, xor, digits, regression, or a .npz (arrays X, y) / "
-                           ".csv file (default: moons)")
-    data.add_argument("--target", help="label column of a .csv file")
+                           ".csv file, or a .npy file of features streamed from disk (default: moons)")
+    data.add_argument("--target", help="label column of a .csv file; the .npy file of targets of a .npy --dataset")
     data.add_argument("--samples", type=int, default=2000, help="samples of the generated sets (default: 2000)")
     data.add_argument("--noise", type=float, default=0.2, help="noise of the generated sets (default: 0.2)")
     data.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (default: 0.2)")
@@ -230,14 +230,14 @@ def _apply_config(parser, argv):
     return parser.parse_args(argv)
 
 
-def _metric_names(args, loss):
-    """The metrics a run compiles: accuracy (classification) or rmse, mae and r2 (regression), then those
-    of ``--metrics``."""
+def _metric_names(args, loss, compiled=()):
+    """The metrics a run compiles: accuracy (classification) or rmse, mae and r2 (regression), then
+    ``compiled`` (those a saved model has) and those of ``--metrics``."""
     from .losses import get_loss
 
     always = ["accuracy"] if get_loss(loss).is_classification else ["rmse", "mae", "r2"]
     asked = [name.strip() for name in (getattr(args, "metrics", None) or "").split(",") if name.strip()]
-    return list(dict.fromkeys(always + asked))
+    return list(dict.fromkeys(always + list(compiled) + asked))
 
 
 def _build_model(args, n_features, n_outputs):
@@ -287,7 +287,7 @@ def _data_and_model(args, quiet):
     split's scaler and the labels); unless ``quiet``, say what was built. Returns ``(model, task, split,
     validation)``: ``split`` is ``(X_train, X_test, y_train, y_test)`` and ``validation`` ``(X_val, y_val)``,
     carved from the training split by ``--validation-split``, or None."""
-    from .data import StandardScaler, csv_feature_names, load_dataset, train_test_split
+    from .data import NpyDataset, StandardScaler, csv_feature_names, load_dataset, split_tail, train_test_split
     from .losses import get_loss
 
     X, y = load_dataset(args.dataset, n_samples=args.samples, noise=args.noise, seed=args.seed, target=args.target)
@@ -296,19 +296,22 @@ def _data_and_model(args, quiet):
     classes = None
     if task.loss == "softmax_cross_entropy" and np.ndim(y) == 1:
         classes, y = np.unique(y, return_inverse=True)  # any labels, as output indices 0 .. K-1
-    split = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
+    # a .npy file (memory-mapped) is streamed by fit and its last rows held out, not drawn at random
+    split_rows = split_tail if isinstance(X, np.memmap) else train_test_split
+    split = split_rows(X, y, test_size=args.test_size, seed=args.seed)
     validation = None
     fraction = getattr(args, "validation_split", 0.0)
     if fraction:
         if not 0 < fraction < 1:
             raise InvalidInputError(f"--validation-split must lie in (0, 1), got {fraction!r}")
-        X_fit, X_val, y_fit, y_val = train_test_split(split[0], split[2], test_size=fraction, seed=args.seed)
+        X_fit, X_val, y_fit, y_val = split_rows(split[0], split[2], test_size=fraction, seed=args.seed)
         split, validation = (X_fit, split[1], y_fit, split[3]), (X_val, y_val)
     model = _build_model(args, X.shape[1], task.n_outputs)
     model.set_labels(csv_feature_names(args.dataset, args.target) if args.dataset.endswith(".csv") else None,
                      None if classes is None else classes.tolist())
     if not args.no_standardize:
-        model.set_scaler(StandardScaler().fit(split[0]))  # saved with the model; applied by predict
+        model.set_scaler(split[0].fit_scaler() if isinstance(split[0], NpyDataset)  # chunk by chunk
+                         else StandardScaler().fit(split[0]))  # saved with the model; applied by predict
     if not quiet:
         held_out = "" if validation is None else f"{validation[0].shape[0]} validation / "
         print(f"gpubp {__version__}: {args.dataset} ({split[0].shape[0]} train / {held_out}{split[1].shape[0]} test "
@@ -439,13 +442,12 @@ def _write_plots(directory, model, history, X, y, monitor=None, seconds=None):
 
     os.makedirs(directory, exist_ok=True)
     paths = [os.path.join(directory, "history.png")]
-    plot.history(history, path=paths[0], seconds=seconds)
+    regression = not model.loss.reports_accuracy(y, model.n_outputs)  # real-valued targets
+    plot.history(history, path=paths[0], seconds=seconds,
+                 predictions=(y, model.predict(X), "test set") if regression else None)
     if X.shape[1] == 2 and model.loss.is_classification:
         paths.append(os.path.join(directory, "decision_boundary.png"))
         plot.decision_boundary(model, X, y, path=paths[-1])
-    if not model.loss.is_classification and model.loss.reports_accuracy(y, model.n_outputs) is False:
-        paths.append(os.path.join(directory, "predictions.png"))
-        plot.predicted_vs_true(model, X, y, path=paths[-1], title_prefix="Test set")
     if monitor is not None and monitor.history["step"]:
         paths.append(os.path.join(directory, "gradient_flow.png"))
         plot.gradient_flow(monitor, path=paths[-1])
@@ -612,8 +614,11 @@ def cmd_evaluate(args):
         _, X, _, y = train_test_split(X, y, test_size=args.test_size, seed=args.seed)
         scored = (f"the {X.shape[0]} test samples of {args.data} that gpubp train --seed {args.seed} --test-size "
                   f"{args.test_size} holds out (--all scores the training samples too)")
+    if not model.loss.reports_accuracy(y, model.n_outputs):  # real-valued targets: the regression metrics
+        model.compile(loss=model.loss, optimizer=model.optimizer,
+                      metrics=[m for m in _metric_names(args, model.loss, model.metrics) if m != "accuracy"])
     result = model.evaluate(X, y)
-    metrics = {"samples": int(X.shape[0]), "loss": result["loss"], "accuracy": result["accuracy"], "scored": scored}
+    metrics = {"samples": int(X.shape[0]), **result, "scored": scored}
     labels = np.asarray(y)
     if model.loss.name == "softmax_cross_entropy" or (model.loss.name == "binary_cross_entropy"
                                                       and model.n_outputs == 1):
@@ -628,9 +633,9 @@ def cmd_evaluate(args):
     if args.json:
         print(json.dumps(metrics))
         return 0
-    acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
     print(f"scored on {scored}")
-    print(f"{metrics['samples']} samples - loss {result['loss']:.4f} - accuracy {acc}")
+    print(f"{metrics['samples']} samples - " + " - ".join(f"{name} {value:.4f}" for name, value in result.items()
+                                                          if value is not None))
     if "confusion_matrix" in metrics:
         matrix = np.array(metrics["confusion_matrix"])
         width = max(5, len(str(matrix.max())) + 1)

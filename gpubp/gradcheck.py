@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from numpy.typing import ArrayLike
+
 from .errors import InvalidInputError, InvalidTypeError, NotCompiledError
 from .layers import layer_from_config
 from .model import Sequential
@@ -73,7 +75,8 @@ def _check_arguments(model, eps, tolerance, max_entries, seed):
     return eps, tolerance, max_entries, None if seed is None else int(seed)
 
 
-def gradcheck(model, X, y, eps=1e-6, tolerance=1e-6, max_entries=None, seed=0):
+def gradcheck(model: Sequential, X: ArrayLike, y: ArrayLike, eps: float = 1e-6, tolerance: float = 1e-6,
+              max_entries: int | None = None, seed: int = 0) -> GradcheckResult:
     """Compare every parameter's backprop gradient with central differences, in float64.
 
     Parameters

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numbers
 
 import numpy as np
@@ -42,7 +44,8 @@ class Dense:
     its flat parameter and gradient buffers (see :meth:`bind`).
     """
 
-    def __init__(self, units, activation=None, init=None, *, negative_slope=None, alpha=None):
+    def __init__(self, units: int, activation: str | None = None, init: str | Callable | None = None, *,
+                 negative_slope: float | None = None, alpha: float | None = None) -> None:
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
             raise InvalidInputError(f"Dense units must be a positive integer, got {units!r}")
         self.units = int(units)
@@ -154,7 +157,7 @@ class Dropout:
     uninterrupted run drew. A Dropout layer holds no parameters and may not be the last layer.
     """
 
-    def __init__(self, rate):
+    def __init__(self, rate: float) -> None:
         if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
             raise InvalidTypeError(f"Dropout rate must be a number in [0, 1), got {rate!r}")
         if not 0.0 <= float(rate) < 1.0:  # NaN fails too
@@ -205,7 +208,7 @@ class Dropout:
 LAYER_TYPES = {"Dense": Dense, "Dropout": Dropout}
 
 
-def layer_from_config(config):
+def layer_from_config(config: dict) -> Dense | Dropout:
     """A new layer from :meth:`get_config`'s output (Dense or Dropout); ValueError or TypeError when invalid."""
     config = dict(config)
     kind = config.pop("type", "Dense")

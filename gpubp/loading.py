@@ -28,7 +28,7 @@ def model_from_config(config, backend, path, metrics=()):
     return model
 
 
-def load_model(path, backend="auto"):
+def load_model(path: str | os.PathLike, backend: str = "auto") -> Sequential:
     """Rebuild a saved model on ``backend``, compiled again when it was compiled when saved."""
     path = os.fspath(path)
     config, params, weights, scaler = read_model_file(path)  # holds as many parameters as config's architecture
@@ -45,7 +45,7 @@ def load_model(path, backend="auto"):
     return model
 
 
-def load_checkpoint_model(path, backend="auto"):
+def load_checkpoint_model(path: str | os.PathLike, backend: str = "auto") -> Sequential:
     """A new compiled model built from the checkpoint's configuration, with its state restored.
 
     Like :func:`gpubp.load`, for a checkpoint; ``model.checkpoint_info`` holds what

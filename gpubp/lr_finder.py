@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .buffers import EpochBatches
 from .errors import InvalidInputError
 from .layers import layer_from_config
+from .model import Sequential
 from .schedules import Schedule, check_positive
 from .validation import check_positive_int
 
@@ -125,8 +127,9 @@ def suggest(lrs, smoothed_losses):
     return int(np.argmin(np.abs(np.log(lrs[:lowest + 1]) - np.log(lrs[lowest] / 10)))), lowest
 
 
-def lr_find(model, X, y, start_lr=1e-7, end_lr=10.0, steps=100, batch_size=32, smoothing=0.9,
-            diverge_threshold=4.0):
+def lr_find(model: Sequential, X: ArrayLike, y: ArrayLike, start_lr: float = 1e-7, end_lr: float = 10.0,
+            steps: int = 100, batch_size: int = 32, smoothing: float = 0.9,
+            diverge_threshold: float = 4.0) -> LRFinderResult:
     """The learning-rate range test on a copy of ``model``; returns an :class:`LRFinderResult`.
 
     Parameters

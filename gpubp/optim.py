@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .kernels.contract import STATUS_GRADIENT, STATUS_UPDATE
-from .schedules import as_schedule, check_positive, schedule_from_config
+from .schedules import Schedule, as_schedule, check_positive, schedule_from_config
 from .validation import check_bool
 
 
@@ -80,7 +80,8 @@ class Optimizer:
     #: Length of :attr:`hyper`, the per-step values the update kernel reads from the device.
     n_hyper = 1
 
-    def __init__(self, lr, weight_decay=0.0, clip_norm=None, clip_value=None):
+    def __init__(self, lr: float | Schedule, weight_decay: float = 0.0, clip_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         self.schedule = as_schedule(lr)
         self.weight_decay = _check_nonnegative("weight_decay", weight_decay)
         self.clip_norm = None if clip_norm is None else check_positive("clip_norm", clip_norm)
@@ -240,7 +241,8 @@ class SGD(Optimizer):
 
     state_names = ("velocity",)
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None, clip_value=None):
+    def __init__(self, lr: float | Schedule = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, clip_norm: float | None = None, clip_value: float | None = None) -> None:
         super().__init__(lr, weight_decay, clip_norm, clip_value)
         self.momentum = _check_fraction("momentum", momentum)
         check_bool("nesterov", nesterov)
@@ -336,7 +338,8 @@ class RMSprop(Optimizer):
 
     state_names = ("v",)
 
-    def __init__(self, lr=1e-3, rho=0.9, eps=1e-8, weight_decay=0.0, clip_norm=None, clip_value=None):
+    def __init__(self, lr: float | Schedule = 1e-3, rho: float = 0.9, eps: float = 1e-8, weight_decay: float = 0.0,
+                 clip_norm: float | None = None, clip_value: float | None = None) -> None:
         super().__init__(lr, weight_decay, clip_norm, clip_value)
         self.rho = _check_fraction("rho", rho)
         self.eps = _check_eps(eps)
@@ -362,7 +365,7 @@ def _check_eps_fits(eps, dtype):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
 
 
-def get_optimizer(optimizer):
+def get_optimizer(optimizer: str | Optimizer) -> Optimizer:
     """Return an :class:`Optimizer` from a name (default hyperparameters) or an instance."""
     if isinstance(optimizer, Optimizer):
         return optimizer
@@ -374,7 +377,7 @@ def get_optimizer(optimizer):
         ) from None
 
 
-def optimizer_from_config(config):
+def optimizer_from_config(config: dict) -> Optimizer:
     config = dict(config)
     cls = {c.__name__: c for c in OPTIMIZERS.values()}[config.pop("name")]
     config["lr"] = schedule_from_config(config["lr"])

@@ -36,8 +36,8 @@ def _save(figure, path):
 
 
 # ------------------------------------------------------------------- history
-def history(history, path=None, title=None):
-    """Loss and validation accuracy per epoch.
+def history(history, path=None, title=None, seconds=None, predictions=None):
+    """Loss and accuracy per epoch (or a regression metric, or predicted against true values).
 
     Parameters
     ----------
@@ -47,13 +47,20 @@ def history(history, path=None, title=None):
     path : str or path-like, optional
         Write the figure there as a PNG.
     title : str, optional
-        Replaces the default "Training history (N epochs ...)".
+        Replaces the default "Training history (N epochs, T s)".
+    seconds : float, optional
+        The training time the title states (the command line passes the time it prints); default: the
+        sum of the history's ``epoch_time``.
+    predictions : (y_true, y_pred, label), optional
+        For a regression run: targets and predictions (e.g. of the test set, named by ``label``) drawn
+        as a predicted-against-true scatter in the right panel, which otherwise shows the accuracy, or
+        without accuracy the R² or RMSE per epoch when the history has them.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Two panels: training/validation loss, and validation accuracy (a note
-        instead when the history has none, as for regression).
+        Two panels: training/validation loss, and accuracy (training and validation), the scatter of
+        ``predictions``, a regression metric, or a note when the history has none of them.
     """
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or not logs.get("loss"):
@@ -61,8 +68,8 @@ def history(history, path=None, title=None):
     n_epochs = len(logs["loss"])
     epoch_index = list(getattr(history, "epoch", []))
     epochs = np.asarray(epoch_index if len(epoch_index) == n_epochs else range(n_epochs)) + 1
-    for key in ("val_loss", "val_accuracy", "accuracy"):
-        if key in logs and len(logs[key]) != n_epochs:
+    for key in [key for key in logs if key not in ("epoch_time", "samples_per_sec")]:
+        if len(logs[key]) != n_epochs:
             raise InvalidInputError(f"history[{key!r}] has {len(logs[key])} values but 'loss' has {n_epochs}")
     marker = "o" if n_epochs <= 30 else None
 
@@ -77,23 +84,31 @@ def history(history, path=None, title=None):
         loss_ax.plot(epochs[best], val_loss[best], "*", color="C3", markersize=11,
                      label=f"lowest validation: {val_loss[best]:.4g} (epoch {epochs[best]})")
     if all(v > 0 for v in logs["loss"]) and max(logs["loss"]) / min(logs["loss"]) > 30:
-        loss_ax.set_yscale("log")
+        _log_scale_with_labels(loss_ax)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_ax.grid(alpha=0.3)
     loss_ax.legend()
 
-    accuracy_keys = [(key, label, color) for key, label, color in
-                     [("accuracy", "training", "C0"), ("val_accuracy", "validation", "C1")] if logs.get(key)]
-    if accuracy_keys:
-        for key, label, color in accuracy_keys:
+    metric = next((name for name in ("accuracy", "r2", "rmse", "mae")
+                   if logs.get(name) or logs.get(f"val_{name}")), None)
+    if predictions is not None and metric != "accuracy":
+        y_true, y_pred, label = predictions
+        _draw_predicted_vs_true(accuracy_ax, y_true, y_pred, label)
+    elif metric is not None:
+        metric_keys = [(key, label, color) for key, label, color in
+                       [(metric, "training", "C0"), (f"val_{metric}", "validation", "C1")] if logs.get(key)]
+        for key, label, color in metric_keys:
             accuracy_ax.plot(epochs, logs[key], marker=marker, markersize=3, color=color, label=label)
-        values = np.asarray(logs[accuracy_keys[-1][0]], dtype=float)
-        best = int(np.nanargmax(values))
+        values = np.asarray(logs[metric_keys[-1][0]], dtype=float)
+        lower_is_better = metric in ("rmse", "mae")
+        best = int(np.nanargmin(values) if lower_is_better else np.nanargmax(values))
         accuracy_ax.plot(epochs[best], values[best], "*", color="C3", markersize=11,
-                         label=f"highest {accuracy_keys[-1][1]}: {values[best]:.4f} (epoch {epochs[best]})")
-        accuracy_ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+                         label=f"{'lowest' if lower_is_better else 'highest'} {metric_keys[-1][1]}: "
+                               f"{values[best]:.4f} (epoch {epochs[best]})")
+        name = {"accuracy": "Accuracy", "r2": "R²", "rmse": "RMSE", "mae": "MAE"}[metric]
+        accuracy_ax.set(xlabel="epoch", ylabel=metric, title=name)
         accuracy_ax.grid(alpha=0.3)
-        accuracy_ax.legend(loc="lower right")
+        accuracy_ax.legend(loc="upper right" if lower_is_better else "lower right")
     else:
         accuracy_ax.set_axis_off()
         accuracy_ax.text(0.5, 0.5, "no accuracy in this history\n(regression targets, or no validation data)",
@@ -101,10 +116,58 @@ def history(history, path=None, title=None):
 
     if title is None:
         title = f"Training history ({n_epochs} epoch{'s' if n_epochs != 1 else ''}"
-        if logs.get("epoch_time"):
+        if seconds is not None:
+            title += f", trained in {seconds:.2f} s"
+        elif logs.get("epoch_time"):
             title += f", {sum(logs['epoch_time']):.2f} s"
         title += ")"
     figure.suptitle(title)
+    return _save(figure, path)
+
+
+def _log_scale_with_labels(ax):
+    """A log y axis labelled at 1, 2 and 5 times each power of ten (plain numbers), so a range of a decade
+    or two still reads with several labels rather than two."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _draw_predicted_vs_true(ax, y_true, y_pred, label):
+    """Predicted against true values (every output), the identity line, and R² in the title."""
+    y_true = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
+    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(len(y_pred), -1)
+    if y_true.shape != y_pred.shape:
+        raise InvalidInputError(f"predictions: y_true has shape {y_true.shape} but y_pred {y_pred.shape}")
+    size = float(np.clip(3000 / max(len(y_true), 1), 4, 30))
+    for k in range(y_true.shape[1]):
+        ax.scatter(y_true[:, k], y_pred[:, k], s=size, alpha=0.6, color=f"C{k % 10}",
+                   label=f"output {k}" if y_true.shape[1] > 1 else None)
+    low = float(min(y_true.min(), y_pred.min()))
+    high = float(max(y_true.max(), y_pred.max()))
+    ax.plot([low, high], [low, high], color="0.3", linestyle="--", linewidth=1, label="predicted = true")
+    residual = ((y_true - y_pred) ** 2).sum(axis=0)
+    total = ((y_true - y_true.mean(axis=0)) ** 2).sum(axis=0)
+    r2 = float(np.mean(np.where(total > 0, 1 - residual / np.where(total > 0, total, 1), 0.0)))
+    ax.set(xlabel="true value", ylabel="predicted value",
+           title=f"Predicted vs true, {label} (R² {r2:.3f}, {len(y_true)} samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+
+
+def predicted_vs_true(y_true, y_pred, path=None, label="these samples", title=None):
+    """A regression model's predictions against the targets (one colour per output), with the identity line.
+
+    Returns a :class:`matplotlib.figure.Figure`; ``path`` writes it as a PNG.
+    """
+    figure = _new_figure(figsize=(6, 5.4))
+    ax = figure.subplots()
+    _draw_predicted_vs_true(ax, y_true, y_pred, label)
+    if title is not None:
+        ax.set_title(title)
     return _save(figure, path)
 
 

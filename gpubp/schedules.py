@@ -47,7 +47,7 @@ class Schedule:
 class Constant(Schedule):
     """``lr``."""
 
-    def __init__(self, lr):
+    def __init__(self, lr: float) -> None:
         self.lr = check_positive("lr", lr)
 
     def __call__(self, step):
@@ -57,7 +57,7 @@ class Constant(Schedule):
 class StepDecay(Schedule):
     """``lr * gamma ** (step // step_size)``."""
 
-    def __init__(self, lr, step_size, gamma=0.1):
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1) -> None:
         self.lr = check_positive("lr", lr)
         self.step_size = check_positive_integer("step_size", step_size)
         self.gamma = check_positive("gamma", gamma)
@@ -69,7 +69,7 @@ class StepDecay(Schedule):
 class ExponentialDecay(Schedule):
     """``lr * decay_rate ** (step / decay_steps)``."""
 
-    def __init__(self, lr, decay_steps, decay_rate):
+    def __init__(self, lr: float, decay_steps: int, decay_rate: float) -> None:
         self.lr = check_positive("lr", lr)
         self.decay_steps = check_positive("decay_steps", decay_steps)
         self.decay_rate = check_positive("decay_rate", decay_rate)
@@ -81,7 +81,7 @@ class ExponentialDecay(Schedule):
 class InverseScaling(Schedule):
     """``lr / (step + 1) ** power_t`` (scikit-learn's "invscaling")."""
 
-    def __init__(self, lr, power_t=0.5):
+    def __init__(self, lr: float, power_t: float = 0.5) -> None:
         self.lr = check_positive("lr", lr)
         self.power_t = check_positive("power_t", power_t)
 
@@ -92,7 +92,7 @@ class InverseScaling(Schedule):
 class Cosine(Schedule):
     """Cosine annealing from ``lr`` to ``min_lr`` over ``total_steps``, then ``min_lr``."""
 
-    def __init__(self, lr, total_steps, min_lr=0.0):
+    def __init__(self, lr: float, total_steps: int, min_lr: float = 0.0) -> None:
         self.lr = check_positive("lr", lr)
         self.total_steps = check_positive_integer("total_steps", total_steps)
         min_value = _finite_real(min_lr)
@@ -108,7 +108,7 @@ class Cosine(Schedule):
 SCHEDULES = {cls.__name__: cls for cls in (Constant, StepDecay, ExponentialDecay, InverseScaling, Cosine)}
 
 
-def as_schedule(lr):
+def as_schedule(lr: float | Schedule) -> Schedule:
     """A number becomes :class:`Constant`; a :class:`Schedule` passes through."""
     if isinstance(lr, Schedule):
         return lr

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from . import blas, philox, scalar_math
-from .contract import (ACTIVATION_ALPHA, ACTIVATIONS, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE,
+from .contract import (ACTIVATION_ALPHA, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE,
                        activation_alpha, check_matmul_precision, missing_pre_activation, unknown_activation)
 from .fastmath import as_dtype_of, fast_exp, fast_tanh
 

@@ -39,6 +39,9 @@ def test_json_output_and_file_data(tmp_path):
                  "--hidden", "8", "--backend", "cpu", "--json")
     metrics = json.loads(proc.stdout)
     assert metrics["test_accuracy"] >= 0.9 and metrics["epochs"] == 20 and metrics["backend"] == "cpu"
+    # without --validation-split, fit gets no validation data: the test set is scored once, at the end
+    assert metrics["samples"] == {"train": 240, "validation": 0, "test": 60}
+    assert sorted(metrics["history"]) == ["accuracy", "epoch_time", "loss", "samples_per_sec"]
 
 
 def test_bad_csv_value_names_line_and_column(tmp_path):
@@ -339,3 +342,41 @@ def test_train_diagnose_prints_the_gradient_flow_and_writes_its_plot(tmp_path):
     metrics = json.loads(gpubp("train", "--backend", "cpu", "--epochs", "2", "--samples", "600", "--activation",
                                "relu", "--diagnose", "--json").stdout)
     assert metrics["diagnosis"] == {"steps": [0], "findings": []}
+
+
+# --------------------------------------------------------------------------- validation, metrics, plots
+def test_validation_split_patience_and_metrics(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = json.loads(gpubp("train", "--backend", "cpu", "--epochs", "60", "--lr", "0.3", "--validation-split", "0.25",
+                           "--patience", "1", "--metrics", "f1,recall", "--json", "--save", str(tmp_path / "m.npz"),
+                           "--plot", str(tmp_path / "plots")).stdout)
+    assert out["samples"] == {"train": 1200, "validation": 400, "test": 400}  # carved from the training split
+    history = out["history"]
+    assert {"f1", "recall", "val_loss", "val_accuracy", "val_f1", "val_recall"} <= set(history)
+    stopped = out["early_stopping"]
+    assert stopped["stopped_epoch"] == out["epochs"] < 60 and stopped["restored"]
+    assert history["val_loss"][stopped["best_epoch"] - 1] == pytest.approx(min(history["val_loss"]))
+    assert out["val_loss"] == pytest.approx(stopped["best_val_loss"], rel=1e-5)  # the best weights, restored
+    assert out["val_loss"] != pytest.approx(history["val_loss"][-1], rel=1e-5)
+    assert 0.8 <= out["test_f1"] <= 1 and 0.8 <= out["test_recall"] <= 1
+    assert gb.load(tmp_path / "m.npz", backend="cpu").metrics == ["accuracy", "f1", "recall"]
+    assert (tmp_path / "plots" / "history.png").stat().st_size > 10_000
+
+    proc = gpubp("train", "--backend", "cpu", "--epochs", "2", "--patience", "3", check=False)
+    assert proc.returncode == 2 and "add --validation-split" in proc.stderr
+    proc = gpubp("train", "--backend", "cpu", "--epochs", "2", "--metrics", "f1,auc", check=False)
+    assert proc.returncode == 2 and "unknown metrics ['auc']" in proc.stderr
+
+
+def test_a_regression_run_reports_rmse_mae_and_r2(tmp_path):
+    pytest.importorskip("matplotlib")
+    proc = gpubp("train", "--backend", "cpu", "--dataset", "regression", "--epochs", "4", "--plot", str(tmp_path))
+    out = proc.stdout
+    assert out.count("epoch ") == 4 and "n/a" not in out and "accuracy" not in out
+    last = [line for line in out.splitlines() if line.startswith("test loss")][0]
+    assert " - test rmse " in last and " - test mae " in last and " - test r2 " in last
+    assert "scored once after training" in out
+    assert (tmp_path / "history.png").stat().st_size > 10_000
+    proc = gpubp("train", "--backend", "cpu", "--dataset", "regression", "--epochs", "1", "--metrics", "precision",
+                 check=False)
+    assert proc.returncode == 2 and "metric 'precision' needs class labels" in proc.stderr
