@@ -438,10 +438,7 @@ class NpyDataset:
                                     f"{self.X.shape}{hint}")
         if self.X.shape[0] == 0 or self.X.shape[1] == 0:
             raise InvalidInputError(f"{self.X.where} is empty: it has shape {self.X.shape}")
-        self.y = None if y is None else _RowSource(y, "y")
-        if self.y is not None and (len(self.y.shape) == 0 or self.y.shape[0] != self.X.shape[0]):
-            got = "a scalar" if len(self.y.shape) == 0 else f"{self.y.shape[0]} rows"
-            raise InvalidInputError(f"{self.X.where} has {self.X.shape[0]} rows but {self.y.where} has {got}")
+        self.y = None if y is None else self._targets(y)
         if chunk_rows is None:
             row_bytes = self.X.shape[1] * self.X.dtype.itemsize
             chunk_rows = max(1, CHUNK_BYTES // row_bytes)
@@ -449,6 +446,7 @@ class NpyDataset:
             raise InvalidInputError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
         self.chunk_rows = int(chunk_rows)
         self.start, self.stop = 0, self.X.shape[0]
+        self.y_first = 0  # the row of X's file that y's first row belongs to
 
     @property
     def shape(self):
@@ -469,18 +467,28 @@ class NpyDataset:
         return part
 
     def with_targets(self, y):
-        """This set with the targets ``y`` (path or array of ``len(X)`` rows, those of the whole file)."""
+        """This set with the targets ``y``: a path or an array with a row for every row of X's file, or for
+        every row of this set."""
         if self.y is not None:
             raise InvalidInputError(f"{self!r} brings its own targets: pass y=None to fit")
-        whole = NpyDataset(self.X.array if self.X.path is None else self.X.path, y, self.chunk_rows)
-        whole.X = self.X
-        return whole.rows(self.start, self.stop) if (self.start, self.stop) != (0, self.X.shape[0]) else whole
+        part = self._copy()
+        part.y = self._targets(y, len(self))
+        part.y_first = self.start if part.y.shape[0] == len(self) != self.X.shape[0] else 0
+        return part
+
+    def _targets(self, y, rows=None):
+        y = _RowSource(y, "y")
+        if len(y.shape) == 0 or y.shape[0] not in (self.X.shape[0], rows):
+            got = "a scalar" if len(y.shape) == 0 else f"{y.shape[0]} rows"
+            raise InvalidInputError(f"{self.X.where} has {self.X.shape[0]} rows but {y.where} has {got}")
+        return y
 
     def read(self, start, stop, out=None):
         """``(X rows, y rows)`` ``start`` to ``stop - 1`` of this set as host arrays, as stored (X into
         ``out``, a flat buffer of X's dtype, when given and large enough); y is None without targets."""
         X = self.X.read(self.start + start, self.start + stop, out)
-        y = None if self.y is None else self.y.read(self.start + start, self.start + stop)
+        first = self.start - self.y_first
+        y = None if self.y is None else self.y.read(first + start, first + stop)
         return X, y
 
     def fit_scaler(self):
@@ -509,6 +517,23 @@ class NpyDataset:
         twin = object.__new__(NpyDataset)
         twin.__dict__.update(self.__dict__)
         return twin
+
+
+def split_tail(X, y, test_size, seed=None):
+    """``X_train, X_test, y_train, y_test`` of streamed data: the last ``test_size`` fraction of the rows
+    held out, in memory, and the others an :class:`NpyDataset` (nothing read). ``X``: a memory-mapped
+    array or an NpyDataset without targets; ``y``: an array of its rows' targets. ``seed`` is unused (the
+    signature of :func:`train_test_split`)."""
+    if not 0 < test_size < 1:
+        raise InvalidInputError(f"test_size must lie in (0, 1), got {test_size!r}")
+    dataset = X if isinstance(X, NpyDataset) else NpyDataset(X)
+    n = len(dataset)
+    if len(y) != n:
+        raise InvalidInputError(f"X has {n} samples but y has {len(y)}")
+    n_test = max(1, int(round(n * test_size)))
+    if n_test >= n:
+        raise InvalidInputError(f"test_size={test_size} leaves no training samples out of {n}")
+    return dataset.rows(0, n - n_test), dataset.read(n - n_test, n)[0], y[:n - n_test], np.asarray(y[n - n_test:])
 
 
 class _RowSource:

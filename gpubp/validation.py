@@ -119,7 +119,7 @@ def write_features(X, out, name="X", scaler=None, first_row=0):
             out /= scaling[1]
         bad_rows = int(np.count_nonzero(~np.isfinite(out).all(axis=1)))
     if bad_rows:
-        check_finite_for_dtype(X, dtype, name, first_row=first_row)  # raises, naming the rows, if the raw values are bad
+        check_finite_for_dtype(X, dtype, name, first_row=first_row)  # raises, naming the rows, if the values are bad
         raise InvalidInputError(
             f"{name} standardised by the model's scaler holds NaN or Inf values in {bad_rows} of "
             f"{X.shape[0]} rows (a scale of 0 in {dtype.name}, or values far outside the scaler's range)")

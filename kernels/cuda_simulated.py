@@ -127,20 +127,24 @@ class Staged:
 
 
 class ChunkStage:
-    """Host staging of a chunk (see ``Backend.chunk_stage``): a host array copied into the "device" one."""
+    """Host staging of a chunk (see ``Backend.chunk_stage``): a host array copied into the "device" one.
+
+    The copy runs in the steps' thread, in ``wait_uploaded()``: the simulator copies a kernel's array
+    arguments in and back out around each kernel, which would undo a write from another thread meanwhile."""
 
     def __init__(self, target):
         self.target = target
         self.host = np.empty_like(target)
+        self._rows = 0
 
     def wait_host(self):
         pass
 
     def upload(self, rows):
-        np.copyto(self.target[:rows], self.host[:rows])
+        self._rows = rows
 
     def wait_uploaded(self):
-        pass
+        np.copyto(self.target[:self._rows], self.host[:self._rows])
 
     def release(self):
         pass
