@@ -64,18 +64,18 @@ def available(engine):
     needs = {"torch": "torch", "jax": "optax", "keras": "keras", "sklearn": "sklearn"}.get(engine)
     if needs is not None and not has(needs):
         return f"{needs} is not installed (pip install 'gpubp[bench]')"
-    if engine == "gpubp-openblas":
+    if engine == "gpubp-mkl":
         from gpubp.kernels import blas
 
-        if blas.name() != "mkl":
-            return "gpubp runs on OpenBLAS already (the mkl extra is not installed)"
+        if blas.name() == "mkl" or blas.load_mkl() is None:
+            return "oneMKL is not installed (pip install 'gpubp[mkl]') or is gpubp's BLAS already"
     return None
 
 
 # ----------------------------------------------------------------------------- gpubp
 def gpubp_engine(config, blas_library=None):
     """gpubp's ``fit``; ``blas_library`` ("openblas", "mkl") serves its GEMMs during each run (default:
-    the process's choice, oneMKL when installed)."""
+    the process's choice, NumPy's OpenBLAS unless ``GPUBP_BLAS=mkl``)."""
     import gpubp as gb
     from gpubp.kernels import blas
 
@@ -101,9 +101,9 @@ def gpubp_engine(config, blas_library=None):
     return FitEngine(name, run, lambda model, X, y: float(np.mean(model.predict(X).argmax(1) == y)))
 
 
-def gpubp_openblas_engine(config):
-    """gpubp's ``fit`` with NumPy's OpenBLAS, what it runs without the ``mkl`` extra."""
-    return gpubp_engine(config, "openblas")
+def gpubp_mkl_engine(config):
+    """gpubp's ``fit`` with oneMKL serving every GEMM (the ``mkl`` extra and ``GPUBP_BLAS=mkl``)."""
+    return gpubp_engine(config, "mkl")
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -233,7 +233,7 @@ def sklearn_engine(config):
     return FitEngine("sklearn", run, lambda model, X, y: float(model.score(X, y)))
 
 
-BUILDERS = {"gpubp": gpubp_engine, "gpubp-openblas": gpubp_openblas_engine, "torch": torch_engine, "jax": jax_engine, "keras": keras_engine,
+BUILDERS = {"gpubp": gpubp_engine, "gpubp-mkl": gpubp_mkl_engine, "torch": torch_engine, "jax": jax_engine, "keras": keras_engine,
             "sklearn": sklearn_engine}
 
 

@@ -40,7 +40,7 @@ def load(path):
     return data, steps, kernels, others, fits
 
 
-FIT_ENGINES = ("gpubp", "gpubp-openblas", "torch", "jax", "keras", "sklearn")
+FIT_ENGINES = ("gpubp", "gpubp-mkl", "torch", "jax", "keras", "sklearn")
 FIT_PEERS = ("torch", "jax", "keras", "sklearn")
 
 
@@ -48,12 +48,12 @@ def fit_table(fits):
     """Whole runs: median ms per epoch of each engine (engines alternating run by run), gpubp over the
     fastest peer, and each engine's test accuracy."""
     head = ["config (Adam, float32)"] + [f"{e} ms/epoch" for e in FIT_ENGINES] + \
-        ["gpubp / fastest peer", "gpubp-openblas / fastest peer"] + [f"{e} acc." for e in FIT_ENGINES]
+        ["gpubp / fastest peer", "gpubp-mkl / fastest peer"] + [f"{e} acc." for e in FIT_ENGINES]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for config, info in fits.items():
         seconds, accuracy = info["fit_seconds_per_epoch"], info["fit_accuracy"]
         fastest = min((seconds[e] for e in FIT_PEERS if e in seconds), default=float("nan"))
-        ratios = [_ratio(seconds[e] / fastest) if e in seconds else "-" for e in ("gpubp", "gpubp-openblas")]
+        ratios = [_ratio(seconds[e] / fastest) if e in seconds else "-" for e in ("gpubp", "gpubp-mkl")]
         row = [config] + [f"{seconds[e] * 1e3:.0f}" if e in seconds else "-" for e in FIT_ENGINES]
         row += ratios + [f"{accuracy[e]:.3f}" if e in accuracy else "-" for e in FIT_ENGINES]
         rows.append("| " + " | ".join(row) + " |")

@@ -669,7 +669,7 @@ def cmd_info(args):
         step_blas = "NumPy's matmul (no direct CBLAS)"
     print(f"NumPy's BLAS: {blas_name}")
     print(f"training-step BLAS: {step_blas}, {threads if threads is not None else '?'} threads "
-          f"(GPUBP_BLAS=openblas|mkl chooses)")
+          f"(GPUBP_BLAS=openblas|mkl chooses; mkl needs the mkl extra)")
     parallel = "off" if cpu.PARALLEL_THRESHOLD >= 1 << 62 else f"from {cpu.PARALLEL_THRESHOLD} elements"
     print(f"numba: threading layer {numba.config.THREADING_LAYER}, {numba.get_num_threads()} threads, "
           f"parallel kernels {parallel}")

@@ -100,7 +100,7 @@ def _chosen(environment):
 def test_gpubp_blas_chooses_the_library_in_a_fresh_process():
     mkl_installed = blas.load_mkl() is not None
     default, _ = _chosen({})
-    assert default == (["mkl", True] if mkl_installed else ["openblas", False])
+    assert default == ["openblas", False]  # oneMKL only when asked: it measured slower here (see blas.py)
     assert _chosen({"GPUBP_BLAS": "openblas"})[0] == ["openblas", False]
     chosen, warning = _chosen({"GPUBP_BLAS": "mkl"})
     if mkl_installed:
