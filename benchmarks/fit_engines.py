@@ -239,12 +239,15 @@ BUILDERS = {"gpubp": gpubp_engine, "gpubp-mkl": gpubp_mkl_engine, "torch": torch
 
 def alternating_runs(engines, X, y, epochs, rounds, settle_seconds=1.0):
     """Seconds per epoch of each ``{name: FitEngine}``: ``rounds`` rounds, in each one run of ``epochs``
-    epochs per engine in turn (A B C A B C ...), a pause of ``settle_seconds`` before each run so that
-    the previous engine's worker threads have gone quiet. Returns ``({name: [seconds per epoch per
-    round]}, {name: last model})``."""
+    epochs per engine in turn, the order rotated by one engine per round (A B C, B C A, C A B, ...) so that
+    no engine always follows the same one, and a pause of ``settle_seconds`` before each run so that the
+    previous engine's worker threads have gone quiet. Returns ``({name: [seconds per epoch per round]},
+    {name: last model})``."""
     times, models = {name: [] for name in engines}, {}
-    for _ in range(rounds):
-        for name, engine in engines.items():
+    names = list(engines)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            engine = engines[name]
             time.sleep(settle_seconds)
             t0 = time.perf_counter()
             models[name] = engine.run(X, y, epochs)
