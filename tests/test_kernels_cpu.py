@@ -268,7 +268,7 @@ AGREEMENT_CASES = {
     "mae": _losses("mae"),
     "dropout": _array_case("dropout_", lambda dtype, size: dict(
         x=_with_nan(_two_d(size), dtype, 59), out=np.zeros(_two_d(size), dtype), rate=0.3,
-        seed=np.array([11]), clock=np.array([2**40 + 3]), layer=2)),
+        seed=np.array([11, 0]), clock=np.array([2**40 + 3]), layer=2)),
     **{f"{update}_{scenario}": _update_case(update, scenario) for update in _UPDATE_HYPER
        for scenario in UPDATE_SCENARIOS},
 }
@@ -306,8 +306,10 @@ def test_serial_and_parallel_builds_agree(monkeypatch, spied_pairs, case, dtype,
         if name == "loss":  # float64 sums of row or element losses, in another order
             np.testing.assert_allclose(parallel["loss"], serial["loss"], rtol=max(1e-12, 8 * np.finfo(dtype).eps))
         elif kernel in ROW_REDUCTIONS:
-            np.testing.assert_allclose(parallel[name], serial[name], rtol=8 * np.finfo(dtype).eps, atol=0,
-                                       err_msg=name)
+            # relative to the largest value too: with label smoothing softmax - q cancels to tiny values
+            scale = float(np.nanmax(np.abs(serial[name]))) if np.isfinite(serial[name]).any() else 0.0
+            np.testing.assert_allclose(parallel[name], serial[name], rtol=8 * np.finfo(dtype).eps,
+                                       atol=8 * np.finfo(dtype).eps * scale, err_msg=name)
         else:
             np.testing.assert_array_equal(parallel[name], serial[name], err_msg=name)
     if "status" in serial:
