@@ -11,7 +11,8 @@ or CuPy (CUDA GPU, fused elementwise kernels)::
 
 from . import losses, metrics, optim, schedules
 from .backend import Backend, get_backend, get_float32_matmul_precision, set_float32_matmul_precision
-from .callbacks import Callback, CallbackList, EarlyStopping, GradientMonitor, History
+from .callbacks import (Callback, CallbackList, CSVLogger, EarlyStopping, GradientMonitor, History,
+                        LearningRateScheduler, ModelCheckpoint, ReduceLROnPlateau)
 from .divergence import Divergence
 from .errors import (BackendUnavailableError, DistributedAbort, GpubpError, InvalidInputError, InvalidTypeError,
                      ModelFileError, NotCompiledError, TrainingDiverged, InsufficientMemory)
@@ -25,7 +26,8 @@ from .version import __version__
 
 __all__ = [
     "__version__", "losses", "metrics", "optim", "schedules", "Backend", "get_backend", "set_float32_matmul_precision",
-    "get_float32_matmul_precision", "Callback", "CallbackList", "EarlyStopping", "GradientMonitor", "History", "Divergence",
+    "get_float32_matmul_precision", "Callback", "CallbackList", "CSVLogger", "EarlyStopping", "GradientMonitor", "History",
+    "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "Divergence",
     "GpubpError", "InvalidInputError", "InvalidTypeError", "BackendUnavailableError", "NotCompiledError",
     "ModelFileError", "TrainingDiverged", "InsufficientMemory", "DistributedAbort", "GradcheckResult", "gradcheck", "load", "Dense", "Dropout",
     "BinaryCrossEntropy", "Huber", "MeanAbsoluteError", "MeanSquaredError", "SoftmaxCrossEntropy", "Sequential", "lr_find", "LRFinderResult",

@@ -87,6 +87,9 @@ class Optimizer:
         self.clip_norm = None if clip_norm is None else check_positive("clip_norm", clip_norm)
         self.clip_value = None if clip_value is None else check_positive("clip_value", clip_value)
         self.iterations = 0
+        #: multiplies the schedule's output (1.0: the schedule as given); callbacks such as
+        #: ``ReduceLROnPlateau`` change it between steps, and :meth:`begin_step` stages the product
+        self.lr_scale = 1.0
         self.state = {}
         self._backend = self._params = self._grads = None
         self._n_decayed = 0
@@ -98,8 +101,8 @@ class Optimizer:
 
     @property
     def lr(self):
-        """The learning rate of the next step."""
-        return self.schedule(self.iterations)
+        """The learning rate of the next step: the schedule's value times :attr:`lr_scale`."""
+        return self.schedule(self.iterations) * self.lr_scale
 
     def bind(self, backend, params, grads, n_weights, weights=()):
         """Allocate state for flat ``params``/``grads`` whose first ``n_weights`` entries are weights.
@@ -173,7 +176,7 @@ class Optimizer:
         step = self.iterations
         self.iterations += 1
         self.clock.host[0] = step
-        self._stage(self.hyper.host, self.schedule(step), step)
+        self._stage(self.hyper.host, self.schedule(step) * self.lr_scale, step)
         self.clock.upload()
         self.hyper.upload()
 
@@ -196,8 +199,9 @@ class Optimizer:
                 tuple(id(hook) for _, hook in self.added_hooks))
 
     def state_dict(self):
-        """``{"iterations": int, "state": {name: host array}}``; the schedule's position is ``iterations``."""
-        return {"iterations": int(self.iterations),
+        """``{"iterations": int, "lr_scale": float, "state": {name: host array}}``; the schedule's
+        position is ``iterations``."""
+        return {"iterations": int(self.iterations), "lr_scale": float(self.lr_scale),
                 "state": {name: self._backend.to_host(self.state[name]).copy() for name in self.state_names}}
 
     def load_state_dict(self, state):
@@ -206,6 +210,9 @@ class Optimizer:
         if (isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0
                 or iterations > 2 ** 62):
             raise InvalidInputError(f"optimizer iterations must be an integer in [0, 2**62], got {iterations!r}")
+        lr_scale = state.get("lr_scale", 1.0)  # absent from state saved before lr_scale existed
+        if not _finite_real(lr_scale) or lr_scale < 0:
+            raise InvalidInputError(f"optimizer lr_scale must be a finite number >= 0, got {lr_scale!r}")
         arrays = dict(state.get("state", {}))
         if sorted(arrays) != sorted(self.state_names):
             raise InvalidInputError(f"optimizer state holds {sorted(arrays)}, {type(self).__name__} keeps "
@@ -222,6 +229,7 @@ class Optimizer:
         for name in self.state_names:
             self._backend.copy_into(self.state[name], arrays[name])
         self.iterations = int(iterations)
+        self.lr_scale = float(lr_scale)
 
     def get_config(self):
         config = {"name": type(self).__name__, "lr": self.schedule.get_config(), "weight_decay": self.weight_decay,

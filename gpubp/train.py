@@ -208,7 +208,9 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
         Ctrl-C on any rank stop every rank after the same step (the ranks agree
         after every step, so ``check_every`` is 1). Only rank 0 writes
         checkpoints and shows progress (the other ranks run with
-        ``checkpoint_dir=None, verbose=0``); callbacks run on every rank.
+        ``checkpoint_dir=None, verbose=0``); callbacks run on every rank, and
+        each callback's ``rank`` tells it which (CSVLogger and ModelCheckpoint
+        write on rank 0 only).
 
     The training set is copied to the device once; each epoch's permutation is
     drawn on the host from the model's seeded generator (so every backend sees
@@ -300,7 +302,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
 
     history = History()
     callbacks = CallbackList([history] + list(callbacks or []) +
-                             [ProgressLogger(int(verbose), epochs, len(starts))], model)
+                             [ProgressLogger(int(verbose), epochs, len(starts))], model, rank=communicator.rank)
     if checkpoint_dir is not None:
         callbacks.callbacks.append(TrainingCheckpoint(checkpoint_dir, checkpoint_every, checkpoint_keep, callbacks))
         callbacks.callbacks[-1].set_model(model)
@@ -366,16 +368,17 @@ def share_of_rows(rows, ranks, rank):
 
 def _share_root_state(communicator, model, restored):
     """Make every rank start from rank 0's state: its parameters and optimizer state (broadcast in place),
-    its step count, shuffle generator and scaler, and what it restored from a checkpoint (returned)."""
+    its step count and learning-rate scale, shuffle generator and scaler, and what it restored from a checkpoint (returned)."""
     for array in [model.params] + [model.optimizer.state[name] for name in model.optimizer.state_names]:
         communicator.broadcast_(array)
     scaler = model.scaler
     shared = communicator.broadcast_object(
-        {"iterations": model.optimizer.iterations, "shuffle_rng": model.shuffle_rng.bit_generator.state,
+        {"iterations": model.optimizer.iterations, "lr_scale": model.optimizer.lr_scale,
+         "shuffle_rng": model.shuffle_rng.bit_generator.state,
          "scaler": None if scaler is None else scaler.to_dict(), "restored": restored}
         if communicator.is_root else None)
     if not communicator.is_root:
-        model.optimizer.iterations = shared["iterations"]
+        model.optimizer.iterations, model.optimizer.lr_scale = shared["iterations"], shared["lr_scale"]
         model.shuffle_rng.bit_generator.state = shared["shuffle_rng"]
         model.set_scaler(None if shared["scaler"] is None else StandardScaler.from_dict(shared["scaler"]))
     return shared["restored"]

@@ -64,12 +64,10 @@ class _Raise(Callback):
 
     def __init__(self, rank, method):
         super().__init__()
-        self.rank, self.method = rank, method
+        self.failing_rank, self.method = rank, method  # fit sets ``self.rank`` to this process's rank
 
     def _fail(self, method):
-        from mpi4py import MPI
-
-        if MPI.COMM_WORLD.Get_rank() == self.rank and method == self.method:
+        if self.rank == self.failing_rank and method == self.method:
             raise KeyError(f"{method} failed on rank {self.rank}")
 
     def on_batch_end(self, batch, logs=None):
@@ -85,15 +83,13 @@ class _Poison(Callback):
 
     def __init__(self, rank, batch):
         super().__init__()
-        self.rank, self.batch, self.epoch = rank, batch, None
+        self.poisoned_rank, self.batch, self.epoch = rank, batch, None  # fit sets ``self.rank``
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_batch_begin(self, batch, logs=None):
-        from mpi4py import MPI
-
-        if MPI.COMM_WORLD.Get_rank() == self.rank and self.epoch == 0 and batch == self.batch:
+        if self.rank == self.poisoned_rank and self.epoch == 0 and batch == self.batch:
             self.model.params[0] = np.nan
 
 

@@ -625,11 +625,13 @@ def test_early_stopping_property(data):
 @ARG_SETTINGS
 @given(data=st.data())
 def test_model_checkpoint_property(data):
-    directory = data.draw(mostly(st.just("checkpoints"), st.one_of(ANY_NON_TEXT, st.sampled_from(HUGE_INTS))))
-    kwargs = draw_kwargs(data, {"every": maybe([1, 2]), "keep": maybe([1, 3])})
-    checkpoint, exc = attempt(lambda: ModelCheckpoint(directory, **kwargs), ["directory", *kwargs])
+    path = data.draw(mostly(st.just("model-{epoch}.npz"), st.one_of(ANY_NON_TEXT, st.sampled_from(HUGE_INTS))))
+    kwargs = draw_kwargs(data, {"save_freq": maybe(["epoch", 2]), "save_best_only": maybe([True, False]),
+                                "mode": maybe(["auto", "min", "max"])})
+    checkpoint, exc = attempt(lambda: ModelCheckpoint(path, **kwargs), ["path", *kwargs])
     if exc is None:
-        assert checkpoint.directory == "checkpoints" and checkpoint.every >= 1 and checkpoint.keep >= 1
+        assert checkpoint.path == "model-{epoch}.npz"
+        assert checkpoint.save_freq == "epoch" or checkpoint.save_freq >= 1
 
 
 @ARG_SETTINGS

@@ -106,10 +106,14 @@ def test_early_stopping_accepts_numpy_integers_and_takes_abs_of_min_delta():
 
 
 @pytest.mark.parametrize("kwargs,error,pattern", [
-    ({"directory": 123}, gb.InvalidTypeError, "directory must be a path"),
-    ({"directory": None}, gb.InvalidTypeError, "directory"),
-    ({"directory": "d", "every": 0}, gb.InvalidInputError, "every must be an integer >= 1"),
-    ({"directory": "d", "keep": 1.5}, gb.InvalidInputError, "keep must be an integer >= 1"),
+    ({"path": 123}, gb.InvalidTypeError, "path must be a path"),
+    ({"path": None}, gb.InvalidTypeError, "path"),
+    ({"path": ""}, gb.InvalidInputError, "path must be a non-empty file path"),
+    ({"path": "m.npz", "save_freq": 0}, gb.InvalidInputError, "save_freq must be 'epoch' or an integer >= 1"),
+    ({"path": "m.npz", "save_freq": "batch"}, gb.InvalidInputError, "save_freq"),
+    ({"path": "m.npz", "save_best_only": "yes"}, gb.InvalidTypeError, "save_best_only must be True or False"),
+    ({"path": "m.npz", "mode": "best"}, gb.InvalidInputError, "mode must be 'auto', 'min' or 'max'"),
+    ({"path": "m.npz", "monitor": 3}, gb.InvalidTypeError, "monitor"),
 ])
 def test_model_checkpoint_refuses_bad_arguments(kwargs, error, pattern):
     raises(error, lambda: ModelCheckpoint(**kwargs), pattern)
