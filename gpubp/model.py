@@ -5,20 +5,23 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .backend import get_backend, resolve_dtype
+from .backend import Backend, get_backend, resolve_dtype
 from .buffers import INFERENCE_BATCH, BatchPlan, plan_bytes
+from .callbacks import History
 from .data import StandardScaler
 from .divergence import DivergenceStatus
 from .errors import InvalidInputError, InvalidTypeError, NotCompiledError, TrainingDiverged
 from .io import save_model
 from .kernels.contract import STATUS_LOSS
 from .layers import Dense, Dropout, layer_from_config
-from .losses import get_loss
+from .losses import Loss, get_loss
 from .metrics import Evaluation, check_metrics_fit_loss, check_metrics_fit_targets, get_metrics
-from .optim import get_optimizer, optimizer_from_config
+from .optim import Optimizer, get_optimizer, optimizer_from_config
 from .train import fit
 from .validation import (as_host_array, as_list, as_target_array, check_feature_matrix, check_finite_for_dtype,
                          check_positive_int, load_features)
@@ -49,7 +52,8 @@ class Sequential:
     step is one kernel pass over every parameter.
     """
 
-    def __init__(self, layers, input_dim=None, backend="auto", dtype="float32", seed=None):
+    def __init__(self, layers: list[Dense | Dropout], input_dim: int | None = None, backend: str | Backend = "auto",
+                 dtype: str | np.dtype = "float32", seed: int | None = None) -> None:
         if not isinstance(layers, (list, tuple)):
             raise InvalidTypeError(f"layers must be a list of Dense layers, got {type(layers).__name__}")
         layers = list(layers)
@@ -93,7 +97,7 @@ class Sequential:
     def n_outputs(self):
         return self.layers[-1].units
 
-    def build(self, input_dim):
+    def build(self, input_dim: int) -> None:
         """Draw the initial weights (host, float64, seeded) and lay out the flat buffers."""
         input_dim = check_positive_int("input_dim", input_dim)
         width = input_dim
@@ -152,11 +156,11 @@ class Sequential:
         self.backend.require_memory(n * self.dtype.itemsize * buffers + weights * 8,
                                     f"for the {n:,} parameters of a {shapes} model", "use smaller layers")
 
-    def count_params(self):
+    def count_params(self) -> int:
         """Total number of trainable scalars."""
         return int(self._params.size) if self.built else 0
 
-    def summary(self):
+    def summary(self) -> str:
         """A text table of layers, output shapes and parameter counts."""
         lines = [f"Sequential on {self.backend.name} ({self.backend.device_name}), dtype {self.dtype.name}"]
         fan_in = self.input_dim
@@ -171,7 +175,8 @@ class Sequential:
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- compile
-    def compile(self, loss="softmax_cross_entropy", optimizer="adam", metrics=()):
+    def compile(self, loss: str | dict | Loss = "softmax_cross_entropy", optimizer: str | Optimizer = "adam",
+                metrics: Iterable | str | None = ()) -> Sequential:
         """Choose the loss (name or Loss), the optimizer (name or Optimizer) and extra metrics.
 
         ``metrics``: names or :class:`gpubp.metrics.Metric` objects among "accuracy", "precision",
@@ -490,7 +495,7 @@ class Sequential:
         check_metrics_fit_targets(get_metrics(self.metrics), self.loss, with_accuracy, name_y)
         return X, y_device, with_accuracy
 
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x: ArrayLike, y: ArrayLike) -> float:
         """One optimizer step on (x, y); returns the batch loss (before the update) as a host float.
 
         Raises :class:`gpubp.TrainingDiverged` when the loss, the gradient or
@@ -513,9 +518,11 @@ class Sequential:
                 iteration=divergence.iteration, reason=divergence.reason)
         return loss
 
-    def fit(self, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
-            shuffle=True, callbacks=None, verbose=1, on_divergence="raise", checkpoint_dir=None,
-            checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None, distributed=None):
+    def fit(self, X: ArrayLike | str | os.PathLike, y: ArrayLike | str | os.PathLike | None, batch_size: int = 32,
+            epochs: int = 1, validation_data: tuple | None = None, validation_split: float = 0.0,
+            shuffle: bool = True, callbacks: list | None = None, verbose: int = 1, on_divergence: str = "raise",
+            checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1, checkpoint_keep: int = 3,
+            resume: bool = False, check_every: int | None = None, distributed: str | object | None = None) -> History:
         """Train with mini-batch gradient descent; returns a :class:`gpubp.History`.
 
         See :func:`gpubp.train.fit` for the parameters.
@@ -532,7 +539,7 @@ class Sequential:
         for start in range(0, n, batch_size):
             yield start, min(start + batch_size, n)
 
-    def predict(self, X, batch_size=None):
+    def predict(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
         """Predictions for X as a NumPy array on the host, shape (n_samples, n_outputs).
 
         Probabilities for the cross-entropy losses (softmax rows, or sigmoids),
@@ -550,7 +557,7 @@ class Sequential:
             result[start:stop] = self.backend.to_host(out)
         return result
 
-    def evaluate(self, X, y, batch_size=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None) -> dict:
         """Mean loss, accuracy (None for real-valued targets) and every compiled metric on (X, y), as a
         dict of host floats: ``{"loss", "accuracy", "f1", ...}``. Thread-safe."""
         X, y, with_accuracy = self.prepare(X, y)
@@ -585,7 +592,7 @@ class Sequential:
             self.dropout_seed.upload()
 
     # ------------------------------------------------------------------ state
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """The model's training state as host values: ``{"params", "shuffle_rng", "scaler"}``, and
         ``"dropout_seed"`` (an int) for a model with Dropout layers.
 
@@ -641,13 +648,13 @@ class Sequential:
         self.status.clear()  # a failure recorded before refers to a state that is gone
 
     # --------------------------------------------------------------- weights
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         """``[W_1, b_1, ..., W_L, b_L]`` as NumPy copies; W_l (fan_in, fan_out), b_l (fan_out,)."""
         if not self.built:
             return []
         return [self.backend.to_host(v).copy() for v in self._param_views]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         """Load ``[W_1, b_1, ..., W_L, b_L]`` (host or device arrays) into the model.
 
         W_l has shape (fan_in, units) and b_l (units,). A model without weights
@@ -719,7 +726,7 @@ class Sequential:
         self.feature_names, self.classes = feature_names, classes
         return self
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = {
             "layers": [layer.get_config() for layer in self.layers],
             "input_dim": self.input_dim,
@@ -735,7 +742,7 @@ class Sequential:
                 config[key] = list(getattr(self, key))
         return config
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> str:
         """Write the architecture, weights and compile settings to an ``.npz`` file (no pickle)."""
         return save_model(self, path)
 

@@ -318,8 +318,8 @@ class Adam(Optimizer):
     state_names = ("m", "v")
     n_hyper = 2
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=None,
-                 clip_value=None):
+    def __init__(self, lr: float | Schedule = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0, clip_norm: float | None = None, clip_value: float | None = None) -> None:
         super().__init__(lr, weight_decay, clip_norm, clip_value)
         self.beta1 = _check_fraction("beta1", beta1)
         self.beta2 = _check_fraction("beta2", beta2)

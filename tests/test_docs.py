@@ -38,3 +38,20 @@ def test_the_guides_link_only_to_files_that_exist():
 
 def test_the_package_is_typed():
     assert (ROOT / "gpubp" / "py.typed").exists()
+
+
+def test_the_public_api_is_annotated():
+    """Every public entry point has resolvable type hints on its parameters and result."""
+    import typing
+
+    import gpubp as gb
+
+    functions = [gb.Sequential.__init__, gb.Sequential.compile, gb.Sequential.fit, gb.Sequential.predict,
+                 gb.Sequential.evaluate, gb.Sequential.train_on_batch, gb.Sequential.save, gb.Dense.__init__,
+                 gb.Dropout.__init__, gb.optim.SGD.__init__, gb.optim.Adam.__init__, gb.load, gb.lr_find,
+                 gb.gradcheck]
+    for function in functions:
+        hints = typing.get_type_hints(function)
+        parameters = [name for name in function.__code__.co_varnames[1 if "." in function.__qualname__ else 0:
+                                                                      function.__code__.co_argcount]]
+        assert "return" in hints and set(parameters) <= set(hints), function.__qualname__
