@@ -81,6 +81,14 @@ _philox = _device(philox.philox4x32)
 _LOW32, _SHIFT32 = philox.LOW32, philox.SHIFT32
 
 
+@cuda.jit(device=True, inline=True)
+def _log_or_nan(x):
+    """log(x) with the GPU's IEEE results where Python's math.log raises (the simulator): -inf at 0, NaN below."""
+    if x > 0.0:
+        return math.log(x)
+    return -math.inf if x == 0.0 else math.nan
+
+
 def _blocks(n, threads=None):
     threads = threads or THREADS
     return max(1, min(runtime.MAX_BLOCKS, (n + threads - 1) // threads))
@@ -286,7 +294,7 @@ class _DtypeKernels:
                     margin = np.float64(m) - np.float64(logits[r, safe])
                     if smoothing != 0.0:
                         margin = (1.0 - smoothing) * margin + smoothing * (np.float64(m) - z_sum / K)
-                    row_loss[r] = math.log(np.float64(total)) + margin if valid else math.nan
+                    row_loss[r] = _log_or_nan(np.float64(total)) + margin if valid else math.nan
 
         self.softmax_cross_entropy = softmax_cross_entropy_rows
 
