@@ -33,6 +33,8 @@ class BatchPlan:
         after a backward pass they hold dL/dz_l instead
     loss_grad : (B, n_outputs) array, dL/d(logits); None for inference plans
     loss : (1,) float64 array, the batch loss the loss kernel writes; None for inference plans
+    weights : (B,) float64 array, the rows' weights of a weighted loss (gathered like y); None for inference
+        plans
     scratch : list of (B, units_l) views of one flat buffer, for dL/dy_l;
         None for inference plans
     pre_activations : list of (B, units_l) arrays, the pre-activations z_l of the layers that keep theirs
@@ -49,7 +51,7 @@ class BatchPlan:
         #: captured steps of this plan (see ``Backend.run_step``), dropped with the plan
         self.captured = {}
         self._origin = backend.zeros(2, np.int64)  # the gather position of :meth:`gather`
-        self.y = self.loss_grad = self.loss = self.scratch = None
+        self.y = self.loss_grad = self.loss = self.scratch = self.weights = None
         self.pre_activations = [None] * len(widths)
         if target_shape is not None:
             keeps = list(keeps_pre_activation) or [False] * len(widths)  # one flag per layer
@@ -57,6 +59,7 @@ class BatchPlan:
             self.y = backend.empty((B,) + tuple(target_shape), target_dtype)
             self.loss_grad = backend.empty((B, widths[-1]), dtype)
             self.loss = backend.zeros(1, np.float64)
+            self.weights = backend.zeros(B, np.float64)
             flat = backend.empty(B * max(widths[:-1], default=0), dtype)
             self.scratch = [flat[: B * w].reshape(B, w) for w in widths[:-1]]
 
@@ -86,6 +89,7 @@ class EpochBatches:
     Attributes
     ----------
     X : (n, d) device array; y : (n, ...) device targets
+    weights : (n,) float64 device array of the rows' weights (gathered into ``plan.weights``), or None
     rows : (n,) int64 device array, the epoch's order (see :meth:`set_order`)
     cursor : staged (2,) int64 ``[first, slot]`` (see ``Backend.staged``)
     losses : (n_steps,) float64 device array, each step's loss
@@ -94,8 +98,8 @@ class EpochBatches:
 
     _serials = itertools.count()
 
-    def __init__(self, backend, X, y, n_steps):
-        self.backend, self.X, self.y = backend, X, y
+    def __init__(self, backend, X, y, n_steps, weights=None):
+        self.backend, self.X, self.y, self.weights = backend, X, y, weights
         self.rows = backend.empty(X.shape[0], np.int64)
         self.set_order(np.arange(X.shape[0], dtype=np.int64))
         self.cursor = backend.staged(np.zeros(2, np.int64))
@@ -125,6 +129,8 @@ class EpochBatches:
     def gather_(self, kernels, plan):
         kernels.gather_rows_(self.X, self.rows, self.cursor.device, plan.x)
         kernels.gather_rows_(self.y, self.rows, self.cursor.device, plan.y)
+        if self.weights is not None:
+            kernels.gather_rows_(self.weights, self.rows, self.cursor.device, plan.weights)
 
     def store_loss_(self, kernels, loss):
         kernels.store_at_(loss, self.losses, self.cursor.device)
@@ -136,4 +142,4 @@ def plan_bytes(batch_size, n_inputs, widths, itemsize, target_row=(), target_ite
     pre_activations = sum(w for w, keeps in zip(widths, keeps_pre_activation) if keeps)
     rows = n_inputs + sum(widths) + widths[-1] + max(widths[:-1], default=0) + pre_activations
     targets = B * int(np.prod(target_row, dtype=np.int64)) * target_itemsize
-    return B * rows * itemsize + targets + 8  # + the (1,) float64 loss
+    return B * rows * itemsize + targets + 8 * B + 8  # + the (B,) float64 weights and the (1,) float64 loss

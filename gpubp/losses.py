@@ -80,9 +80,17 @@ class Loss:
         """Whether accuracy means something for the user's targets ``y`` (host array)."""
         return self.is_classification
 
-    def forward_backward(self, kernels, outputs, targets, grad, loss):
-        """Write the batch loss into ``loss`` ((1,) float64, on the device) and dL/d(outputs) into ``grad``."""
+    def forward_backward(self, kernels, outputs, targets, grad, loss, weights=None):
+        """Write the batch loss into ``loss`` ((1,) float64, on the device) and dL/d(outputs) into ``grad``.
+
+        ``weights`` ((B,) float64 on the device, or None) weights row b by w_b: the loss is
+        ``sum_b w_b l_b / B`` and row b of the gradient is w_b times the unweighted one (the kernel
+        ``weighted_loss``); None runs the unweighted kernel."""
         raise NotImplementedError
+
+    def kernel_parameter(self):
+        """The scalar parameter of this loss's kernel (label smoothing, delta; 0.0 for none)."""
+        return 0.0
 
     def output_activation_(self, kernels, outputs):
         """In place: map raw network outputs to predictions."""
@@ -152,8 +160,11 @@ class MeanSquaredError(RegressionLoss):
 
     name = "mse"
 
-    def forward_backward(self, kernels, outputs, targets, grad, loss):
-        kernels.mse(outputs, targets, grad, loss)
+    def forward_backward(self, kernels, outputs, targets, grad, loss, weights=None):
+        if weights is not None:
+            kernels.weighted_loss(self.name, outputs, targets, weights, grad, loss, self.kernel_parameter())
+        else:
+            kernels.mse(outputs, targets, grad, loss)
 
 
 class Huber(RegressionLoss):
@@ -172,8 +183,14 @@ class Huber(RegressionLoss):
     def parameters(self):
         return {"delta": self.delta}
 
-    def forward_backward(self, kernels, outputs, targets, grad, loss):
-        kernels.huber(outputs, targets, grad, loss, self.delta)
+    def kernel_parameter(self):
+        return self.delta
+
+    def forward_backward(self, kernels, outputs, targets, grad, loss, weights=None):
+        if weights is not None:
+            kernels.weighted_loss(self.name, outputs, targets, weights, grad, loss, self.kernel_parameter())
+        else:
+            kernels.huber(outputs, targets, grad, loss, self.delta)
 
 
 class MeanAbsoluteError(RegressionLoss):
@@ -185,8 +202,11 @@ class MeanAbsoluteError(RegressionLoss):
 
     name = "mae"
 
-    def forward_backward(self, kernels, outputs, targets, grad, loss):
-        kernels.mae(outputs, targets, grad, loss)
+    def forward_backward(self, kernels, outputs, targets, grad, loss, weights=None):
+        if weights is not None:
+            kernels.weighted_loss(self.name, outputs, targets, weights, grad, loss, self.kernel_parameter())
+        else:
+            kernels.mae(outputs, targets, grad, loss)
 
 
 class BinaryCrossEntropy(Loss):
@@ -206,8 +226,11 @@ class BinaryCrossEntropy(Loss):
             raise InvalidInputError("targets of the binary_cross_entropy loss must lie in [0, 1]")
         return y
 
-    def forward_backward(self, kernels, outputs, targets, grad, loss):
-        kernels.binary_cross_entropy(outputs, targets, grad, loss)
+    def forward_backward(self, kernels, outputs, targets, grad, loss, weights=None):
+        if weights is not None:
+            kernels.weighted_loss(self.name, outputs, targets, weights, grad, loss, self.kernel_parameter())
+        else:
+            kernels.binary_cross_entropy(outputs, targets, grad, loss)
 
     def output_activation_(self, kernels, outputs):
         kernels.sigmoid_(outputs)
@@ -244,11 +267,17 @@ class SoftmaxCrossEntropy(Loss):
     def parameters(self):
         return {"label_smoothing": self.label_smoothing}
 
+    def kernel_parameter(self):
+        return self.label_smoothing
+
     def prepare_targets(self, y, n_outputs, dtype):
         return _labels_from_targets(y, n_outputs, self.name)
 
-    def forward_backward(self, kernels, outputs, targets, grad, loss):
-        kernels.softmax_cross_entropy(outputs, targets, grad, loss, self.label_smoothing)
+    def forward_backward(self, kernels, outputs, targets, grad, loss, weights=None):
+        if weights is not None:
+            kernels.weighted_loss(self.name, outputs, targets, weights, grad, loss, self.kernel_parameter())
+        else:
+            kernels.softmax_cross_entropy(outputs, targets, grad, loss, self.label_smoothing)
 
     def output_activation_(self, kernels, outputs):
         kernels.softmax_(outputs)

@@ -25,6 +25,7 @@ from .optim import Optimizer, get_optimizer, optimizer_from_config
 from .train import fit
 from .validation import (as_host_array, as_list, as_target_array, check_feature_matrix, check_finite_for_dtype,
                          check_positive_int, load_features)
+from .weights import row_weights
 
 #: Training plans kept per model (fit uses at most two batch sizes), and inference plans per thread.
 MAX_TRAINING_PLANS = 8
@@ -346,10 +347,12 @@ class Sequential:
         graphs = self.cuda_graphs and self.backend.captures_steps
         loss = plan.loss if graphs or loss_out is None else loss_out
 
+        weights = plan.weights if getattr(batches, "weights", None) is not None else None
+
         def body(step_kernels):
             if batches is not None:
                 batches.gather_(step_kernels, plan)
-            self._step_body(step_kernels, plan, loss)
+            self._step_body(step_kernels, plan, loss, weights)
             if batches is not None:
                 batches.store_loss_(step_kernels, loss)
 
@@ -364,32 +367,36 @@ class Sequential:
         kernels.copy_(loss, loss_out)
         return loss_out
 
-    def _step_body(self, kernels, plan, loss):
-        """The device work of one step: forward, loss, backward, gradient hooks, guarded update."""
+    def _step_body(self, kernels, plan, loss, weights=None):
+        """The device work of one step: forward, loss (weighted by the rows' ``weights`` unless None),
+        backward, gradient hooks, guarded update."""
         status, clock = self.status.array, self.optimizer.clock.device
         logits = self._forward(plan.x, plan.outputs, kernels, training=True, pre_activations=plan.pre_activations)
-        self.loss.forward_backward(kernels, logits, plan.y, plan.loss_grad, loss)
+        self.loss.forward_backward(kernels, logits, plan.y, plan.loss_grad, loss, weights)
         kernels.check_finite_(loss, status, STATUS_LOSS, clock)
         self._backward(plan, self.optimizer.weight_gradient_targets(kernels), kernels, training=True)
         for _, hook in self.gradient_hooks():
             hook(kernels, self._grads)
         self.optimizer.update(kernels, status)
 
-    def test_step(self, plan, loss_out=None, training=False):
+    def test_step(self, plan, loss_out=None, training=False, weighted=False):
         """Forward and loss on the batch in ``plan``, no update; returns the (1,) device loss array.
 
         The logits stay in ``plan.outputs[-1]``. With ``training`` the Dropout layers drop units as in a
-        training step, with the masks of the optimizer's current step (the last one staged).
+        training step, with the masks of the optimizer's current step (the last one staged). With
+        ``weighted`` the loss weights the rows by ``plan.weights``.
         """
         loss = plan.loss if loss_out is None else loss_out
         logits = self._forward(plan.x, plan.outputs, training=training, pre_activations=plan.pre_activations)
-        self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.loss_grad, loss)
+        self.loss.forward_backward(self.backend.kernels, logits, plan.y, plan.loss_grad, loss,
+                                   plan.weights if weighted else None)
         return loss
 
-    def compute_gradients(self, plan, training=False):
+    def compute_gradients(self, plan, training=False, weighted=False):
         """Forward, loss and backward on ``plan`` without an update; returns the flat gradient and the loss.
-        ``training`` as in :meth:`test_step`: the gradient of the network the step's Dropout masks leave."""
-        loss = self.test_step(plan, training=training)
+        ``training`` and ``weighted`` as in :meth:`test_step`: the gradient of the network the step's
+        Dropout masks leave, of the loss weighted by ``plan.weights``."""
+        loss = self.test_step(plan, training=training, weighted=weighted)
         self._backward(plan, training=training)
         return self._grads, loss
 
@@ -522,7 +529,8 @@ class Sequential:
             epochs: int = 1, validation_data: tuple | None = None, validation_split: float = 0.0,
             shuffle: bool = True, callbacks: list | None = None, verbose: int = 1, on_divergence: str = "raise",
             checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1, checkpoint_keep: int = 3,
-            resume: bool = False, check_every: int | None = None, distributed: str | object | None = None) -> History:
+            resume: bool = False, check_every: int | None = None, distributed: str | object | None = None,
+            sample_weight: ArrayLike | None = None, class_weight: dict | str | None = None) -> History:
         """Train with mini-batch gradient descent; returns a :class:`gpubp.History`.
 
         See :func:`gpubp.train.fit` for the parameters.
@@ -531,7 +539,8 @@ class Sequential:
                    validation_split=validation_split, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
                    on_divergence=on_divergence, checkpoint_dir=checkpoint_dir,
                    checkpoint_every=checkpoint_every, checkpoint_keep=checkpoint_keep, resume=resume,
-                   check_every=check_every, distributed=distributed)
+                   check_every=check_every, distributed=distributed, sample_weight=sample_weight,
+                   class_weight=class_weight)
 
     # ------------------------------------------------------------- inference
     def _chunks(self, n, batch_size):
@@ -557,30 +566,40 @@ class Sequential:
             result[start:stop] = self.backend.to_host(out)
         return result
 
-    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None) -> dict:
+    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None,
+                 sample_weight: ArrayLike | None = None) -> dict:
         """Mean loss, accuracy (None for real-valued targets) and every compiled metric on (X, y), as a
-        dict of host floats: ``{"loss", "accuracy", "f1", ...}``. Thread-safe."""
-        X, y, with_accuracy = self.prepare(X, y)
-        return self.evaluate_prepared(X, y, with_accuracy, batch_size)
+        dict of host floats: ``{"loss", "accuracy", "f1", ...}``. Thread-safe.
 
-    def evaluate_prepared(self, X, y, with_accuracy, batch_size=None):
-        """:meth:`evaluate` on arrays from :meth:`prepare`: one pass, one host read at the end."""
+        ``sample_weight`` ((n_samples,) finite, >= 0) weights the loss: ``sum_i w_i l_i / n_samples``; the
+        other metrics stay unweighted."""
+        X, y, with_accuracy = self.prepare(X, y)
+        weights = row_weights(self.backend, sample_weight, None, self.loss, y, X.shape[0], self.n_outputs)
+        return self.evaluate_prepared(X, y, with_accuracy, batch_size, weights)
+
+    def evaluate_prepared(self, X, y, with_accuracy, batch_size=None, weights=None):
+        """:meth:`evaluate` on arrays from :meth:`prepare` (and :func:`~gpubp.weights.row_weights`): one
+        pass, one host read at the end."""
         evaluation = self.evaluation(with_accuracy)
-        return evaluation.result(self.evaluation_sums(evaluation, X, y, batch_size))
+        return evaluation.result(self.evaluation_sums(evaluation, X, y, batch_size, weights))
 
     def evaluation(self, with_accuracy):
         """The :class:`~gpubp.metrics.Evaluation` of the loss and the compiled metrics, for targets that
         are class labels (``with_accuracy``, as :meth:`prepare` returns it) or not."""
         return Evaluation(self.backend.xp, self.loss, self.n_outputs, get_metrics(self.metrics), with_accuracy)
 
-    def evaluation_sums(self, evaluation, X, y, batch_size=None):
+    def evaluation_sums(self, evaluation, X, y, batch_size=None, weights=None):
         """The sums of ``evaluation`` over the prepared (X, y) as a host float64 vector: each chunk adds
-        its rows on the device, and the vector is read once at the end."""
+        its rows on the device, and the vector is read once at the end. ``weights``: the rows' (n,)
+        float64 device weights of the loss, or None."""
         sums = evaluation.zeros()
         for start, stop in self._chunks(X.shape[0], batch_size):
             plan = self._inference_plan(stop - start, y)
             plan.load(X[start:stop], y[start:stop])
-            evaluation.add_(sums, plan.outputs[-1], plan.y, self.test_step(plan), stop - start)
+            if weights is not None:
+                self.backend.kernels.copy_(weights[start:stop], plan.weights)
+            loss = self.test_step(plan, weighted=weights is not None)
+            evaluation.add_(sums, plan.outputs[-1], plan.y, loss, stop - start)
         return self.backend.to_host(sums).copy()
 
     def set_dropout_first_row(self, first_row):

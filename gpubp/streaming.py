@@ -145,12 +145,12 @@ def split_streamed(model, dataset, validation_data, validation_split):
     return streamed, targets, X_val, y_val, model.loss.reports_accuracy(first, model.n_outputs)
 
 
-def epoch_batches(model, X, y, batch_size, n_steps):
+def epoch_batches(model, X, y, batch_size, n_steps, weights=None):
     """The batches ``fit``'s steps gather from: :class:`ChunkStream` for a :class:`StreamedSet`, else
-    :class:`~gpubp.buffers.EpochBatches` over the device arrays (X, y)."""
+    :class:`~gpubp.buffers.EpochBatches` over the device arrays (X, y) and the rows' ``weights`` (or None)."""
     if isinstance(X, StreamedSet):
         return ChunkStream(model, X, batch_size, n_steps)
-    return EpochBatches(model.backend, X, y, n_steps)
+    return EpochBatches(model.backend, X, y, n_steps, weights)
 
 
 class ChunkStream:

@@ -26,6 +26,7 @@ from .output_paths import check_writable_directory
 from .progress import ProgressLogger
 from .streaming import StreamedSet, as_dataset, epoch_batches, split_streamed
 from .validation import check_bool, check_positive_int
+from .weights import row_weights
 
 
 #: Seconds a Ctrl-C stop waits for a second Ctrl-C before fit returns (a double press is one gesture).
@@ -90,8 +91,10 @@ def _check_memory(model, batch_sizes, y, n_steps, evaluated_rows):
                 f"{held:,.0f} MiB)", "lower batch_size")
 
 
-def _split_validation(model, X, y, validation_data, validation_split):
-    """Validated device arrays ``(X, y, X_val, y_val, with_accuracy)``; the validation pair may be None."""
+def _split_validation(model, X, y, validation_data, validation_split, sample_weight=None, class_weight=None):
+    """Validated device arrays ``(X, y, X_val, y_val, with_accuracy, weights, val_weights)``; the validation
+    pair may be None, and the rows' loss weights (see :func:`gpubp.weights.row_weights`) are None when
+    there are none."""
     if validation_data is not None and validation_split:
         raise InvalidInputError("give either validation_data or validation_split, not both")
     if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real):
@@ -100,21 +103,30 @@ def _split_validation(model, X, y, validation_data, validation_split):
         raise InvalidInputError(f"validation_split must lie in [0, 1), got {validation_split!r}")
     dataset = as_dataset(X, y)
     if dataset is not None:  # streamed from its files, chunk by chunk (see gpubp.streaming)
-        return split_streamed(model, dataset, validation_data, validation_split)
+        if sample_weight is not None or class_weight is not None:
+            raise InvalidInputError("sample_weight and class_weight need X and y in memory, not streamed from files")
+        return split_streamed(model, dataset, validation_data, validation_split) + (None, None)
     X, y, with_accuracy = model.prepare(X, y)
+    weights = row_weights(model.backend, sample_weight, class_weight, model.loss, y, X.shape[0], model.n_outputs)
     if validation_split:
         # like Keras: the last fraction of the samples, before any shuffling
         n_val = int(round(X.shape[0] * validation_split))
         if n_val < 1 or n_val >= X.shape[0]:
             raise InvalidInputError(
                 f"validation_split={validation_split} leaves {n_val} of {X.shape[0]} samples for validation")
-        return X[:-n_val], y[:-n_val], X[-n_val:], y[-n_val:], with_accuracy
+        return (X[:-n_val], y[:-n_val], X[-n_val:], y[-n_val:], with_accuracy,
+                None if weights is None else weights[:-n_val], None if weights is None else weights[-n_val:])
     if validation_data is None:
-        return X, y, None, None, with_accuracy
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise InvalidInputError("validation_data must be a pair (X_val, y_val)")
-    X_val, y_val, _ = model.prepare(*validation_data, name_x="validation_data X", name_y="validation_data y")
-    return X, y, X_val, y_val, with_accuracy
+        return X, y, None, None, with_accuracy, weights, None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+        raise InvalidInputError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
+                                "sample_weight_val)")
+    X_val, y_val, _ = model.prepare(*validation_data[:2], name_x="validation_data X", name_y="validation_data y")
+    val_weights = None
+    if len(validation_data) == 3:
+        val_weights = row_weights(model.backend, validation_data[2], None, model.loss, y_val, X_val.shape[0],
+                                  model.n_outputs, "validation_data sample_weight")
+    return X, y, X_val, y_val, with_accuracy, weights, val_weights
 
 
 def _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkpoint_every, checkpoint_keep,
@@ -156,7 +168,8 @@ def _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkp
 
 def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_split=0.0,
         shuffle=True, callbacks=None, verbose=1, on_divergence="raise", checkpoint_dir=None,
-        checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None, distributed=None):
+        checkpoint_every=1, checkpoint_keep=3, resume=False, check_every=None, distributed=None,
+        sample_weight=None, class_weight=None):
     """Train ``model`` on (X, y) with mini-batches drawn without replacement.
 
     Parameters
@@ -168,8 +181,8 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     batch_size : int
         Rows per step; the last batch of an epoch holds the remainder.
     epochs : int
-    validation_data : (X_val, y_val), optional
-        Evaluated after every epoch (``val_loss``, ``val_accuracy``).
+    validation_data : (X_val, y_val) or (X_val, y_val, sample_weight_val), optional
+        Evaluated after every epoch (``val_loss``, ``val_accuracy``; the weights weigh ``val_loss``).
     validation_split : float
         Fraction of the samples (the last ones) held out for validation instead.
     shuffle : bool
@@ -230,6 +243,15 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     ``history.interrupted = {"epoch", "step", "steps_per_epoch"}``; a second
     Ctrl-C raises ``KeyboardInterrupt`` at once.
 
+    sample_weight : array (n_samples,), optional
+        Finite weights >= 0 of the rows' losses (Keras' semantics): a batch's loss is ``sum_b w_b l_b / B``,
+        so each row's gradient is scaled by its weight; the logged ``loss`` is ``sum_i w_i l_i / n``.
+        ``validation_split`` holds out the last rows' weights with them.
+    class_weight : dict {class index: weight} or "balanced", optional
+        Multiplies each row's weight by its class's (classes left out weigh 1); "balanced" is
+        ``n_samples / (n_classes * bincount(y))`` (scikit-learn's). For softmax_cross_entropy, and
+        binary_cross_entropy with one output. Neither weight works with streamed X or ``distributed``.
+
     Returns
     -------
     History
@@ -255,13 +277,16 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
             return arguments
 
         batch_size, epochs, callbacks = agreed(communicator, checked)
+        if communicator.size > 1 and (sample_weight is not None or class_weight is not None):
+            raise InvalidInputError("sample_weight and class_weight do not work with distributed training")
         return _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shuffle, callbacks, verbose,
                     on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every,
-                    communicator)
+                    communicator, sample_weight, class_weight)
 
 
 def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shuffle, callbacks, verbose,
-         on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every, communicator):
+         on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every, communicator,
+         sample_weight=None, class_weight=None):
     """:func:`fit` once its arguments are checked (and the checkpoint directory is locked)."""
     shared = communicator.size > 1
 
@@ -280,8 +305,9 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
     restored, all_reduce = agreed(communicator, restore)
     if shared:
         restored = _share_root_state(communicator, model, restored)
-    X, y, X_val, y_val, with_accuracy = agreed(
-        communicator, lambda: _split_validation(model, X, y, validation_data, validation_split))
+    X, y, X_val, y_val, with_accuracy, weights, val_weights = agreed(
+        communicator, lambda: _split_validation(model, X, y, validation_data, validation_split, sample_weight,
+                                                class_weight))
 
     n = X.shape[0]
     batch_size = min(batch_size, n)
@@ -315,7 +341,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
         if restored is not None:
             _load_callback_state(callbacks, restored, checkpoint_dir)
         loop = _EpochLoop(model, X, y, starts, sizes, plans, shuffle, check_every, callbacks, communicator,
-                          shares, all_reduce)
+                          shares, all_reduce, weights)
         first_epoch = 0 if restored is None else (epochs if restored["stopped"] else restored["epoch"])
         # NaN/Inf from a diverging step is the guard's to report (TrainingDiverged): NumPy's GEMM overflow
         # warnings would only print it first, less clearly
@@ -334,9 +360,9 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
                 model.backend.synchronize()
                 elapsed = time.perf_counter() - t0
                 if training_metrics:  # one pass over the training data for all of them
-                    logs.update(_metric_logs(model, _evaluate(model, X, y, with_accuracy, communicator)))
+                    logs.update(_metric_logs(model, _evaluate(model, X, y, with_accuracy, communicator, weights)))
                 if X_val is not None:
-                    val = _evaluate(model, X_val, y_val, with_accuracy, communicator)
+                    val = _evaluate(model, X_val, y_val, with_accuracy, communicator, val_weights)
                     logs["val_loss"] = val["loss"]
                     logs.update(_metric_logs(model, val, "val_"))
                 logs["epoch_time"] = elapsed
@@ -391,13 +417,13 @@ def _metric_logs(model, result, prefix=""):
     return {prefix + name: result[name] for name in dict.fromkeys(names) if result.get(name) is not None}
 
 
-def _evaluate(model, X, y, with_accuracy, communicator):
+def _evaluate(model, X, y, with_accuracy, communicator, weights=None):
     """:meth:`Sequential.evaluate_prepared` on (X, y), each rank evaluating its share of the rows: the
     ranks' sums (loss, counts, errors; see :class:`gpubp.metrics.Evaluation`) add up to those of all rows."""
     if isinstance(X, StreamedSet):  # every rank all the rows, a chunk at a time
         return X.evaluate(model, with_accuracy)
     if communicator.size == 1:
-        return model.evaluate_prepared(X, y, with_accuracy)
+        return model.evaluate_prepared(X, y, with_accuracy, weights=weights)
     offset, count = share_of_rows(X.shape[0], communicator.size, communicator.rank)
     evaluation = model.evaluation(with_accuracy)
     sums = np.zeros(evaluation.size)
@@ -423,7 +449,7 @@ class _EpochLoop:
     """
 
     def __init__(self, model, X, y, starts, sizes, plans, shuffle, check_every, callbacks, communicator, shares,
-                 all_reduce):
+                 all_reduce, weights=None):
         self.model, self.X, self.y = model, X, y
         self.starts, self.sizes, self.plans = starts, sizes, plans
         self.shuffle, self.check_every, self.callbacks = shuffle, check_every, callbacks
@@ -435,7 +461,7 @@ class _EpochLoop:
         #: the batches in row order; ``sizes``, ``counts`` and ``weights`` are those of the steps of the
         #: epoch running, in the order they run (a streamed set's shuffled chunks reorder them)
         self.by_batch = (sizes, self.counts, self.weights)
-        self.batches = epoch_batches(model, X, y, int(sizes[0]), len(starts))
+        self.batches = epoch_batches(model, X, y, int(sizes[0]), len(starts), weights)
         self.first_iteration = 0
         #: the error a batch-level callback raised on this rank, until the ranks agree to stop
         self.failure = None

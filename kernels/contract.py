@@ -78,6 +78,15 @@ def check_matmul_precision(precision):
         raise ValueError(f"unknown matmul precision {precision!r}; expected one of {list(MATMUL_PRECISIONS)}")
 
 
+#: The losses the ``weighted_loss`` kernel weights, by the name of their kernel.
+WEIGHTED_LOSSES = ("softmax_cross_entropy", "binary_cross_entropy", "mse", "huber", "mae")
+
+
+def unknown_weighted_loss(name):
+    """The error every device raises for a ``weighted_loss`` name outside :data:`WEIGHTED_LOSSES`."""
+    return ValueError(f"unknown loss {name!r} for weighted_loss; valid names are {list(WEIGHTED_LOSSES)}")
+
+
 def unknown_activation(name):
     """The error every device raises for an activation outside :data:`ACTIVATIONS`."""
     return ValueError(f"unknown activation {name!r}; expected one of {list(ACTIVATIONS)}")
@@ -142,6 +151,13 @@ KERNELS = {
         ("outputs", "targets", "grad", "loss"), ("grad", "loss"),
         "loss[0] = mean over all B K elements of |o - t|; grad = sign(o - t) / (B K), 0 where o == t "
         "(PyTorch's L1Loss, reduction 'mean')"),
+    "weighted_loss": KernelSpec(
+        ("loss_name", "outputs", "targets", "weights", "grad", "loss", "parameter"), ("grad", "loss"),
+        "the loss kernel ``loss_name`` (softmax_cross_entropy, binary_cross_entropy, mse, huber, mae; ``parameter`` "
+        "its label_smoothing or delta, ignored by the others) with row b weighted by weights[b] ((B,) float64 "
+        ">= 0): loss[0] = sum_b w_b l_b / B, l_b row b's loss (B times its share of the unweighted mean), and "
+        "grad[b] = w_b times row b of the unweighted grad; computed in float64",
+        "ValueError for an unknown loss_name"),
     "dropout_": KernelSpec(
         ("x", "out", "rate", "seed", "clock", "layer"), ("out",),
         "out = x * m / (1 - rate), m = 1 where w >= floor(rate 2^32), else 0 (x * 0: NaN stays NaN); "

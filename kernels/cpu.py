@@ -22,8 +22,9 @@ import numpy as np
 from numba import prange
 
 from . import blas, philox, scalar_math
-from .contract import (ACTIVATION_ALPHA, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE,
-                       activation_alpha, check_matmul_precision, missing_pre_activation, unknown_activation)
+from .contract import (ACTIVATION_ALPHA, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE, WEIGHTED_LOSSES,
+                       activation_alpha, check_matmul_precision, missing_pre_activation, unknown_activation,
+                       unknown_weighted_loss)
 from .fastmath import as_dtype_of, fast_exp, fast_tanh
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "mse",
     "huber",
     "mae",
+    "weighted_loss",
     "dropout_",
     "check_finite_",
     "restore_if_diverged_",
@@ -649,6 +651,47 @@ def mae(outputs, targets, grad, loss):
     """
     serial, parallel = _MAE_KERNELS
     (parallel if outputs.size >= PARALLEL_THRESHOLD else serial)(outputs, targets, grad, loss)
+
+
+_weighted_label_row = numba.njit(inline="always")(scalar_math.weighted_label_row)
+_weighted_value_row = numba.njit(inline="always")(scalar_math.weighted_value_row)
+
+
+def _weighted_label_loss(logits, labels, weights, grad, loss, smoothing):
+    """loss[0] = sum_b w_b l_b / B and grad[b] = w_b (softmax(z_b) - q_b) / B (see weighted_loss)."""
+    batch = logits.shape[0]
+    total = 0.0
+    for r in prange(batch):
+        total += weights[r] * _weighted_label_row(logits, labels, grad, r, weights[r] / batch, smoothing)
+    loss[0] = total / batch
+
+
+def _weighted_value_loss(kind, outputs, targets, weights, grad, loss, grad_scale, delta):
+    """loss[0] = grad_scale sum_b w_b (row b's sum of terms) and grad[b] = grad_scale w_b g_b (see weighted_loss)."""
+    total = 0.0
+    for r in prange(outputs.shape[0]):
+        total += weights[r] * _weighted_value_row(kind, outputs, targets, grad, r, weights[r] * grad_scale, delta)
+    loss[0] = total * grad_scale
+
+
+_WEIGHTED_LABEL_KERNELS = _serial_and_parallel(_weighted_label_loss)
+_WEIGHTED_VALUE_KERNELS = _serial_and_parallel(_weighted_value_loss)
+
+
+def weighted_loss(loss_name, outputs, targets, weights, grad, loss, parameter):
+    """The loss kernel ``loss_name`` with row b weighted by ``weights[b]`` ((B,) float64): loss[0] = sum_b w_b l_b / B,
+    grad[b] = w_b times row b of the unweighted gradient; in float64, one row per iteration."""
+    if loss_name not in WEIGHTED_LOSSES:
+        raise unknown_weighted_loss(loss_name)
+    parallel = outputs.size >= PARALLEL_THRESHOLD
+    if loss_name == "softmax_cross_entropy":
+        kernel = _WEIGHTED_LABEL_KERNELS[parallel]
+        kernel(outputs, targets, weights, grad, loss, float(parameter))
+        return
+    B, K = outputs.shape
+    grad_scale = 1.0 / B if loss_name == "mse" else 1.0 / (B * K)
+    _WEIGHTED_VALUE_KERNELS[parallel](scalar_math.VALUE_LOSSES[loss_name], outputs, targets, weights, grad, loss,
+                                       grad_scale, float(parameter))
 
 
 # --------------------------------------------------------------------------

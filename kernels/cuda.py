@@ -32,8 +32,8 @@ from numba import cuda
 from numba.core import config as numba_config
 
 from . import philox, scalar_math
-from .contract import (NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE, activation_alpha, check_matmul_precision,
-                       missing_pre_activation, unknown_activation)
+from .contract import (NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE, WEIGHTED_LOSSES, activation_alpha,
+                       check_matmul_precision, missing_pre_activation, unknown_activation, unknown_weighted_loss)
 
 if numba_config.ENABLE_CUDASIM:
     from . import cuda_simulated as runtime
@@ -42,7 +42,7 @@ else:
 
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
-    "binary_cross_entropy", "mse", "huber", "mae", "dropout_", "check_finite_", "restore_if_diverged_",
+    "binary_cross_entropy", "mse", "huber", "mae", "weighted_loss", "dropout_", "check_finite_", "restore_if_diverged_",
     "clip_by_value_", "clip_by_norm_",
     "all_reduce_mean_", "sgd_update_", "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_",
     "bias_gradient_", "gather_rows_", "store_at_", "copy_", "scratch_bytes", "set_matmul_precision", "matmul_precision",
@@ -720,6 +720,43 @@ def mae(outputs, targets, grad, loss):
     """``loss[0] = mean |o - t|`` (PyTorch's L1Loss); ``grad = sign(o - t) / (B K)``, 0 where o == t."""
     n = outputs.size
     _elementwise_loss(_of(outputs).mae_terms, outputs, targets, grad, loss, 1.0 / n, 1.0 / n)
+
+
+_weighted_label_row = _device(scalar_math.weighted_label_row)
+_weighted_value_row = _device(scalar_math.weighted_value_row)
+
+
+@cuda.jit
+def _weighted_label_rows(logits, labels, weights, grad, row_loss, smoothing):
+    """A thread per row r: grad[r] = w_r (softmax - q) / B; row_loss[r] = w_r l_r (float64)."""
+    B = logits.shape[0]
+    for r in range(cuda.grid(1), B, cuda.gridsize(1)):
+        row_loss[r] = weights[r] * _weighted_label_row(logits, labels, grad, r, weights[r] / B, smoothing)
+
+
+@cuda.jit
+def _weighted_value_rows(kind, outputs, targets, weights, grad, row_loss, grad_scale, delta):
+    """A thread per row r: grad[r] = grad_scale w_r g_r; row_loss[r] = w_r (sum of row r's terms)."""
+    for r in range(cuda.grid(1), outputs.shape[0], cuda.gridsize(1)):
+        row_loss[r] = weights[r] * _weighted_value_row(kind, outputs, targets, grad, r, weights[r] * grad_scale,
+                                                       delta)
+
+
+def weighted_loss(loss_name, outputs, targets, weights, grad, loss, parameter):
+    """The loss kernel ``loss_name`` with row b weighted by ``weights[b]`` ((B,) float64): loss[0] = sum_b w_b l_b / B,
+    grad[b] = w_b times row b of the unweighted gradient; float64, a thread per row, reduced in a fixed order."""
+    if loss_name not in WEIGHTED_LOSSES:
+        raise unknown_weighted_loss(loss_name)
+    B, K = outputs.shape
+    row_loss = runtime.scratch(("row_loss", B), (B,), np.float64)
+    if loss_name == "softmax_cross_entropy":
+        _launch(_weighted_label_rows, B, outputs, targets, weights, grad, row_loss, float(parameter))
+        _reduce_into(loss, row_loss, B, 1.0 / B)
+        return
+    grad_scale = 1.0 / B if loss_name == "mse" else 1.0 / (B * K)
+    _launch(_weighted_value_rows, B, scalar_math.VALUE_LOSSES[loss_name], outputs, targets, weights, grad, row_loss,
+            grad_scale, float(parameter))
+    _reduce_into(loss, row_loss, B, grad_scale)
 
 
 # --------------------------------------------------------------------------- dropout

@@ -12,13 +12,13 @@ import math
 
 import numpy as np
 
-from .contract import (ACTIVATIONS, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE, activation_alpha,
-                       missing_pre_activation, unknown_activation)
+from .contract import (ACTIVATIONS, NEEDS_PRE_ACTIVATION, STATUS_GRADIENT, STATUS_UPDATE, WEIGHTED_LOSSES,
+                       activation_alpha, missing_pre_activation, unknown_activation, unknown_weighted_loss)
 from .philox import dropout_threshold, philox4x32
 
 __all__ = [
     "bias_activation_", "activation_backward_", "sigmoid_", "softmax_", "softmax_cross_entropy",
-    "binary_cross_entropy", "mse", "huber", "mae", "dropout_", "check_finite_", "restore_if_diverged_",
+    "binary_cross_entropy", "mse", "huber", "mae", "weighted_loss", "dropout_", "check_finite_", "restore_if_diverged_",
     "clip_by_value_", "clip_by_norm_",
     "all_reduce_mean_", "sgd_update_",
     "adam_update_", "rmsprop_update_", "weight_gradient_", "linear_", "input_gradient_", "bias_gradient_",
@@ -157,6 +157,23 @@ def mae(outputs, targets, grad, loss):
     r = outputs.astype(np.float64) - targets
     loss[0] = xp.abs(r).mean()
     grad[...] = xp.sign(r) / r.size
+
+
+def weighted_loss(loss_name, outputs, targets, weights, grad, loss, parameter):
+    """Row by row: each row as a batch of one (its loss l_b, its gradient B times row b's), weighted."""
+    if loss_name not in WEIGHTED_LOSSES:
+        raise unknown_weighted_loss(loss_name)
+    kernel = globals()[loss_name]
+    xp = _xp(outputs)
+    B = outputs.shape[0]
+    total = 0.0
+    for b in range(B):
+        row_loss, row_grad = xp.zeros(1), xp.zeros((1,) + grad.shape[1:], np.float64)
+        extra = (parameter,) if loss_name in ("softmax_cross_entropy", "huber") else ()
+        kernel(outputs[b:b + 1].astype(np.float64), targets[b:b + 1], row_grad, row_loss, *extra)
+        total += float(weights[b]) * float(row_loss[0])
+        grad[b] = weights[b] * row_grad[0] / B
+    loss[0] = total / B
 
 
 def dropout_mask(shape, rate, seed, step, layer, first_row=0):

@@ -4,10 +4,13 @@ Each function is plain Python on scalars, written once; ``gpubp.kernels.cpu``
 compiles it with ``numba.njit(inline="always")`` and ``gpubp.kernels.cuda``
 with ``numba.cuda.jit(device=True, inline=True)`` (Numba's CUDA simulator runs
 it as Python). No literals appear in them: the caller passes constants such as
-``one`` already cast to the array dtype, so float32 kernels stay float32.
+``one`` already cast to the array dtype, so float32 kernels stay float32. The row functions of the
+weighted losses at the end are the exception: they compute in float64 and store into the gradient.
 """
 
-from math import erfc, exp, expm1, log1p, pi, sqrt
+from math import erfc, exp, expm1, log, log1p, pi, sqrt
+
+import numpy as np
 
 #: The constants of the GELUs, for the callers to cast: ``a`` and ``b`` of :func:`gelu_gate_input` (the
 #: tanh approximation's sqrt(2/pi) (x + 0.044715 x^3), doubled), and -1/sqrt(2), 1/sqrt(2 pi) of the exact form.
@@ -126,3 +129,61 @@ def rmsprop_step(p, g, v, wd, lr, rho, one_minus_rho, eps):
     d = g + wd * p
     mean_square = rho * v + one_minus_rho * d * d
     return p - lr * d / (sqrt(mean_square) + eps), mean_square
+
+
+def weighted_label_row(logits, labels, grad, r, scale, smoothing):
+    """Row r of a weighted softmax cross-entropy: ``grad[r] = scale (softmax(z_r) - q_r)``, q the one-hot of
+    ``labels[r]`` smoothed by eps = ``smoothing`` ((1 - eps) onehot + eps / K); returns the row's loss
+    ``-sum_k q_k log softmax(z_r)_k`` in float64, NaN for a label outside [0, K) (then only column 0 is
+    taken as the label, never read out of bounds). ``scale`` (float64) is the row's weight over B."""
+    width = logits.shape[1]
+    label = labels[r]
+    valid = label >= 0 and label < width
+    safe = label if valid else 0
+    row_max = np.float64(logits[r, 0])
+    for k in range(1, width):
+        row_max = max(row_max, np.float64(logits[r, k]))
+    total = np.float64(0)
+    row_sum = np.float64(0)
+    for k in range(width):
+        total += exp(np.float64(logits[r, k]) - row_max)
+        row_sum += np.float64(logits[r, k])
+    off = smoothing / width
+    for k in range(width):
+        p = exp(np.float64(logits[r, k]) - row_max) / total
+        q = off + (1 - smoothing if k == safe else 0)
+        grad[r, k] = scale * (p - q)
+    margin = (1 - smoothing) * (row_max - np.float64(logits[r, safe])) + smoothing * (row_max - row_sum / width)
+    return log(total) + margin if valid else np.float64(np.nan)
+
+
+#: The losses :func:`weighted_value_row` computes, by number.
+VALUE_LOSSES = {"binary_cross_entropy": 0, "mse": 1, "huber": 2, "mae": 3}
+
+
+def weighted_value_row(kind, outputs, targets, grad, r, scale, delta):
+    """Row r of a weighted element-wise loss (``kind`` of :data:`VALUE_LOSSES`): ``grad[r, k] = scale g_k``
+    with g the unweighted per-element derivative (sigmoid(z) - t, o - t, clip(o - t, -delta, delta),
+    sign(o - t)); returns the sum over the row of the loss terms in float64 (max(z, 0) - z t +
+    log(1 + exp(-|z|)), (o - t)^2 / 2, the Huber term, |o - t|)."""
+    acc = np.float64(0)
+    for k in range(outputs.shape[1]):
+        o, t = np.float64(outputs[r, k]), np.float64(targets[r, k])
+        d = o - t
+        if kind == 0:
+            e = exp(-abs(o))
+            s = 1 / (1 + e) if o >= 0 else e / (1 + e)
+            g = s - t
+            term = max(o, 0) - o * t + log1p(e)
+        elif kind == 1:
+            g = d
+            term = d * d / 2
+        elif kind == 2:
+            g = min(max(d, -delta), delta) if d == d else d
+            term = d * d / 2 if abs(d) <= delta else delta * (abs(d) - delta / 2)
+        else:
+            g = np.float64(1) if d > 0 else (np.float64(-1) if d < 0 else (np.float64(0) if d == 0 else d))
+            term = abs(d)
+        grad[r, k] = scale * g
+        acc += term
+    return acc

@@ -1046,3 +1046,20 @@ def test_copy(device, dtype, shape):
     source = (_normal(shape, np.float64, seed=47) * 100).astype(dtype)
     after = run_device(device, "copy_", source=source, out=np.zeros(shape, dtype))["out"]
     assert _same_bits(after, source)
+
+
+@covers("weighted_loss")
+@pytest.mark.parametrize("loss_name", ("softmax_cross_entropy", "binary_cross_entropy", "mse", "huber", "mae"))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weighted_loss(device, dtype, loss_name):
+    shape = (37, 5)
+    outputs = _normal(shape, dtype, seed=40)
+    targets = (np.random.default_rng(41).integers(0, shape[1], shape[0]) if loss_name == "softmax_cross_entropy"
+               else np.random.default_rng(41).uniform(size=shape).astype(dtype))
+    weights = np.random.default_rng(42).uniform(0, 3, shape[0])
+    args = dict(loss_name=loss_name, outputs=outputs, targets=targets, weights=weights, grad=np.full_like(outputs, np.nan),
+                loss=_loss_array(), parameter=0.1 if loss_name == "softmax_cross_entropy" else 1.0)
+    after = run_device(device, "weighted_loss", **args)
+    expected = run_reference("weighted_loss", **args)
+    assert_close(after["loss"], expected["loss"], dtype)
+    assert_close(after["grad"], expected["grad"], dtype, scale=np.abs(expected["grad"]).max())
