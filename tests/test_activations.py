@@ -164,7 +164,7 @@ def test_plans_keep_pre_activations_only_where_needed_and_the_estimates_count_th
     targets = np.zeros(11, np.int64)
     plan = model.batch_plan(11, targets)
     assert [None if p is None else p.shape for p in plan.pre_activations] == [(11, 7), None, (11, 6), None]
-    allocated = sum(a.nbytes for a in [plan.x, plan.y, plan.loss_grad, plan.loss, *plan.outputs]) \
+    allocated = sum(a.nbytes for a in [plan.x, plan.y, plan.weights, plan.loss_grad, plan.loss, *plan.outputs]) \
         + plan.scratch[0].base.nbytes + sum(p.nbytes for p in plan.pre_activations if p is not None)
     assert model.inference_plan_bytes(11, targets) == allocated
     assert plan_bytes(11, 4, [7, 5, 6, 3], 4, (), 8) == allocated - 11 * (7 + 6) * 4

@@ -266,6 +266,13 @@ AGREEMENT_CASES = {
     "mse": _losses("mse"),
     "huber": _losses("huber", delta=1.0),
     "mae": _losses("mae"),
+    **{f"weighted_{name}": _array_case("weighted_loss", lambda dtype, size, name=name: dict(
+        loss_name=name, outputs=_normal(_two_d(size), dtype, seed=61),
+        targets=(_rng(62).integers(0, _two_d(size)[1], _two_d(size)[0]).astype(np.int64)
+                 if name == "softmax_cross_entropy" else _rng(62).random(_two_d(size)).astype(dtype)),
+        weights=_rng(63).random(_two_d(size)[0]) * 3, grad=np.full(_two_d(size), np.nan, dtype), loss=np.zeros(1),
+        parameter=0.1 if name == "softmax_cross_entropy" else 1.0))
+       for name in ("softmax_cross_entropy", "mse")},
     "dropout": _array_case("dropout_", lambda dtype, size: dict(
         x=_with_nan(_two_d(size), dtype, 59), out=np.zeros(_two_d(size), dtype), rate=0.3,
         seed=np.array([11, 0]), clock=np.array([2**40 + 3]), layer=2)),

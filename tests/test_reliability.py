@@ -46,7 +46,8 @@ def test_auto_falls_back_when_no_device_answers(monkeypatch, caplog):
 def test_plan_bytes_matches_the_buffers_a_plan_allocates():
     b = gb.get_backend("cpu")
     plan = BatchPlan(b, 37, 11, [13, 7, 5], np.dtype(np.float32), (), np.dtype(np.int64))
-    allocated = sum(a.nbytes for a in [plan.x, plan.y, plan.loss_grad, plan.loss, *plan.outputs]) + plan.scratch[0].base.nbytes
+    allocated = sum(a.nbytes for a in [plan.x, plan.y, plan.weights, plan.loss_grad, plan.loss, *plan.outputs]) \
+        + plan.scratch[0].base.nbytes
     assert plan_bytes(37, 11, [13, 7, 5], 4, (), 8) == allocated
 
 
