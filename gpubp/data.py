@@ -524,15 +524,9 @@ def split_tail(X, y, test_size, seed=None):
     held out, in memory, and the others an :class:`NpyDataset` (nothing read). ``X``: a memory-mapped
     array or an NpyDataset without targets; ``y``: an array of its rows' targets. ``seed`` is unused (the
     signature of :func:`train_test_split`)."""
-    if not 0 < test_size < 1:
-        raise InvalidInputError(f"test_size must lie in (0, 1), got {test_size!r}")
     dataset = X if isinstance(X, NpyDataset) else NpyDataset(X)
     n = len(dataset)
-    if len(y) != n:
-        raise InvalidInputError(f"X has {n} samples but y has {len(y)}")
-    n_test = max(1, int(round(n * test_size)))
-    if n_test >= n:
-        raise InvalidInputError(f"test_size={test_size} leaves no training samples out of {n}")
+    n_test = _test_rows(n, len(y), test_size)
     return dataset.rows(0, n - n_test), dataset.read(n - n_test, n)[0], y[:n - n_test], np.asarray(y[n - n_test:])
 
 
@@ -585,16 +579,23 @@ class _RowSource:
 
 
 # ---------------------------------------------------------- split and scale
-def train_test_split(X, y, test_size=0.2, seed=0):
-    """Seeded random split -> ``X_train, X_test, y_train, y_test``."""
+def _test_rows(n, n_targets, test_size):
+    """How many of ``n`` rows a split of ``test_size`` holds out (at least one, never all); InvalidInputError
+    for a test_size outside (0, 1) or targets of another length."""
     if not 0 < test_size < 1:
         raise InvalidInputError(f"test_size must lie in (0, 1), got {test_size!r}")
-    n = len(X)
-    if len(y) != n:
-        raise InvalidInputError(f"X has {n} samples but y has {len(y)}")
+    if n_targets != n:
+        raise InvalidInputError(f"X has {n} samples but y has {n_targets}")
     n_test = max(1, int(round(n * test_size)))
     if n_test >= n:
         raise InvalidInputError(f"test_size={test_size} leaves no training samples out of {n}")
+    return n_test
+
+
+def train_test_split(X, y, test_size=0.2, seed=0):
+    """Seeded random split -> ``X_train, X_test, y_train, y_test``."""
+    n = len(X)
+    n_test = _test_rows(n, len(y), test_size)
     order = np.random.default_rng(seed).permutation(n)
     test, train = order[:n_test], order[n_test:]
     return X[train], X[test], y[train], y[test]
