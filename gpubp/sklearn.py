@@ -2,7 +2,7 @@
 
 They take the parameters of ``sklearn.neural_network.MLPClassifier`` /
 ``MLPRegressor`` (with the same names, defaults and meaning, less the
-``"lbfgs"`` solver and sample weights), follow the same training recipe
+``"lbfgs"`` solver), follow the same training recipe
 (Glorot-uniform initialisation, mini-batch SGD or Adam, the same stopping
 rule and learning-rate schedules) and expose the same fitted attributes, but
 every epoch runs on gpubp's fused kernels, on the CPU or a CUDA GPU::
@@ -29,7 +29,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, check_scalar, column_or_1d, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, check_scalar, column_or_1d, validate_data
 
 from . import optim, schedules
 from .callbacks import Callback
@@ -81,6 +81,13 @@ class _BaseMLP(BaseEstimator):
     shows when the learning rate changes).
     ``loss_`` and ``loss_curve_`` are scikit-learn's loss, L2 penalty included
     (with the weights at the end of each epoch).
+
+    With ``sample_weight`` scikit-learn divides each batch's weighted gradient and
+    penalty by the batch's sum of weights S; gpubp divides by B. The weights are
+    therefore handed to gpubp divided by their mean m over the training rows, and
+    the weight decay is ``alpha / (B m)``: the step is scikit-learn's exactly when
+    every batch's weights sum to B m (one batch per epoch, or evenly spread
+    weights) and close to it otherwise. The early-stopping score is weighted too.
 
     A fitted estimator pickles without its gpubp model, which is rebuilt from
     ``coefs_`` and ``intercepts_`` on first use; the optimizer state (momenta,
@@ -205,7 +212,7 @@ class _BaseMLP(BaseEstimator):
     def _compile(self, batch_size):
         """Give the model its loss and a fresh optimizer matching scikit-learn's updates (see the class notes)."""
         scale = self._loss_scale
-        weight_decay = self.alpha / (batch_size * scale)
+        weight_decay = self._weight_decay(batch_size)
         if self.solver == "sgd":
             optimizer = optim.SGD(lr=self._learning_rate * scale, momentum=self.momentum,
                                   nesterov=self.nesterovs_momentum and self.momentum > 0,
@@ -215,6 +222,10 @@ class _BaseMLP(BaseEstimator):
                                    eps=self.epsilon / scale, weight_decay=weight_decay)
         self._model.compile(loss=self._gpubp_loss, optimizer=optimizer)
         self._optimizer_batch_size = batch_size
+
+    def _weight_decay(self, batch_size):
+        """scikit-learn's L2 penalty ``alpha / S`` per batch as gpubp's weight decay (see the class notes)."""
+        return self.alpha / (batch_size * self._loss_scale * getattr(self, "_mean_sample_weight", 1.0))
 
     def _set_learning_rate(self, lr):
         self._learning_rate = lr
@@ -226,14 +237,17 @@ class _BaseMLP(BaseEstimator):
         return state
 
     # ------------------------------------------------------------ training
-    def fit(self, X, y):
-        """Fit the model to ``X`` (n_samples, n_features) and ``y``; returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to ``X`` (n_samples, n_features) and ``y``, each row's loss weighted by
+        ``sample_weight`` (n_samples,) when given; returns self."""
+        return self._fit(X, y, sample_weight, incremental=False)
 
-    def _fit(self, X, y, incremental):
+    def _fit(self, X, y, sample_weight, incremental):
         self._check_params()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         rng = check_random_state(self.random_state)
         if first_pass:
             self._set_output(Y)
@@ -243,14 +257,20 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
 
-        X_val = Y_val = None
+        X_val = Y_val = weight_val = None
         if self.early_stopping:
             stratify = Y if isinstance(self, ClassifierMixin) and self.n_outputs_ == 1 else None
-            X, X_val, Y, Y_val = train_test_split(X, Y, random_state=rng, test_size=self.validation_fraction,
-                                                  stratify=stratify)
+            arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
+            X, X_val, Y, Y_val, *weights = train_test_split(*arrays, random_state=rng,
+                                                            test_size=self.validation_fraction, stratify=stratify)
+            if weights:
+                sample_weight, weight_val = weights
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                                  "or the size of your dataset.")
+        self._mean_sample_weight = 1.0 if sample_weight is None else float(sample_weight.mean())
+        if self._mean_sample_weight == 0:
+            raise ValueError("The sample weights of the training rows are all zero: nothing to learn from.")
         n_samples = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n_samples)
@@ -263,16 +283,19 @@ class _BaseMLP(BaseEstimator):
         if not incremental or model.optimizer is None:
             self._learning_rate = self.learning_rate_init
             self._compile(batch_size)
+        else:
+            model.optimizer.weight_decay = self._weight_decay(self._optimizer_batch_size)
         self.n_iter_ = 0
         n_batches = -(-n_samples // batch_size)
         self._best_weights = None
 
         def end_epoch(train_loss):
-            return self._end_epoch(train_loss, n_samples, n_batches, X_val, Y_val)
+            return self._end_epoch(train_loss, n_samples, n_batches, X_val, Y_val, weight_val)
 
         monitor = _EpochEnd(end_epoch)
         model.fit(X, self._gpubp_targets(Y), batch_size=batch_size, epochs=1 if incremental else self.max_iter,
-                  shuffle=self.shuffle, callbacks=[monitor], verbose=0)
+                  shuffle=self.shuffle, callbacks=[monitor], verbose=0,
+                  sample_weight=None if sample_weight is None else sample_weight / self._mean_sample_weight)
         if not incremental and not monitor.stopped:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                           f"optimization hasn't converged yet.", ConvergenceWarning)
@@ -286,20 +309,20 @@ class _BaseMLP(BaseEstimator):
         self.coefs_, self.intercepts_ = weights[0::2], weights[1::2]
         return self
 
-    def _end_epoch(self, train_loss, n_samples, n_batches, X_val, Y_val):
+    def _end_epoch(self, train_loss, n_samples, n_batches, X_val, Y_val, weight_val):
         """scikit-learn's end-of-epoch bookkeeping; returns True when training should stop."""
         self.n_iter_ += 1
         self.t_ += n_samples
         self.loss_ = train_loss * self._loss_scale
         if self.alpha > 0:
             squared_norm = sum(float(np.dot(W.ravel(), W.ravel())) for W in self._model.get_weights()[0::2])
-            self.loss_ += 0.5 * self.alpha * squared_norm * n_batches / n_samples
+            self.loss_ += 0.5 * self.alpha * squared_norm * n_batches / (n_samples * self._mean_sample_weight)
         self.loss_curve_.append(self.loss_)
         if self.verbose:
             print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
 
         if self.early_stopping:
-            score = self._validation_score(X_val, Y_val)
+            score = self._validation_score(X_val, Y_val, weight_val)
             self.validation_scores_.append(score)
             if self.verbose:
                 print(f"Validation score: {score:f}")
@@ -366,8 +389,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         As in scikit-learn; ``coefs_`` and ``intercepts_`` are NumPy arrays in ``dtype``.
     """
 
-    def partial_fit(self, X, y, classes=None):
-        """One epoch over (X, y); ``classes`` (all labels) is required on the first call."""
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y) with optional per-row ``sample_weight``; ``classes`` (all labels) is
+        required on the first call."""
         if not hasattr(self, "classes_"):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
@@ -378,7 +402,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
                              f"was: {self.classes_!r}")
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def _validate_input(self, X, y, incremental, reset):
         """Validated X and the binarized targets, (n_samples, n_outputs) of 0/1."""
@@ -409,9 +433,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _gpubp_targets(self, Y):
         return Y.argmax(axis=1) if self.out_activation_ == "softmax" else Y
 
-    def _validation_score(self, X_val, Y_val):
+    def _validation_score(self, X_val, Y_val, weight_val):
         return accuracy_score(self._label_binarizer.inverse_transform(Y_val),
-                              self._label_binarizer.inverse_transform(self._network().predict(X_val)))
+                              self._label_binarizer.inverse_transform(self._network().predict(X_val)),
+                              sample_weight=weight_val)
 
     def predict(self, X):
         """Predicted class labels (an indicator matrix for multilabel targets)."""
@@ -456,9 +481,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         As in ``sklearn.neural_network.MLPRegressor``.
     """
 
-    def partial_fit(self, X, y):
-        """One epoch over (X, y)."""
-        return self._fit(X, y, incremental=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y) with optional per-row ``sample_weight``."""
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def _validate_input(self, X, y, incremental, reset):
         """Validated X and the targets as (n_samples, n_outputs)."""
@@ -473,8 +498,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _gpubp_targets(self, Y):
         return Y
 
-    def _validation_score(self, X_val, Y_val):
-        return r2_score(Y_val, self._network().predict(X_val))
+    def _validation_score(self, X_val, Y_val, weight_val):
+        return r2_score(Y_val, self._network().predict(X_val), sample_weight=weight_val)
 
     def predict(self, X):
         """Predicted values, (n_samples,) for one target, else (n_samples, n_outputs)."""
