@@ -277,8 +277,6 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
             return arguments
 
         batch_size, epochs, callbacks = agreed(communicator, checked)
-        if communicator.size > 1 and (sample_weight is not None or class_weight is not None):
-            raise InvalidInputError("sample_weight and class_weight do not work with distributed training")
         return _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shuffle, callbacks, verbose,
                     on_divergence, checkpoint_dir, checkpoint_every, checkpoint_keep, resume, check_every,
                     communicator, sample_weight, class_weight)
@@ -428,7 +426,8 @@ def _evaluate(model, X, y, with_accuracy, communicator, weights=None):
     evaluation = model.evaluation(with_accuracy)
     sums = np.zeros(evaluation.size)
     if count:
-        sums = model.evaluation_sums(evaluation, X[offset:offset + count], y[offset:offset + count])
+        sums = model.evaluation_sums(evaluation, X[offset:offset + count], y[offset:offset + count],
+                                     weights=None if weights is None else weights[offset:offset + count])
     return evaluation.result(communicator.allreduce_scalars(sums))
 
 

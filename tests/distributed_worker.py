@@ -43,9 +43,15 @@ def train(case, distributed=None):
     if case.get("raise_rank") is not None:
         callbacks.append(_Raise(case["raise_rank"], case["raise_in"]))
     result = {}
+    weights = {}
+    validation_data = (X[-20:], y[-20:])
+    if case.get("weighted"):  # sample weights (some zero) times balanced class weights, weighted validation
+        w = np.random.default_rng(2).uniform(0.0, 2.0, len(y)).round(1)
+        weights = {"sample_weight": w[:-20], "class_weight": "balanced"}
+        validation_data += (w[-20:],)
     try:
         history = model.fit(X[:-20], y[:-20], batch_size=case["batch_size"], epochs=case.get("epochs", 2),
-                            validation_data=(X[-20:], y[-20:]), verbose=0, callbacks=callbacks,
+                            validation_data=validation_data, verbose=0, callbacks=callbacks, **weights,
                             checkpoint_dir=case.get("checkpoint_dir"), resume=case.get("resume", False),
                             distributed=distributed)
     except gb.TrainingDiverged as exc:

@@ -85,6 +85,7 @@ def check_against_one_process(ranks, cases, tmp_path):
             if case["dtype"] == "float64":
                 assert max_difference(result, reference) < 1e-12, label
                 np.testing.assert_allclose(result["loss"], reference["loss"], rtol=1e-12, err_msg=label)
+                np.testing.assert_allclose(result["val_loss"], reference["val_loss"], rtol=1e-12, err_msg=label)
             else:
                 assert max_difference(result, reference) < 1e-6 * scale, label
                 np.testing.assert_allclose(result["loss"], reference["loss"], rtol=1e-6, err_msg=label)
@@ -102,7 +103,8 @@ def test_two_ranks_train_the_weights_of_one_process(tmp_path):
              {"optimizer": "adam", "dtype": "float64", "n": 420, "batch_size": 64},
              {"optimizer": "adam", "dtype": "float32", "n": 420, "batch_size": 64},
              {"optimizer": "sgd", "momentum": 0.9, "dtype": "float32", "n": 420, "batch_size": 64},
-             {"optimizer": "adam", "dtype": "float64", "n": 420, "batch_size": 64, "dropout": 0.3}]
+             {"optimizer": "adam", "dtype": "float64", "n": 420, "batch_size": 64, "dropout": 0.3},
+             {"optimizer": "sgd", "momentum": 0.9, "dtype": "float64", "n": 420, "batch_size": 64, "weighted": True}]
     check_against_one_process(2, cases, tmp_path)
 
 
@@ -112,7 +114,8 @@ def test_three_ranks_with_uneven_and_empty_shares(tmp_path):
     cases = [{"optimizer": "sgd", "momentum": 0.9, "dtype": "float64", "n": 117, "batch_size": 32},
              {"optimizer": "adam", "dtype": "float64", "n": 117, "batch_size": 32},
              {"optimizer": "adam", "dtype": "float32", "n": 117, "batch_size": 32},
-             {"optimizer": "sgd", "momentum": 0.9, "dtype": "float64", "n": 117, "batch_size": 32, "dropout": 0.5}]
+             {"optimizer": "sgd", "momentum": 0.9, "dtype": "float64", "n": 117, "batch_size": 32, "dropout": 0.5},
+             {"optimizer": "adam", "dtype": "float64", "n": 117, "batch_size": 32, "weighted": True}]
     check_against_one_process(3, cases, tmp_path)
 
 
