@@ -13,7 +13,7 @@ import pytest
 
 import gpubp as gb
 from gpubp.callbacks import Callback
-from helpers import random_batch
+from helpers import random_batch, requires_simulator
 
 OPTIMIZERS = {
     "sgd": lambda lr: gb.optim.SGD(lr=lr),
@@ -24,7 +24,7 @@ OPTIMIZERS = {
     "rmsprop": lambda lr: gb.optim.RMSprop(lr=lr),
     "adam_clip": lambda lr: gb.optim.Adam(lr=lr, clip_norm=1.0, clip_value=0.5),
 }
-LOSSES = ["softmax_cross_entropy", "binary_cross_entropy", "mse"]
+LOSSES = ["softmax_cross_entropy", "binary_cross_entropy", "mse", "huber", "mae"]
 
 
 class Snapshots(Callback):
@@ -58,10 +58,10 @@ def assert_state_equal(model, expected):
     assert iterations == expected[2]
 
 
-def make_model(optimizer, loss, dtype, seed=0, hidden=("relu", "tanh")):
+def make_model(optimizer, loss, dtype, seed=0, hidden=("relu", "tanh"), backend="cpu"):
     n_out = 1 if loss == "binary_cross_entropy" else 3
     model = gb.Sequential([gb.Dense(16, activation=hidden[0]), gb.Dense(8, activation=hidden[1]), gb.Dense(n_out)],
-                          input_dim=5, backend="cpu", dtype=dtype, seed=seed)
+                          input_dim=5, backend=backend, dtype=dtype, seed=seed)
     return model.compile(loss=loss, optimizer=optimizer)
 
 
@@ -70,17 +70,30 @@ def make_model(optimizer, loss, dtype, seed=0, hidden=("relu", "tanh")):
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_a_diverged_run_keeps_the_state_from_before_the_bad_step(name, loss, dtype, lr):
+    check_divergence_keeps_the_state(name, loss, dtype, lr, "cpu", batches=6, epochs=30)
+
+
+@pytest.mark.gpu_sim
+@requires_simulator
+@pytest.mark.parametrize("name, loss", [(name, "softmax_cross_entropy") for name in sorted(OPTIMIZERS)]
+                         + [("adam", loss) for loss in LOSSES[1:]])
+def test_a_diverged_run_on_the_simulated_gpu_keeps_the_state_from_before_the_bad_step(name, loss):
+    """The same guarantee from the GPU kernels (float32, lr 1e38): weights and optimizer state bit for bit."""
+    check_divergence_keeps_the_state(name, loss, "float32", 1e38, "gpu-sim", batches=2, epochs=6)
+
+
+def check_divergence_keeps_the_state(name, loss, dtype, lr, backend, batches, epochs):
     rng = np.random.default_rng(0)
-    X, y = random_batch(rng, 96, 5, 1 if loss == "binary_cross_entropy" else 3, loss)
+    X, y = random_batch(rng, 16 * batches, 5, 1 if loss == "binary_cross_entropy" else 3, loss)
     X *= 5
     # linear hidden layers: no saturating or dying unit stops the weights from growing
-    model = make_model(OPTIMIZERS[name](1e-4), loss, dtype, hidden=("linear", "linear"))
+    model = make_model(OPTIMIZERS[name](1e-4), loss, dtype, hidden=("linear", "linear"), backend=backend)
     model.fit(X, y, batch_size=16, epochs=1, verbose=0)  # optimizer state that is not all zero
     model.optimizer.schedule = gb.schedules.Constant(lr)
     snapshots = Snapshots()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's overflow warnings in the forward GEMM
-        history = model.fit(X, y, batch_size=16, epochs=30, verbose=0, on_divergence="stop",
+        history = model.fit(X, y, batch_size=16, epochs=epochs, verbose=0, on_divergence="stop",
                             callbacks=[snapshots], check_every=3)
     if history.diverged is None:  # weights of 1e38 or more can stay finite in float64: nothing to check
         assert dtype == "float64" or lr < 1e38
