@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from .buffers import INFERENCE_BATCH, plan_bytes
-from .callbacks import CallbackList, History, as_callback_list
+from .callbacks import Callback, CallbackList, History, as_callback_list
 from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
 from .communicator import GradientAllReduce, agreed, get_communicator
 from .launch_environment import launched_ranks
@@ -312,8 +312,9 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
     starts = list(range(0, n, batch_size))
     sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
     shares = [share_of_rows(int(b), communicator.size, communicator.rank) for b in sizes]
-    training_metrics = bool(model.evaluation(with_accuracy).metrics)  # the compiled metrics these targets have
-    evaluated = max(n if training_metrics else 0, 0 if X_val is None else X_val.shape[0])
+    evaluation = EpochEvaluation(X, y, X_val, y_val, with_accuracy, communicator, weights, val_weights)
+    evaluation.set_model(model)
+    evaluated = evaluation.rows_per_epoch()
 
     def allocate():
         rows = sorted({max(count, 1) for _, count in shares})  # a rank with no rows of a batch runs one, weighted 0
@@ -357,12 +358,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
                 logs = {"loss": loop.mean_loss(steps_done)}  # all steps, or those before stop_training
                 model.backend.synchronize()
                 elapsed = time.perf_counter() - t0
-                if training_metrics:  # one pass over the training data for all of them
-                    logs.update(_metric_logs(model, _evaluate(model, X, y, with_accuracy, communicator, weights)))
-                if X_val is not None:
-                    val = _evaluate(model, X_val, y_val, with_accuracy, communicator, val_weights)
-                    logs["val_loss"] = val["loss"]
-                    logs.update(_metric_logs(model, val, "val_"))
+                evaluation.on_epoch_end(epoch, logs)
                 logs["epoch_time"] = elapsed
                 samples = int(loop.sizes[:steps_done].sum())
                 logs["samples_per_sec"] = samples / elapsed if elapsed > 0 else float("inf")
@@ -406,6 +402,39 @@ def _share_root_state(communicator, model, restored):
         model.shuffle_rng.bit_generator.state = shared["shuffle_rng"]
         model.set_scaler(None if shared["scaler"] is None else StandardScaler.from_dict(shared["scaler"]))
     return shared["restored"]
+
+
+class EpochEvaluation(Callback):
+    """fit's evaluation at the end of each epoch, run before every other callback so that they (History,
+    progress, early stopping, checkpoints) see its logs: the compiled metrics over the training data
+    (when any apply to its targets) and ``val_loss`` and the validation metrics (when there is validation
+    data), one evaluation pass each, every rank evaluating its share of the rows.
+
+    (X, y) and (X_val, y_val): prepared device arrays (or a streamed set; X_val None without validation
+    data); ``weights``/``val_weights``: their rows' loss weights or None."""
+
+    def __init__(self, X, y, X_val, y_val, with_accuracy, communicator, weights=None, val_weights=None):
+        self.X, self.y, self.X_val, self.y_val = X, y, X_val, y_val
+        self.with_accuracy, self.communicator = with_accuracy, communicator
+        self.weights, self.val_weights = weights, val_weights
+
+    def _training_metrics(self):
+        return bool(self.model.evaluation(self.with_accuracy).metrics)  # the compiled metrics these targets have
+
+    def rows_per_epoch(self):
+        """The most rows one evaluation pass reads (0: none), for the memory check."""
+        return max(self.X.shape[0] if self._training_metrics() else 0,
+                   0 if self.X_val is None else self.X_val.shape[0])
+
+    def on_epoch_end(self, epoch, logs):
+        model = self.model
+        if self._training_metrics():  # one pass over the training data for all of them
+            logs.update(_metric_logs(model, _evaluate(model, self.X, self.y, self.with_accuracy, self.communicator,
+                                                      self.weights)))
+        if self.X_val is not None:
+            val = _evaluate(model, self.X_val, self.y_val, self.with_accuracy, self.communicator, self.val_weights)
+            logs["val_loss"] = val["loss"]
+            logs.update(_metric_logs(model, val, "val_"))
 
 
 def _metric_logs(model, result, prefix=""):
