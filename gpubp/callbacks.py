@@ -39,11 +39,20 @@ class Callback:
     the metrics, ``epoch_time``, ``samples_per_sec``); keys a callback adds to
     them (ReduceLROnPlateau's ``lr``) are recorded in the History too.
 
+    A callback whose ``batch_metrics`` is True also gets the compiled metrics
+    in every ``on_batch_end``'s logs, as host floats: running values over the
+    epoch's batches so far (Keras' semantics), from each step's own forward
+    pass (before its update), unweighted, over this rank's rows in
+    data-parallel training. They cost one host read per step (a wait for the
+    device on a GPU), so fit computes them only when a callback asks.
+
     Stateful callbacks return their state from :meth:`state_dict` (JSON values
     and host arrays), which checkpoints save and :meth:`load_state_dict` restores.
     """
 
     model = None
+    #: True: ``on_batch_end``'s logs hold the compiled metrics too (see above)
+    batch_metrics = False
     #: this process's rank in data-parallel training (``fit(distributed=...)``), 0 in one process;
     #: callbacks that write files write on rank 0 only
     rank = 0

@@ -340,7 +340,7 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
         if restored is not None:
             _load_callback_state(callbacks, restored, checkpoint_dir)
         loop = _EpochLoop(model, X, y, starts, sizes, plans, shuffle, check_every, callbacks, communicator,
-                          shares, all_reduce, weights)
+                          shares, all_reduce, weights, with_accuracy)
         first_epoch = 0 if restored is None else (epochs if restored["stopped"] else restored["epoch"])
         # NaN/Inf from a diverging step is the guard's to report (TrainingDiverged): NumPy's GEMM overflow
         # warnings would only print it first, less clearly
@@ -477,7 +477,7 @@ class _EpochLoop:
     """
 
     def __init__(self, model, X, y, starts, sizes, plans, shuffle, check_every, callbacks, communicator, shares,
-                 all_reduce, weights=None):
+                 all_reduce, weights=None, with_accuracy=False):
         self.model, self.X, self.y = model, X, y
         self.starts, self.sizes, self.plans = starts, sizes, plans
         self.shuffle, self.check_every, self.callbacks = shuffle, check_every, callbacks
@@ -493,6 +493,9 @@ class _EpochLoop:
         self.first_iteration = 0
         #: the error a batch-level callback raised on this rank, until the ranks agree to stop
         self.failure = None
+        #: the compiled metrics' running sums for callbacks that ask for them (``Callback.batch_metrics``)
+        wanted = model.metrics and any(getattr(callback, "batch_metrics", False) for callback in callbacks)
+        self.batch_evaluation = model.evaluation(with_accuracy) if wanted else None
 
     def run(self, interrupt):
         """Run the epoch's steps; returns ``(divergence or None, steps run)``."""
@@ -500,6 +503,7 @@ class _EpochLoop:
         batches = self.batches.begin_epoch(model.shuffle_rng if self.shuffle else None)
         self.sizes, self.counts, self.weights = (a[batches] for a in self.by_batch)
         self.first_iteration = model.optimizer.iterations
+        batch_sums = None if self.batch_evaluation is None else [self.batch_evaluation.zeros(), 0]
         last = len(self.starts) - 1
         for i, batch in enumerate(batches):
             plan = self.plans[max(int(self.counts[i]), 1)]
@@ -510,7 +514,10 @@ class _EpochLoop:
                 model.set_dropout_first_row(self.offsets[i])
             model.train_step(plan, batches=self.batches)
             loss = self.batches.losses[i:i + 1]
-            self._call(self.callbacks.on_batch_end, i, {"batch": i, "size": plan.batch_size, "loss": loss})
+            logs = {"batch": i, "size": plan.batch_size, "loss": loss}
+            if batch_sums is not None:
+                logs.update(self._running_metrics(batch_sums, plan, loss, int(self.counts[i])))
+            self._call(self.callbacks.on_batch_end, i, logs)
             stop = interrupt.requested or model.stop_training
             if (i + 1) % self.check_every == 0 or i == last or stop:
                 divergence, stop = self._agree(model.read_divergence(), interrupt, stop)
@@ -519,6 +526,17 @@ class _EpochLoop:
             if stop:
                 return None, i + 1
         return None, len(self.starts)
+
+    def _running_metrics(self, sums, plan, loss, rows):
+        """Add the step's batch (its logits, left in the plan by the forward pass) to the epoch's running
+        metric sums ``[device sums, rows]``; returns the compiled metrics so far (one host read), or none
+        while this rank has had no rows."""
+        if rows:  # a rank with no rows of this batch ran one row weighted 0
+            self.batch_evaluation.add_(sums[0], plan.outputs[-1], plan.y, loss, rows)
+            sums[1] += rows
+        if not sums[1]:
+            return {}
+        return _metric_logs(self.model, self.batch_evaluation.result(self.model.backend.to_host(sums[0])))
 
     def _call(self, callback, *args):
         """A batch-level callback. Over several ranks an error it raises waits for the step's all-reduce and

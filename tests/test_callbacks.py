@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gpubp as gb
-from gpubp.callbacks import CallbackList, RunningLoss, batch_loss
+from gpubp.callbacks import Callback, CallbackList, RunningLoss, batch_loss
 from helpers import random_batch
 
 X, Y = random_batch(np.random.default_rng(0), 48, 4, 3, "softmax_cross_entropy")
@@ -356,3 +356,36 @@ def test_running_loss_matches_the_epoch_loss():
     for mean, epoch_loss in running.pairs:
         assert mean == pytest.approx(epoch_loss, rel=1e-12)
     assert math.isnan(RunningLoss().result())
+
+
+class _BatchMetricsRecorder(Callback):
+    batch_metrics = True
+
+    def __init__(self):
+        self.logs = []
+
+    def on_batch_end(self, batch, logs=None):
+        self.logs.append({k: v for k, v in logs.items() if k not in ("loss", "batch", "size")})
+
+
+def test_on_batch_end_gets_running_metrics_when_a_callback_asks():
+    """At a learning rate too small to change float32 weights, the running metrics after batch k are those of
+    the first k + 1 batches, and after the last batch those of the whole training set."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 4)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 0.8)
+    model = gb.Sequential([gb.Dense(8, activation="tanh"), gb.Dense(3)], input_dim=4, backend="cpu", seed=0)
+    model.compile(optimizer=gb.optim.SGD(1e-30), metrics=["accuracy", "f1"])
+    recorder = _BatchMetricsRecorder()
+    model.fit(X, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[recorder])
+    assert len(recorder.logs) == 8 and set(recorder.logs[0]) == {"accuracy", "f1"}
+    for k, stop in enumerate([32, 64, 96, 100]):
+        expected = model.evaluate(X[:stop], y[:stop])
+        for name in ("accuracy", "f1"):
+            assert recorder.logs[k][name] == pytest.approx(expected[name]), (k, name)
+            assert recorder.logs[4 + k][name] == pytest.approx(expected[name]), (k, name)  # reset each epoch
+    assert recorder.logs[0]["accuracy"] != recorder.logs[3]["accuracy"]
+    plain = _BatchMetricsRecorder()
+    plain.batch_metrics = False  # nobody asks: no metrics, no host reads per step
+    model.fit(X, y, batch_size=32, epochs=1, verbose=0, callbacks=[plain])
+    assert plain.logs == [{}] * 4
