@@ -30,6 +30,12 @@ READ_INTERVAL = 0.3
 REDRAW_INTERVAL = 0.1
 
 
+def _number(value):
+    """Four decimals, or four significant digits where four decimals would show 0.0000 (a small learning
+    rate, a tiny loss)."""
+    return f"{value:.4f}" if value == 0 or not abs(value) < 5e-5 else f"{value:.4g}"
+
+
 def _format_logs(logs):
     parts = []
     for key, value in logs.items():
@@ -38,7 +44,7 @@ def _format_logs(logs):
         if key == "samples_per_sec":
             parts.append(f"{value:,.0f} samples/s")
         else:
-            parts.append(f"{key} {value:.4f}")
+            parts.append(f"{key} {_number(value)}")
     return " - ".join(parts)
 
 
@@ -146,12 +152,12 @@ class EpochProgress:
             first = head + bar + "─" * (room - len(bar)) + tail
         else:
             first = (head + tail.strip())[:self.width]
-        parts = [f"loss {self.loss:.4f}" if self.loss is not None else "loss ..."]
+        parts = [f"loss {_number(self.loss)}" if self.loss is not None else "loss ..."]
         if elapsed > 0 and self.samples:
             parts.append(f"{self.samples / elapsed:,.0f} samples/s")
         second = _fit(parts, self.width)
         if self.val:  # as many of the latest validation metrics as fit, in the order logged
-            kept = _fit([f"{name} {value:.4f}" for name, value in self.val.items()],
+            kept = _fit([f"{name} {_number(value)}" for name, value in self.val.items()],
                         self.width - len(second) - len(" · last val: "), " ")
             if kept:
                 second += " · last val: " + kept

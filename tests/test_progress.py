@@ -86,3 +86,12 @@ def test_history_plot_of_a_regression_run_scatters_predictions():
     assert right.get_xlabel() == "true value" and "Predicted vs true, test set" in right.get_title()
     figure = plot.history(logs)  # no predictions: the R² per epoch
     assert figure.axes[1].get_ylabel() == "r2"
+
+
+def test_small_values_keep_their_digits(capsys):
+    """A learning rate of 1e-5 (ReduceLROnPlateau's lr) or a tiny loss shows its digits, not 0.0000."""
+    progress = EpochProgress(1, 1, 1, stream=io.StringIO())
+    progress.end_epoch(0, {"loss": 3.2e-7, "lr": 1e-5, "val_loss": 0.0, "accuracy": 0.98765, "epoch_time": 0.5})
+    text = progress.stream.getvalue()
+    assert "loss 3.2e-07" in text and "lr 1e-05" in text and "val_loss 0.0000" in text
+    assert "accuracy 0.9877" in text
