@@ -250,7 +250,8 @@ def fit(model, X, y, batch_size=32, epochs=1, validation_data=None, validation_s
     class_weight : dict {class index: weight} or "balanced", optional
         Multiplies each row's weight by its class's (classes left out weigh 1); "balanced" is
         ``n_samples / (n_classes * bincount(y))`` (scikit-learn's). For softmax_cross_entropy, and
-        binary_cross_entropy with one output. Neither weight works with streamed X; with ``distributed`` each rank weighs its share.
+        binary_cross_entropy with one output. Neither weight works with streamed X; with ``distributed``
+        each rank weighs its share of the rows.
 
     Returns
     -------
