@@ -25,6 +25,8 @@ class Engine:
     device: str
     step: Callable[[], object]
     sync: Callable[[], None]
+    #: gpubp's batch plan, whose captured steps tell how the steps ran (``Backend.step_mode``)
+    plan: object = None
 
 
 def layer_sizes(n_in, width, depth, n_out):
@@ -68,7 +70,7 @@ def gpubp_engine(backend, batch, n_in, width, depth, n_out):
     plan = model.batch_plan(batch, y)
     plan.load(X, y)
     # the step fit() runs on each gathered batch
-    return Engine("gpubp", model.backend.name, lambda: model.train_step(plan), model.backend.synchronize)
+    return Engine("gpubp", model.backend.name, lambda: model.train_step(plan), model.backend.synchronize, plan)
 
 
 # ----------------------------------------------------------------------------- plain NumPy

@@ -5,11 +5,12 @@ Parts, each recorded in ``results.json`` (a part that fails records its error an
 * ``gpu_tests``: ``python -m pytest -m gpu -q`` (the real-GPU tests): counts and the output's tail;
 * ``parity``: the same small MLP trained with ``fit`` on backend "cpu" and on the GPU (sgd and adam,
   softmax cross-entropy and MSE): losses and the largest weight difference;
-* ``graphs``: ``model.train_step(plan)`` with ``model.cuda_graphs`` off and on (width 1024, depth 2);
+* ``graphs``: ``model.train_step(plan)`` with ``model.cuda_graphs`` off and on (width 1024, depth 2), with
+  the mode each actually ran in (``eager_mode``, ``graph_mode``: "graph" or "eager", see :func:`step_mode`);
 * ``sgemm``: the in-run cuBLAS float32 GEMM rate (CuPy matmul) at each grid batch's (batch, width, width);
 * ``bandwidth``: device-to-device copy bandwidth and the bytes/s of fused gpubp kernels over a large array;
 * ``grid``: one SGD step at width 1024, depths 1, 2, 4, batches 32 to 32768: gpubp (CUDA graphs) against
-  PyTorch eager, ``torch.compile(mode="reduce-overhead")`` and JAX jit;
+  PyTorch eager, ``torch.compile(mode="reduce-overhead")`` and JAX jit (``gpubp_mode``: how gpubp's steps ran);
 * ``targets``: PASS / MISS / not measured, with the numbers, for (a) gpubp <= the fastest peer in every
   grid cell, (b) gpubp >= 2x PyTorch eager at batch <= 512, (c) >= 70% of the sgemm rate at batch >= 8192,
   (d) fused kernels >= 70% of the copy bandwidth.
@@ -169,6 +170,18 @@ def graphs_env(enabled):
 def gpubp_step(setup, batch, depth, graphs=True):
     with graphs_env(graphs):
         return gpubp_engine(setup.backend, batch, setup.n_in, setup.width, depth, setup.n_out)
+
+
+def step_mode(engine):
+    """How the steps of a gpubp ``engine`` (of :func:`gpubp_step`) actually ran once they ran: "graph" or
+    "eager" (graphs off, or a capture that failed: the backend then only logs a warning and runs eager
+    steps, at eager speed; see ``Backend.step_mode``); "unknown" for an engine without a gpubp plan.
+    Recorded beside every timing labelled as graphed."""
+    if engine.plan is None:
+        return "unknown"
+    from gpubp.backend import Backend
+
+    return Backend.step_mode(engine.plan)
 
 
 def _torch_mlp(torch, n_in, width, depth, n_out):
@@ -403,7 +416,8 @@ def part_graphs(setup, backend):
                        "graph": warm(gpubp_step(setup, batch, setup.graph_depth, graphs=True))}
             ms = timed_ms(engines, setup)
             rows.append({"batch": batch, "eager_ms": ms["eager"], "graph_ms": ms["graph"],
-                         "eager_over_graph": ms["eager"] / ms["graph"]})
+                         "eager_over_graph": ms["eager"] / ms["graph"],
+                         "eager_mode": step_mode(engines["eager"]), "graph_mode": step_mode(engines["graph"])})
         except Exception as exc:  # noqa: BLE001
             rows.append({"batch": batch, **failure(exc)})
         finally:
@@ -491,6 +505,7 @@ def grid_cell(setup, depth, batch):
         cell["ms"] = timed_ms(engines, setup)
     except Exception as exc:  # noqa: BLE001
         cell.update(failure(exc))
+    cell["gpubp_mode"] = step_mode(engines["gpubp"])  # "graph" unless the capture failed (see step_mode)
     return cell
 
 
@@ -579,7 +594,10 @@ def target_graph_speedup(cells):
         if torch_ms and gpubp_ms:
             speedup = torch_ms / gpubp_ms
             detail = f"{cell_label(c)}: torch eager {torch_ms:.4g} ms / gpubp {gpubp_ms:.4g} ms = {speedup:.2f}x"
-            checks.append((speedup, speedup >= GRAPH_SPEEDUP_TARGET, detail))
+            graphed = c.get("gpubp_mode", "graph") == "graph"  # a step that fell back to eager is no graph
+            if not graphed:
+                detail += f" (gpubp ran {c['gpubp_mode']}, not as a CUDA graph)"
+            checks.append((speedup, graphed and speedup >= GRAPH_SPEEDUP_TARGET, detail))
     return verdict("b", f"with CUDA graphs, gpubp >= {GRAPH_SPEEDUP_TARGET:g}x PyTorch eager at batch <= "
                         f"{SMALL_BATCH}", checks, len(small),
                    skip_reasons(small) if small else f"no cell at batch <= {SMALL_BATCH}")
@@ -671,18 +689,22 @@ def markdown(results):
                      f"{fmt(None if fraction is None else 100 * fraction, '.0f')} |")
     reasons = skip_reasons(grid.get("cells") or []) if any(c.get("skipped") for c in grid.get("cells") or []) else ""
     errors = [f"{cell_label(c)}: {c['error']}" for c in grid.get("cells") or [] if "error" in c]
+    not_graphed = [f"{cell_label(c)} ({c['gpubp_mode']})" for c in grid.get("cells") or []
+                   if c.get("gpubp_mode", "graph") != "graph"]
     lines += [""] + ([f"Not timed: {reasons}", ""] if reasons else []) + [f"- {e}" for e in errors]
+    if not_graphed:
+        lines += [f"- gpubp did not run as a CUDA graph in: {', '.join(not_graphed)}"]
     lines += section_error(grid)
 
     graphs = results.get("graphs") or {}
     lines += ["", f"## CUDA graphs vs eager steps (width {graphs.get('width', '?')}, depth {graphs.get('depth', '?')})",
-              "", "| batch | eager ms | graph ms | eager / graph |", "|---|---|---|---|"]
+              "", "| batch | eager ms | graph ms | eager / graph | graph column ran as |", "|---|---|---|---|---|"]
     for r in graphs.get("rows") or []:
         if "error" in r:
-            lines.append(f"| {r['batch']} | error: {r['error']} | | |")
+            lines.append(f"| {r['batch']} | error: {r['error']} | | | |")
         else:
             lines.append(f"| {r['batch']} | {fmt(r['eager_ms'])} | {fmt(r['graph_ms'])} | "
-                         f"{fmt(r['eager_over_graph'], '.2f')} |")
+                         f"{fmt(r['eager_over_graph'], '.2f')} | {r.get('graph_mode', '?')} |")
     lines += section_error(graphs)
 
     parity = results.get("parity") or {}

@@ -121,6 +121,15 @@ class Backend:
             plan.captured[key] = graph
         graph.launch()
 
+    @staticmethod
+    def step_mode(plan):
+        """How the training steps on ``plan`` run: "graph" when every step captured on it replays a CUDA
+        graph; "eager" otherwise (graphs off, no step captured yet, or a capture that failed and fell back
+        to eager steps, which only logs a warning)."""
+        steps = list(plan.captured.values())
+        graphed = steps and all(s is not _WARMED_UP and not isinstance(s, _EagerStep) for s in steps)
+        return "graph" if graphed else "eager"
+
     def available_memory(self):
         """Bytes free for new allocations on this device (None when unknown).
 

@@ -14,7 +14,9 @@ Two kinds of checks:
   column-major GEMM from the raw pointers it gets, so the row-major GEMM by
   swapped operands is checked against NumPy for every transpose, dtype and
   scale; the cuBLAS handle, numba views, scratch buffers, pinned staging ring,
-  graph capture, memory and version reports and the probe are checked too.
+  chunk staging (its side copy stream and the order of its event records,
+  stream waits and copies), ``use_device``, ``stream_handle``, graph capture,
+  memory and version reports and the probe are checked too.
 """
 
 import ast
@@ -131,7 +133,7 @@ def _signature(func):
 def make_fake_cupy():
     """A CuPy stand-in: NumPy arrays whose ``.data.ptr`` is their host address, streams, events and graphs
     that record what is done with them. ``fake.log`` lists the operations in order."""
-    fake = SimpleNamespace(log=[], streams=[], events=[], graphs=[], pinned=[], allocations=[])
+    fake = SimpleNamespace(log=[], streams=[], events=[], graphs=[], pinned=[], allocations=[], device=0)
 
     class MemoryPointer:
         def __init__(self, array):
@@ -169,6 +171,9 @@ def make_fake_cupy():
 
         def synchronize(self):
             self.synchronized += 1
+
+        def wait_event(self, event):
+            fake.log.append(("wait", self, event.id))
 
         def begin_capture(self, mode=None):
             assert not self.capturing
@@ -208,6 +213,27 @@ def make_fake_cupy():
         fake.pinned.append(memory)
         return memory
 
+    class Device:
+        """The current device (``fake.device``) by default; ``use()`` and ``with`` make it current."""
+
+        def __init__(self, device=None):
+            self.id = fake.device if device is None else device
+            self._previous = []
+
+        def use(self):
+            fake.log.append(("use", self.id))
+            fake.device = self.id
+
+        def __enter__(self):
+            fake.log.append(("enter", self.id))
+            self._previous.append(fake.device)
+            fake.device = self.id
+            return self
+
+        def __exit__(self, *args):
+            fake.device = self._previous.pop()
+            fake.log.append(("exit", self.id))
+
     class MemoryPool:
         total = 5 << 20
         used = 3 << 20
@@ -229,7 +255,7 @@ def make_fake_cupy():
     fake.cuda = SimpleNamespace(
         Stream=Stream, Event=Event, MemoryPointer=MemoryPointer, MemoryPool=MemoryPool,
         graph=SimpleNamespace(Graph=Graph), alloc_pinned_memory=alloc_pinned_memory,
-        Device=lambda device=None: SimpleNamespace(id=0),
+        Device=Device,
         runtime=SimpleNamespace(memGetInfo=lambda: (7 << 20, 80 << 30), driverGetVersion=lambda: 12090,
                                 runtimeGetVersion=lambda: 12080, getDeviceCount=lambda: 1,
                                 streamCaptureModeRelaxed=STREAM_CAPTURE_MODE_RELAXED,
@@ -436,6 +462,8 @@ CUPY_METHODS = {
     "end_capture": ["cupy.cuda.Stream.end_capture"],
     "synchronize": ["cupy.cuda.Stream.synchronize", "cupy.cuda.Event.synchronize"],
     "record": ["cupy.cuda.Event.record"],
+    "wait_event": ["cupy.cuda.Stream.wait_event"],
+    "use": ["cupy.cuda.Device.use"],
     "copy_from_host_async": ["cupy.cuda.MemoryPointer.copy_from_host_async"],
     "launch": ["cupy.cuda.graph.Graph.launch"],
     "total_bytes": ["cupy.cuda.MemoryPool.total_bytes"],
@@ -465,6 +493,8 @@ def test_cupy_attributes_the_module_reads_exist():
         assert hasattr(cupy.ndarray, attribute), attribute
     assert hasattr(cupy.cuda.MemoryPointer, "ptr")
     assert hasattr(cupy.cuda.Device, "id")
+    # ChunkStage.upload runs under ``with cupy.cuda.Device(id):``
+    assert callable(cupy.cuda.Device.__enter__) and callable(cupy.cuda.Device.__exit__)
     assert cupy.cuda.runtime.streamCaptureModeRelaxed == STREAM_CAPTURE_MODE_RELAXED
     # Staged views the pinned memory with np.frombuffer: the pointer type exports the buffer protocol
     pinned = cupy.cuda.PinnedMemoryPointer.__new__(cupy.cuda.PinnedMemoryPointer)
@@ -570,7 +600,7 @@ def test_the_cupy_double_has_what_the_module_names_with_the_real_signatures():
     for target in sorted(t for targets in CUPY_METHODS.values() for t in targets):
         real, double = _signature(_resolve(cupy, target)), inspect.signature(_resolve(fake, target))
         assert list(double.parameters) == list(real.parameters), target
-    for target in ("cupy.cuda.Stream", "cupy.cuda.Event"):
+    for target in ("cupy.cuda.Stream", "cupy.cuda.Event", "cupy.cuda.Device"):
         real, double = _signature(_resolve(cupy, target)), inspect.signature(_resolve(fake, target))
         assert list(double.parameters) == list(real.parameters), target
 
@@ -776,6 +806,111 @@ def test_staged_upload_waits_before_overwriting_a_slot(dev):
     (waited,) = seen
     np.testing.assert_array_equal(waited, [1, 1])  # still the value the pending copy reads
     np.testing.assert_array_equal(slots[:2], [[50, 50], [51, 51]])
+
+
+def _copy_stream_of(dev):
+    """The side stream chunk copies run on: the non-blocking one of the streams made."""
+    (side,) = [s for s in dev.cupy.streams if s.non_blocking]
+    return side
+
+
+def test_chunk_stage_stages_in_pinned_memory_and_copies_its_rows_on_the_side_stream(dev):
+    mod = dev.mod
+    target = dev.cupy.asarray(np.full((5, 3), -1.0, np.float32))
+    stage = mod.ChunkStage(target)
+    (memory,) = dev.cupy.pinned
+    assert len(memory) == target.nbytes
+    assert stage.host.shape == (5, 3) and stage.host.dtype == np.float32
+    assert stage.host.ctypes.data == np.frombuffer(memory, np.uint8).ctypes.data  # .host is the pinned buffer
+    side = _copy_stream_of(dev)
+    stage.host[...] = np.arange(15, dtype=np.float32).reshape(5, 3)
+    dev.cupy.log.clear()
+    stage.upload(3)
+    copies = [entry for entry in dev.cupy.log if entry[0] == "copy"]
+    assert copies == [("copy", target.data.ptr, stage.host.ctypes.data, 3 * 3 * 4, side)]  # 3 rows, not 5
+    np.testing.assert_array_equal(np.asarray(target)[:3], np.arange(9).reshape(3, 3))
+    np.testing.assert_array_equal(np.asarray(target)[3:], -1.0)  # the rows past ``rows`` are not copied
+    (uploaded,) = dev.cupy.events
+    assert uploaded.disable_timing and uploaded.recorded_on == [side]
+    # the side stream is made once, non-blocking, beside the step's blocking stream, and shared by stages
+    mod.ChunkStage(dev.cupy.asarray(np.zeros(4, np.int64)))
+    assert [s.non_blocking for s in dev.cupy.streams].count(True) == 1
+    assert side is mod._copy_stream() and side is not mod._stream()
+
+
+def test_chunk_stage_orders_the_copy_after_the_steps_and_the_steps_after_the_copy(dev):
+    """A slot's two fills: the side stream waits for ``release``'s event (the steps that read the target)
+    before its copy, the step's stream waits for the copy's event, and the host waits for the previous copy
+    out of the pinned buffer before overwriting it."""
+    mod = dev.mod
+    target = dev.cupy.asarray(np.zeros((4, 2), np.float64))
+    stage = mod.ChunkStage(target)
+    step, side = mod._stream(), _copy_stream_of(dev)
+    ptr, host, log = target.data.ptr, stage.host.ctypes.data, dev.cupy.log
+    log.clear()
+
+    stage.wait_host()  # nothing copied yet: nothing to wait for
+    stage.wait_uploaded()
+    assert log == []
+    stage.host[...] = 1.0
+    stage.upload(4)
+    stage.wait_uploaded()
+    # ... the steps that read ``target`` are queued on the step's stream, then:
+    stage.release()
+    assert log == [("enter", 0), ("copy", ptr, host, 64, side), ("record", 0, side), ("exit", 0),
+                   ("wait", step, 0),
+                   ("record", 1, step)]
+    log.clear()
+
+    stage.wait_host()
+    stage.host[...] = 2.0
+    stage.upload(1)
+    stage.wait_uploaded()
+    assert log == [("sync", 0),  # the first copy out of the pinned buffer has run
+                   ("enter", 0), ("wait", side, 1), ("copy", ptr, host, 16, side), ("record", 2, side), ("exit", 0),
+                   ("wait", step, 2)]
+    np.testing.assert_array_equal(np.asarray(target), [[2.0, 2.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    assert len(dev.cupy.events) == 3 and all(e.disable_timing for e in dev.cupy.events)
+
+
+def test_chunk_stage_copies_on_the_device_it_was_made_on(dev):
+    """The refilling thread may have another current device: the copy runs under the stage's own."""
+    dev.cupy.device = 1
+    target = dev.cupy.asarray(np.zeros(3, np.int64))
+    stage = dev.mod.ChunkStage(target)
+    assert stage.device_id == 1
+    dev.cupy.device = 0
+    dev.cupy.log.clear()
+    stage.host[...] = [7, 8, 9]
+    stage.upload(3)
+    assert [entry[:2] for entry in dev.cupy.log] == [("enter", 1), ("copy", target.data.ptr), ("record", 0),
+                                                     ("exit", 1)]
+    assert dev.cupy.device == 0  # and the thread's device is restored
+    np.testing.assert_array_equal(np.asarray(target), [7, 8, 9])
+
+
+def test_chunk_stage_of_an_empty_target_copies_nothing(dev):
+    target = dev.cupy.asarray(np.zeros((0, 3), np.float32))
+    stage = dev.mod.ChunkStage(target)
+    assert len(dev.cupy.pinned[0]) == 1 and stage.host.shape == (0, 3)  # a pinned allocation is never empty
+    stage.upload(0)
+    assert [entry[3] for entry in dev.cupy.log if entry[0] == "copy"] == [0]
+
+
+def test_use_device_makes_the_device_current(dev):
+    dev.mod.use_device(2)
+    assert dev.cupy.log == [("use", 2)] and dev.cupy.device == 2
+    assert dev.cupy.streams == []  # no stream made yet: the step's stream is then made on device 2
+    buf = dev.mod.scratch("norm_total", (1,), np.float64)
+    assert dev.mod._state[(2, "norm_total", (1,), np.dtype(np.float64))] is buf
+
+
+def test_stream_handle_is_the_step_streams_handle(dev):
+    handle = dev.mod.stream_handle()
+    stream = _step_stream(dev)
+    assert type(handle) is int and handle == stream.ptr
+    assert dev.mod.stream_handle() == handle and dev.mod.stream().ptr == handle  # one stream, as numba sees it
+    assert len(dev.cupy.streams) == 1
 
 
 def test_capture_runs_the_body_on_the_capturing_stream_and_launches_on_it(dev):

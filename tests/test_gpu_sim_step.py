@@ -41,23 +41,49 @@ def _data(loss, n=20, n_in=5, n_out=3, seed=0):
     return X, y
 
 
-def _fit(backend, loss, optimizer, cuda_graphs=True, epochs=2):
+def _weighting(weighting, loss, n=20):
+    """fit's keyword arguments for ``weighting``: none, per-row ``sample_weight`` (some rows weigh 0), or
+    ``class_weight`` with ``sample_weight`` and a weighted ``validation_data`` triple."""
+    if weighting is None:
+        return {}
+    rng = np.random.default_rng(5)
+    kwargs = {"sample_weight": np.where(np.arange(n) % 7 == 3, 0.0, rng.uniform(0.25, 2.0, n))}
+    if weighting == "class_and_validation":
+        kwargs["class_weight"] = {0: 2.5, 2: 0.5}
+        X_val, y_val = _data(loss, n=9, seed=1)
+        kwargs["validation_data"] = (X_val, y_val, rng.uniform(0.0, 3.0, 9))
+    return kwargs
+
+
+def _fit(backend, loss, optimizer, cuda_graphs=True, epochs=2, weighting=None):
+    """The training losses of each epoch (then the validation losses, when there are) and the weights."""
     X, y = _data(loss)
     model = gb.Sequential([gb.Dense(6, "tanh"), gb.Dense(4, "relu"), gb.Dense(3)], backend=backend, seed=3)
     model.cuda_graphs = cuda_graphs
     model.compile(loss=loss, optimizer=optimizer)
-    history = model.fit(X, y, batch_size=8, epochs=epochs, verbose=0)  # 8, 8, then a partial batch of 4
-    return history.history["loss"], model.params.copy()
+    history = model.fit(X, y, batch_size=8, epochs=epochs, verbose=0,  # 8, 8, then a partial batch of 4
+                        **_weighting(weighting, loss))
+    return history.history["loss"] + history.history.get("val_loss", []), model.params.copy()
 
 
-@pytest.mark.parametrize("loss, optimizer", [("softmax_cross_entropy", name) for name in OPTIMIZERS]
-                         + [("binary_cross_entropy", "adam"), ("mse", "sgd_momentum_clipped")])
-def test_fit_on_the_simulated_gpu_matches_the_cpu(loss, optimizer):
-    cpu_losses, cpu_params = _fit("cpu", loss, OPTIMIZERS[optimizer]())
-    gpu_losses, gpu_params = _fit("gpu-sim", loss, OPTIMIZERS[optimizer]())
+@pytest.mark.parametrize("loss, optimizer, weighting",
+                         [("softmax_cross_entropy", name, None) for name in OPTIMIZERS]
+                         + [("binary_cross_entropy", "adam", None), ("mse", "sgd_momentum_clipped", None),
+                            ("huber", "adam", None), ("mae", "sgd", None),
+                            ("softmax_cross_entropy", "adam", "class_and_validation"),
+                            ("binary_cross_entropy", "rmsprop", "sample"), ("huber", "sgd", "sample"),
+                            ("mae", "sgd_momentum_clipped", "sample")])
+def test_fit_on_the_simulated_gpu_matches_the_cpu(loss, optimizer, weighting):
+    cpu_losses, cpu_params = _fit("cpu", loss, OPTIMIZERS[optimizer](), weighting=weighting)
+    gpu_losses, gpu_params = _fit("gpu-sim", loss, OPTIMIZERS[optimizer](), weighting=weighting)
+    assert len(gpu_losses) == (4 if weighting == "class_and_validation" else 2)  # val_loss per epoch too
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=2e-6)
     np.testing.assert_allclose(gpu_params, cpu_params, rtol=1e-5, atol=1e-6)
-    assert not np.array_equal(gpu_params, _fit("gpu-sim", loss, OPTIMIZERS[optimizer](), epochs=1)[1])
+    assert not np.array_equal(gpu_params, _fit("gpu-sim", loss, OPTIMIZERS[optimizer](), epochs=1,
+                                               weighting=weighting)[1])
+    if weighting is not None:  # the weights changed the training: the unweighted fit ends elsewhere
+        unweighted = _fit("cpu", loss, OPTIMIZERS[optimizer]())[1]
+        assert np.max(np.abs(gpu_params - unweighted)) > 1e-4
 
 
 def test_captured_steps_see_the_current_learning_rate_and_step():
