@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import InvalidInputError, InvalidTypeError
 from .gradient_monitor import GradientFlowRecorder, GradientFlowWarning  # noqa: F401 (exported)
+from .output_paths import check_path
 from .schedules import Constant
 from .validation import as_list, check_bool, check_number
 
@@ -548,15 +549,6 @@ class LearningRateScheduler(Callback):
         logs["lr"] = self.model.optimizer.lr
 
 
-def _check_path(name, path):
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidTypeError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
-    path = os.fspath(path)
-    if not isinstance(path, str) or not path or "\0" in path:
-        raise InvalidInputError(f"{name} must be a non-empty file path without NUL characters, got {path!r}")
-    return path
-
-
 class CSVLogger(Callback):
     """Write one row per epoch to the CSV file ``path``: ``epoch`` (from 0), then every key of the
     epoch logs (as the History holds them: ``loss``, the metrics, ``val_*``, ``epoch_time``,
@@ -571,7 +563,7 @@ class CSVLogger(Callback):
     """
 
     def __init__(self, path, separator=",", append=False):
-        self.path = _check_path("path", path)
+        self.path = check_path("path", path)
         if not isinstance(separator, str) or len(separator) != 1 or separator in '"\r\n':
             raise InvalidInputError(f"separator must be one character (not a quote or a line break), "
                                     f"got {separator!r}")
@@ -678,7 +670,7 @@ class ModelCheckpoint(Callback):
     """
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto", save_freq="epoch", verbose=0):
-        self.path = _check_path("path", path)
+        self.path = check_path("path", path)
         self.monitor = _check_monitor(monitor)
         self.maximize = _maximizes(monitor, mode)
         self.save_best_only = check_bool("save_best_only", save_best_only)

@@ -7,8 +7,11 @@ A checkpoint is a state file (see :mod:`gpubp.io`) named
      "optimizer": optimizer.state_dict(),  # step count (the schedule's position), m, v, velocity ...
      "callbacks": {name: state}}           # History, EarlyStopping (with its best weights), ...
 
-and whose metadata holds the model config, the compile metrics and the
-number of completed epochs. Files are written atomically (temporary file in
+and whose metadata holds the model config, the compile metrics, the
+number of completed epochs and what ``fit`` records of the run (``run``: the
+training rows, features and batch size, the steps per epoch and the step
+count the run's first epoch began at), against which a resume and the
+optimizer's step count are checked. Files are written atomically (temporary file in
 the same directory, fsync, ``os.replace``, fsync of the directory), so a crash
 leaves either the previous set of checkpoints or the new one, never a
 truncated newest file; :func:`latest_checkpoint` skips any file that does not
@@ -59,7 +62,7 @@ def _list_checkpoints(directory):
     return found
 
 
-def save_checkpoint(directory, model, epoch, callbacks=None, keep=3):
+def save_checkpoint(directory, model, epoch, callbacks=None, keep=3, run=None):
     """Write the training state of ``model`` after ``epoch`` completed epochs; returns the path.
 
     Parameters
@@ -76,6 +79,10 @@ def save_checkpoint(directory, model, epoch, callbacks=None, keep=3):
     keep : int or None
         Keep only the newest ``keep`` checkpoints (by epoch number) in ``directory``;
         the one just written is never deleted. None keeps all.
+    run : dict, optional
+        What the run records (see :func:`run_record`; ``start_iterations``: the optimizer's step count
+        when the run's epoch 0 began); every key optional, each value checked against ``epoch``, the
+        step count and ``model.stop_training`` as a reader will check it.
     """
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
         raise InvalidInputError(f"epoch must be an integer >= 0, got {epoch!r}")
@@ -91,6 +98,12 @@ def save_checkpoint(directory, model, epoch, callbacks=None, keep=3):
     state = {"model": model.state_dict(), "optimizer": model.optimizer.state_dict(), "callbacks": callbacks}
     meta = {"config": model.get_config(), "metrics": list(model.metrics), "epoch": int(epoch),
             "stopped": bool(model.stop_training)}
+    if run:
+        meta["run"] = dict(run)
+        try:
+            _check_run("the run record", meta, model.optimizer.iterations)
+        except ModelFileError as exc:
+            raise InvalidInputError(f"cannot checkpoint this run: {exc}") from None
     directory = os.fspath(directory)
     with locked(directory):
         return _write_checkpoint(directory, int(epoch), meta, state, keep)
@@ -164,6 +177,7 @@ def _checkpoint_content(path, meta, arrays):
         raise ModelFileError(f"{path!r} holds {params.size} parameters, its architecture has {count}")
     _check_optimizer_buffers(path, optimizer_state["state"], params)
     _check_shuffle_state(path, model_state["shuffle_rng"])
+    _check_run(repr(path), meta, iterations)
     return meta, state
 
 
@@ -171,6 +185,71 @@ def _check_count(path, name, value):
     """Refuse an epoch or step count that is not an integer from 0 to 2**53."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
         raise ModelFileError(f"{path!r} has an invalid {name} {value!r} (an integer from 0 to 2**53)")
+
+
+#: what a run records in its checkpoints (``meta["run"]``), every key optional (older checkpoints have none)
+RUN_KEYS = {"rows": "training rows", "features": "features", "batch_size": "batch size",
+            "steps_per_epoch": "steps per epoch", "start_iterations": "first step"}
+
+
+def run_record(n_rows, n_features, batch_size):
+    """What ``fit`` records of a run in its checkpoints: ``{"rows", "features", "batch_size",
+    "steps_per_epoch"}`` (``batch_size`` as trained, at most ``n_rows``)."""
+    batch_size = min(int(batch_size), int(n_rows))
+    return {"rows": int(n_rows), "features": int(n_features), "batch_size": batch_size,
+            "steps_per_epoch": -(-int(n_rows) // batch_size)}
+
+
+def _check_run(where, meta, iterations):
+    """Refuse a run record (``meta["run"]``) that is malformed, or that the epoch count, the ``stopped`` flag
+    and the optimizer's step count ``iterations`` contradict: after ``epoch`` epochs of ``steps_per_epoch``
+    steps from step ``start_iterations`` the count is ``start + epoch * steps``, or for a run that stopped
+    early at least ``start + (epoch - 1) * steps + 1``. ``where`` names the file in messages."""
+    run = meta.get("run")
+    if run is None:
+        return
+    if not isinstance(run, dict) or not set(run) <= set(RUN_KEYS):
+        raise ModelFileError(f"{where} has an invalid run record {run!r} (an object of {sorted(RUN_KEYS)})")
+    for key, value in run.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not (key == "start_iterations" or value >= 1) \
+                or not 0 <= value <= _MAX_COUNT:
+            raise ModelFileError(f"{where} records an invalid {RUN_KEYS[key]} {value!r} (an integer from "
+                                 f"{0 if key == 'start_iterations' else 1} to 2**53)")
+    rows, features, batch, steps, start = (run.get(key) for key in RUN_KEYS)
+    if features is not None and features != meta["config"].get("input_dim"):
+        raise ModelFileError(f"{where} records {features} features for a model of input_dim "
+                             f"{meta['config'].get('input_dim')!r}")
+    if rows is not None and batch is not None and (batch > rows or (steps is not None
+                                                                    and steps != -(-rows // batch))):
+        raise ModelFileError(f"{where} records batches of {batch} rows and {steps} steps per epoch for {rows} "
+                             f"training rows")
+    if steps is None or start is None:
+        return
+    epoch = meta["epoch"]
+    highest = start + epoch * steps
+    lowest = start + (epoch - 1) * steps + 1 if meta.get("stopped") and epoch else highest
+    if not lowest <= iterations <= highest:
+        expected = f"{highest}" if lowest == highest else f"from {lowest} to {highest}"
+        raise ModelFileError(f"{where} holds an optimizer step count of {iterations} after {epoch} epochs of "
+                             f"{steps} steps from step {start}: expected {expected} (inconsistent iterations)")
+
+
+def check_resumed_run(restored, run):
+    """Refuse to resume from a checkpoint whose run trained on other data or in other batches.
+
+    ``restored`` is what :func:`restore_checkpoint` returned and ``run`` the resuming run's
+    :func:`run_record`. Raises ModelFileError naming the checkpoint and every recorded value that
+    differs (training rows, features, batch size, steps per epoch); a checkpoint that records none of
+    them (written by an older gpubp) is resumed as it is.
+    """
+    recorded = restored.get("run") or {}
+    diffs = [f"{RUN_KEYS[key]}: checkpoint {recorded[key]} vs this run {run[key]}"
+             for key in ("rows", "features", "batch_size", "steps_per_epoch")
+             if key in recorded and key in run and recorded[key] != run[key]]
+    if diffs:
+        raise ModelFileError(f"checkpoint {restored.get('path')!r} was written by a run on other data or batches "
+                             f"({'; '.join(diffs)}): resume with the same training data and batch size, or "
+                             f"train afresh in an empty checkpoint directory")
 
 
 def _check_optimizer_buffers(path, buffers, params):
@@ -248,7 +327,8 @@ def restore_checkpoint(path, model):
     model is touched, so a failed restore leaves the model as it was.
 
     Returns ``{"epoch": completed epochs, "callbacks": the callbacks' state, "metrics": the compile
-    metrics, "stopped": whether training had stopped early (a callback set ``stop_training``)}``.
+    metrics, "stopped": whether training had stopped early (a callback set ``stop_training``), "run": what
+    the run recorded (see :func:`run_record`; ``{}`` when nothing), "path": the checkpoint}``.
     Raises :class:`gpubp.errors.ModelFileError` for missing, corrupted, foreign, pickled,
     future-version or mismatching files.
     """
@@ -259,7 +339,7 @@ def restore_checkpoint(path, model):
     model.optimizer.load_state_dict(state["optimizer"])
     model.backend.synchronize()
     return {"epoch": meta["epoch"], "callbacks": state["callbacks"], "metrics": meta.get("metrics") or [],
-            "stopped": bool(meta.get("stopped", False))}
+            "stopped": bool(meta.get("stopped", False)), "run": dict(meta.get("run") or {}), "path": path}
 
 
 def latest_checkpoint(directory, model=None):
@@ -298,12 +378,47 @@ def resume_from_latest(directory, model):
 
 class TrainingCheckpoint(Callback):
     """Writes a checkpoint of the model, its optimizer and ``callbacks`` every ``every`` epochs (``fit``'s
-    ``checkpoint_dir``); runs after the other callbacks so their end-of-epoch state is saved."""
+    ``checkpoint_dir``); runs after the other callbacks so their end-of-epoch state is saved.
 
-    def __init__(self, directory, every, keep, callbacks):
+    Each checkpoint records ``run`` (``fit``'s :func:`run_record`, when given) completed by what the
+    epochs show: the features, the steps per epoch (those of an epoch that ran whole, when ``run`` does
+    not say) and the step count the run's epoch 0 began at, so that a reader can check the optimizer's
+    step count against the epoch."""
+
+    def __init__(self, directory, every, keep, callbacks, run=None):
         self.directory, self.every, self.keep, self.callbacks = directory, every, keep, callbacks
+        self.run = dict(run or {})
+        self._epoch_start = None
+        self._steps = 0  # of the epoch running
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start, self._steps = self.model.optimizer.iterations, 0
+
+    def on_batch_begin(self, batch, logs=None):
+        self._steps += 1
 
     def on_epoch_end(self, epoch, logs):
+        self._observe(epoch)
         if (epoch + 1) % self.every == 0:
             save_checkpoint(self.directory, self.model, epoch + 1, callbacks=self.callbacks.state_dict(),
-                            keep=self.keep)
+                            keep=self.keep, run=self.run)
+
+    def _observe(self, epoch):
+        """Complete :attr:`run` from the epoch that just ended; leave ``start_iterations`` out should anything
+        but the epochs' steps have moved the step count (a callback's own ``train_on_batch``, say)."""
+        run, iterations = self.run, self.model.optimizer.iterations
+        run.setdefault("features", self.model.input_dim)
+        run.pop("start_iterations", None)
+        if self._epoch_start is None:
+            return
+        if "steps_per_epoch" not in run and not self.model.stop_training and self._steps:
+            run["steps_per_epoch"] = self._steps
+        steps = run.get("steps_per_epoch")
+        if steps is None or self._epoch_start < epoch * steps:
+            return
+        run["start_iterations"] = self._epoch_start - epoch * steps
+        try:
+            _check_run("this run", {"run": run, "epoch": epoch + 1, "stopped": self.model.stop_training,
+                                    "config": {"input_dim": self.model.input_dim}}, iterations)
+        except ModelFileError:
+            del run["start_iterations"]

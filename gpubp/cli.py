@@ -282,6 +282,16 @@ def _save_or_fall_back(model, path):
         return saved, False
 
 
+def _written(write, path, what):
+    """``(write(), True)``; when writing ``what`` to ``path`` fails once the work is done (a path that passed
+    the checks before it, then failed): one line on stderr and ``(None, False)``, for an exit status of 1."""
+    try:
+        return write(), True
+    except (OSError, GpubpError) as exc:
+        print(f"gpubp: error: could not write {what} to {path!r} ({exc})", file=sys.stderr)
+        return None, False
+
+
 def _data_and_model(args, quiet):
     """Load the data set, decide the task, split it and build the model of the flags (with the training
     split's scaler and the labels); unless ``quiet``, say what was built. Returns ``(model, task, split,
@@ -383,11 +393,14 @@ def cmd_train(args):
         metrics["interrupted"] = where
         print(f"gpubp: interrupted by Ctrl-C after step {where['step']}/{where['steps_per_epoch']} of epoch "
               f"{where['epoch'] + 1}; the weights are those of that whole step", file=sys.stderr)
-    saved_where_asked = True
+    saved_where_asked = plotted = True
     if save_path:
         metrics["saved"], saved_where_asked = _save_or_fall_back(model, save_path)
-    if args.plot:
-        metrics["plots"] = _write_plots(args.plot, model, history, X_test, y_test, monitor, seconds)
+    if args.plot:  # after the save: a plot that cannot be written loses no model
+        plots, plotted = _written(lambda: _write_plots(args.plot, model, history, X_test, y_test, monitor, seconds),
+                                  args.plot, "the plots")
+        if plotted:
+            metrics["plots"] = plots
     if monitor is not None:
         metrics["diagnosis"] = {"steps": monitor.history["step"], "findings": monitor.findings}
     if args.json:
@@ -407,7 +420,7 @@ def cmd_train(args):
             print(f"model saved to {metrics['saved']}")
         for path in metrics.get("plots", []):
             print(f"plot written to {path}")
-    if not saved_where_asked:
+    if not (saved_where_asked and plotted):
         return 1
     return 130 if history.interrupted else 0
 
@@ -470,23 +483,26 @@ def cmd_lr_find(args):
     seconds = time.perf_counter() - t0
     output = {"suggested_lr": result.suggestion, "min_loss_lr": result.min_loss_lr, "steps": result.steps,
               "stopped_early": result.stopped_early, "seconds": seconds}
+    plotted = True
     if args.plot:
         import os
 
-        os.makedirs(args.plot, exist_ok=True)
-        output["plot"] = os.path.join(args.plot, "lr_finder.png")
-        result.plot(path=output["plot"])
+        def plot():
+            os.makedirs(args.plot, exist_ok=True)
+            result.plot(path=os.path.join(args.plot, "lr_finder.png"))
+            return os.path.join(args.plot, "lr_finder.png")
+
+        output["plot"], plotted = _written(plot, args.plot, "the plot")
     if args.json:
         print(json.dumps(output))
-        return 0
-    if quiet:
+    elif quiet:
         print(f"{result.suggestion:.3g}")
-        return 0
-    print(result.summary())
-    print(f"range test ran in {seconds:.2f}s; train with it: gpubp train ... --lr {result.suggestion:.3g}")
-    if args.plot:
-        print(f"plot written to {output['plot']}")
-    return 0
+    else:
+        print(result.summary())
+        print(f"range test ran in {seconds:.2f}s; train with it: gpubp train ... --lr {result.suggestion:.3g}")
+        if plotted and args.plot:
+            print(f"plot written to {output['plot']}")
+    return 0 if plotted else 1
 
 
 def _columns_by_name(path, X, names, wanted):
@@ -563,8 +579,12 @@ def cmd_predict(args):
     lines = [",".join(header)] + [",".join(_fmt(c[i]) for c in columns) for i in range(out.shape[0])]
     text = "\n".join(lines) + "\n"
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+        def write():
+            with open(args.output, "w") as f:
+                f.write(text)
+
+        if not _written(write, args.output, "the predictions")[1]:
+            return 1
         print(f"{out.shape[0]} predictions written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

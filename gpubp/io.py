@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import ModelFileError
 from .npz_archive import CHUNK, NUMERIC_KINDS, one_line, open_npz, require_host_memory
+from .output_paths import check_path
 from .version import __version__
 
 FORMAT_NAME = "gpubp-model"
@@ -334,9 +335,9 @@ def flatten_references(tree):
 
 def save_model(model, path):
     """Save ``model``'s config, parameters and scaler to ``path`` (``.npz`` appended when missing)."""
+    path = check_path("path", path)
     if not model.built:
         raise ModelFileError("cannot save a model without weights: build or fit it first")
-    path = os.fspath(path)
     if not path.endswith(".npz"):
         path += ".npz"
     state = model.state_dict()

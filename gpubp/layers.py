@@ -160,7 +160,7 @@ class Dropout:
     def __init__(self, rate: float) -> None:
         if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
             raise InvalidTypeError(f"Dropout rate must be a number in [0, 1), got {rate!r}")
-        if not 0.0 <= float(rate) < 1.0:  # NaN fails too
+        if not 0.0 <= rate < 1.0:  # NaN fails too; no float(): an int beyond float's range compares exactly
             raise InvalidInputError(f"Dropout rate must lie in [0, 1) (the fraction of units dropped), got {rate!r}")
         self.rate = float(rate)
         #: the width of its input and output, set when the model is built

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .backend import get_backend
 from .checkpoint import read_checkpoint, restore_checkpoint
 from .data import StandardScaler
 from .errors import ModelFileError
@@ -11,6 +12,7 @@ from .io import read_model_file
 from .layers import layer_from_config
 from .model import Sequential
 from .optim import optimizer_from_config
+from .output_paths import check_path
 
 
 def model_from_config(config, backend, path, metrics=()):
@@ -29,8 +31,11 @@ def model_from_config(config, backend, path, metrics=()):
 
 
 def load_model(path: str | os.PathLike, backend: str = "auto") -> Sequential:
-    """Rebuild a saved model on ``backend``, compiled again when it was compiled when saved."""
-    path = os.fspath(path)
+    """Rebuild a saved model on ``backend``, compiled again when it was compiled when saved.
+
+    A ``path`` or ``backend`` of the wrong type or value raises InvalidTypeError or InvalidInputError
+    naming it, before the file is read."""
+    path, backend = check_path("path", path), get_backend(backend)
     config, params, weights, scaler = read_model_file(path)  # holds as many parameters as config's architecture
     model = model_from_config(config, backend, path)
     try:
@@ -51,7 +56,7 @@ def load_checkpoint_model(path: str | os.PathLike, backend: str = "auto") -> Seq
     Like :func:`gpubp.load`, for a checkpoint; ``model.checkpoint_info`` holds what
     :func:`gpubp.checkpoint.restore_checkpoint` returned (epoch, callbacks' state).
     """
-    path = os.fspath(path)
+    path, backend = check_path("path", path), get_backend(backend)
     meta, _ = read_checkpoint(path)
     model = model_from_config(meta["config"], backend, path, metrics=meta.get("metrics"))
     model.checkpoint_info = restore_checkpoint(path, model)

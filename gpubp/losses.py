@@ -259,7 +259,7 @@ class SoftmaxCrossEntropy(Loss):
     def __init__(self, label_smoothing=0.0):
         if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(label_smoothing, numbers.Real):
             raise InvalidTypeError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
-        if not 0.0 <= float(label_smoothing) < 1.0:  # NaN fails too
+        if not 0.0 <= label_smoothing < 1.0:  # NaN fails too; an int beyond float's range compares exactly
             raise InvalidInputError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}: it is the "
                                     f"weight moved from the true class to a uniform target")
         self.label_smoothing = float(label_smoothing)

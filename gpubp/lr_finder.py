@@ -162,6 +162,9 @@ def lr_find(model: Sequential, X: ArrayLike, y: ArrayLike, start_lr: float = 1e-
     threshold = check_positive("diverge_threshold", diverge_threshold)
     if threshold <= 1:
         raise InvalidInputError(f"diverge_threshold must be greater than 1, got {diverge_threshold!r}")
+    # the steps' losses (device) and learning rates, losses and smoothed losses (host): before any allocation
+    model.backend.require_memory(32 * schedule.steps, f"for the losses of {schedule.steps:,} range-test steps",
+                                 "lower steps")
 
     trial = training_copy(model, X, schedule)
     X, y, _ = trial.prepare(X, y)

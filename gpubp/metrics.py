@@ -116,6 +116,10 @@ class TopKAccuracy(Metric):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"the k of top_k_accuracy must be an integer >= 1, got {k!r}")
         self.k = int(k)
+        allowed = [f"top_{self.k}_accuracy"] + (["top_k_accuracy"] if self.k == 5 else [])
+        if name is not None and (not isinstance(name, str) or name not in allowed):
+            raise InvalidInputError(f"name must be None or one of {allowed} (a compiled model keeps its metrics by "
+                                    f"name), got {name!r}")
         self.name = f"top_{self.k}_accuracy" if name is None else name
 
     def result(self, sums):

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import os
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
+
+
+def check_path(name, path):
+    """``os.fspath(path)`` once it names a path: InvalidTypeError (naming ``name``) unless a str or
+    os.PathLike, InvalidInputError unless a non-empty text path without NUL characters."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidTypeError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise InvalidInputError(f"{name} must be a non-empty file path without NUL characters, got {path!r}")
+    return path
 
 
 def _nearest_existing(path):

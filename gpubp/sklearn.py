@@ -32,6 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, check_scalar, column_or_1d, validate_data
 
 from . import optim, schedules
+from .backend import get_backend
 from .callbacks import Callback
 from .layers import Dense
 from .model import Sequential
@@ -48,6 +49,21 @@ LEARNING_RATES = ("constant", "invscaling", "adaptive")
 #: the "adaptive" schedule stops once the learning rate has fallen to this (as in scikit-learn)
 MIN_ADAPTIVE_LR = 1e-6
 INPUT_DTYPES = (np.float64, np.float32)
+
+
+def _finite(value):
+    """Whether a real number is finite as a float (an int beyond float's range is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _check_count(name, value):
+    """scikit-learn's check of an integer parameter >= 1 (a bool or an array is none)."""
+    if isinstance(value, (bool, np.bool_, np.ndarray)):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_scalar(value, name, numbers.Integral, min_val=1)
 
 
 class _EpochEnd(Callback):
@@ -134,8 +150,19 @@ class _BaseMLP(BaseEstimator):
             if not isinstance(value, str) or value not in options:
                 raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
 
+        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.verbose, np.ndarray) or not isinstance(self.verbose, numbers.Integral):
+            raise ValueError(f"verbose must be True, False or an integer, got {self.verbose!r}")
+        self._hidden_sizes()
+        try:
+            check_random_state(self.random_state)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"random_state must be None, an integer from 0 to 2**32 - 1 or a RandomState, got "
+                             f"{self.random_state!r} ({exc})") from None
         one_of("activation", HIDDEN_ACTIVATIONS)
-        if self.solver == "lbfgs":
+        if isinstance(self.solver, str) and self.solver == "lbfgs":
             raise ValueError("solver='lbfgs' is not supported by gpubp, which trains with mini-batches; "
                              "use solver='adam' or 'sgd' (or sklearn.neural_network for L-BFGS)")
         one_of("solver", SOLVERS)
@@ -143,8 +170,8 @@ class _BaseMLP(BaseEstimator):
         one_of("dtype", ("float32", "float64"))
         if isinstance(self.batch_size, str) and self.batch_size != "auto":
             raise ValueError(f"batch_size must be 'auto' or an integer >= 1, got {self.batch_size!r}")
-        if self.batch_size != "auto":
-            check_scalar(self.batch_size, "batch_size", numbers.Integral, min_val=1)
+        if not isinstance(self.batch_size, str):
+            _check_count("batch_size", self.batch_size)
         for name, kind, low, high, closed in [
             ("alpha", numbers.Real, 0, None, "left"),
             ("learning_rate_init", numbers.Real, 0, None, "neither"),
@@ -157,17 +184,21 @@ class _BaseMLP(BaseEstimator):
             ("beta_2", numbers.Real, 0, 1, "left"),
             ("epsilon", numbers.Real, 0, None, "neither"),
         ]:
-            check_scalar(getattr(self, name), name, kind, min_val=low, max_val=high, include_boundaries=closed)
-        if self.n_iter_no_change != np.inf:
-            check_scalar(self.n_iter_no_change, "n_iter_no_change", numbers.Integral, min_val=1)
-        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Real) and not _finite(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            check_scalar(value, name, kind, min_val=low, max_val=high, include_boundaries=closed)
+        if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
+            _check_count("n_iter_no_change", self.n_iter_no_change)
 
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
-        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in sizes):
+        try:
+            sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
+        except TypeError:  # not a sequence
+            sizes = [None]
+        if isinstance(self.hidden_layer_sizes, (str, bytes, dict)) or not all(
+                isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) and s > 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
         return [int(s) for s in sizes]
 
@@ -188,6 +219,10 @@ class _BaseMLP(BaseEstimator):
         # Glorot uniform for weights and biases, factor 2 for logistic units (as in scikit-learn)
         factor = 2.0 if self.activation == "logistic" else 6.0
         units = [n_features] + hidden + [n_outputs]
+        params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(units[:-1], units[1:]))
+        get_backend(self.backend).require_memory(  # before the float64 draw below: a size that fits nowhere
+            16 * params, f"for the {params:,} parameters of hidden_layer_sizes={self.hidden_layer_sizes!r}",
+            "use smaller hidden_layer_sizes")
         weights = []
         for fan_in, fan_out in zip(units[:-1], units[1:]):
             bound = math.sqrt(factor / (fan_in + fan_out))

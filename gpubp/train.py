@@ -14,7 +14,7 @@ import numpy as np
 
 from .buffers import INFERENCE_BATCH, plan_bytes
 from .callbacks import Callback, CallbackList, History, as_callback_list
-from .checkpoint import TrainingCheckpoint, latest_checkpoint, resume_from_latest
+from .checkpoint import TrainingCheckpoint, check_resumed_run, latest_checkpoint, resume_from_latest, run_record
 from .communicator import GradientAllReduce, agreed, get_communicator
 from .launch_environment import launched_ranks
 from .data import StandardScaler
@@ -311,6 +311,9 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
     n = X.shape[0]
     batch_size = min(batch_size, n)
     starts = list(range(0, n, batch_size))
+    run = run_record(n, model.input_dim, batch_size)  # what each checkpoint records of this run
+    if restored is not None:
+        check_resumed_run(restored, run)  # other data or batches than the checkpoint's: refused before any step
     sizes = np.array([min(batch_size, n - s) for s in starts], dtype=np.float64)
     shares = [share_of_rows(int(b), communicator.size, communicator.rank) for b in sizes]
     evaluation = EpochEvaluation(X, y, X_val, y_val, with_accuracy, communicator, weights, val_weights)
@@ -330,7 +333,8 @@ def _fit(model, X, y, batch_size, epochs, validation_data, validation_split, shu
     callbacks = CallbackList([history] + list(callbacks or []) +
                              [ProgressLogger(int(verbose), epochs, len(starts))], model, rank=communicator.rank)
     if checkpoint_dir is not None:
-        callbacks.callbacks.append(TrainingCheckpoint(checkpoint_dir, checkpoint_every, checkpoint_keep, callbacks))
+        callbacks.callbacks.append(TrainingCheckpoint(checkpoint_dir, checkpoint_every, checkpoint_keep, callbacks,
+                                                      run=run))
         callbacks.callbacks[-1].set_model(model)
     model.stop_training = False
     started = []

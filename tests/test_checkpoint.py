@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpubp as gb
-from gpubp.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from gpubp.checkpoint import latest_checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 from gpubp.directory_lock import LOCK_NAME
 from gpubp.loading import load_checkpoint_model
 from gpubp.data import StandardScaler
@@ -179,7 +179,7 @@ def test_latest_skips_truncated_corrupted_and_temp_files(tmp_path):
 CRASH_WRITER = textwrap.dedent("""
     import sys
     import gpubp as gb
-    from gpubp.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+    from gpubp.checkpoint import latest_checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
 
     model = gb.Sequential([gb.Dense(512, activation="relu"), gb.Dense(4)], input_dim=256, backend="cpu", seed=0)
     model.compile(loss="softmax_cross_entropy", optimizer="adam")
@@ -368,3 +368,111 @@ def test_saving_through_a_symlink_writes_its_target_and_dead_writers_leftovers_g
     assert link.is_symlink() and os.readlink(link) == str(target)
     gb.load(target, backend="cpu")
     assert not leftover.exists() and live.exists()  # only the leftover of a writer that is gone
+
+
+# --------------------------------------------------------------------------- the run record
+def _meta_and_iterations(path):
+    meta, state = read_checkpoint(path)
+    return meta, state["optimizer"]["iterations"]
+
+
+def test_an_inconsistent_step_count_is_refused_without_the_metadata_digest(tmp_path, data):
+    """1 epoch of 4 steps then ``iterations`` 999999, the metadata digest dropped: refused, never resumed."""
+    X, y = data
+    make_model("adam").fit(X[:128], y[:128], batch_size=32, epochs=1, verbose=0, checkpoint_dir=tmp_path / "c")
+    path = latest_checkpoint(tmp_path / "c")
+    assert _meta_and_iterations(path)[0]["run"].items() >= {"features": 2, "steps_per_epoch": 4,
+                                                            "start_iterations": 0}.items()
+
+    def tamper(meta):
+        meta.pop("meta_sha256")
+        meta["state"]["optimizer"]["iterations"] = 999999
+
+    _rewrite_meta(path, path, tamper)
+    with pytest.raises(ModelFileError, match=r"step count of 999999 after 1 epochs of 4 steps from step 0: expected 4"):
+        restore_checkpoint(path, make_model("adam"))
+    assert latest_checkpoint(tmp_path / "c") is None
+
+
+class _StopAt(gb.Callback):
+    def __init__(self, epoch, batch):
+        self.at = (epoch, batch)
+        self.epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            self.model.stop_training = True
+
+
+class _ExtraStep(gb.Callback):
+    """Moves the step count outside the epochs' steps: a record of the first step cannot hold then."""
+
+    def on_epoch_end(self, epoch, logs):
+        self.model.train_on_batch(self.X, self.y)
+
+
+def test_runs_that_stop_early_or_start_trained_record_a_consistent_step_count(tmp_path, data):
+    X, y = data  # 400 rows in batches of 32: 13 steps per epoch
+    model = make_model("adam")
+    model.fit(X, y, batch_size=32, epochs=1, verbose=0)  # trained before: the run's epoch 0 begins at step 13
+    model.fit(X, y, batch_size=32, epochs=5, verbose=0, checkpoint_dir=tmp_path / "a", callbacks=[_StopAt(1, 2)])
+    meta, iterations = _meta_and_iterations(latest_checkpoint(tmp_path / "a"))
+    assert (meta["epoch"], meta["stopped"], iterations) == (2, True, 13 + 13 + 3)
+    assert meta["run"].items() >= {"features": 2, "steps_per_epoch": 13, "start_iterations": 13}.items()
+
+    first = make_model("adam").fit(X, y, batch_size=32, epochs=3, verbose=0, checkpoint_dir=tmp_path / "b",
+                                   callbacks=[_StopAt(0, 4)])
+    meta, iterations = _meta_and_iterations(latest_checkpoint(tmp_path / "b"))
+    assert first.epoch == [0] and (meta["epoch"], iterations) == (1, 5)
+    # no epoch ran whole: unless fit says, the steps per epoch are unknown
+    assert meta["run"].get("steps_per_epoch") in (None, 13) and meta["run"].get("start_iterations", 0) == 0
+
+    extra = _ExtraStep()
+    extra.X, extra.y = X[:8], y[:8]
+    make_model("adam").fit(X, y, batch_size=32, epochs=2, verbose=0, checkpoint_dir=tmp_path / "c", callbacks=[extra])
+    meta, iterations = _meta_and_iterations(latest_checkpoint(tmp_path / "c"))
+    assert iterations == 2 * 14 and meta["run"]["steps_per_epoch"] == 13 and "start_iterations" not in meta["run"]
+
+
+def test_save_checkpoint_refuses_a_run_record_its_state_contradicts(tmp_path, data):
+    from gpubp.checkpoint import run_record
+
+    X, y = data
+    model = make_model("adam")
+    model.fit(X, y, batch_size=32, epochs=2, verbose=0)
+    run = dict(run_record(400, 2, 32), start_iterations=0)
+    assert run == {"rows": 400, "features": 2, "batch_size": 32, "steps_per_epoch": 13, "start_iterations": 0}
+    path = save_checkpoint(tmp_path, model, 2, run=run)
+    info = restore_checkpoint(path, make_model("adam"))
+    assert info["run"] == run and info["path"] == path
+    for epoch, bad, message in [(3, run, "expected 39 \\(inconsistent iterations\\)"),
+                                (2, dict(run, batch_size=64), "batches of 64 rows and 13 steps per epoch for 400"),
+                                (2, dict(run, features=3), "3 features for a model of input_dim 2"),
+                                (2, dict(run, shuffled=True), "invalid run record")]:
+        with pytest.raises(InvalidInputError, match="cannot checkpoint this run: the run record .*" + message):
+            save_checkpoint(tmp_path, model, epoch, run=bad)
+    assert sorted(os.listdir(tmp_path)) == sorted([LOCK_NAME, os.path.basename(path)])
+    assert run_record(10, 2, 64) == {"rows": 10, "features": 2, "batch_size": 10, "steps_per_epoch": 1}
+
+
+def test_check_resumed_run_names_every_value_that_differs():
+    from gpubp.checkpoint import check_resumed_run, run_record
+
+    restored = {"path": "ck/ckpt-epoch000002.npz", "run": dict(run_record(1600, 2, 64), start_iterations=0)}
+    check_resumed_run(restored, run_record(1600, 2, 64))  # the same run
+    check_resumed_run(restored, run_record(1600, 2, 64) | {"start_iterations": 9})  # only the data and batches count
+    check_resumed_run({"path": "old.npz", "run": {}}, run_record(5, 3, 1))  # an older gpubp's: nothing to compare
+    with pytest.raises(ModelFileError, match=r"checkpoint 'ck/ckpt-epoch000002.npz' was written by a run on other "
+                                             r"data or batches \(batch size: checkpoint 64 vs this run 7; steps per "
+                                             r"epoch: checkpoint 25 vs this run 229\): resume with the same"):
+        check_resumed_run(restored, run_record(1600, 2, 7))
+    with pytest.raises(ModelFileError, match=r"\(training rows: checkpoint 1600 vs this run 1500; steps per epoch: "
+                                             r"checkpoint 25 vs this run 24\)"):
+        check_resumed_run(restored, run_record(1500, 2, 64))
+    with pytest.raises(ModelFileError, match=r"\(features: checkpoint 2 vs this run 3\)"):
+        check_resumed_run(restored, run_record(1600, 3, 64))
+    with pytest.raises(ModelFileError, match=r"\(steps per epoch: checkpoint 25 vs this run 13\)"):
+        check_resumed_run({"run": {"features": 2, "steps_per_epoch": 25}}, run_record(1600, 2, 128))

@@ -380,3 +380,91 @@ def test_a_regression_run_reports_rmse_mae_and_r2(tmp_path):
     proc = gpubp("train", "--backend", "cpu", "--dataset", "regression", "--epochs", "1", "--metrics", "precision",
                  check=False)
     assert proc.returncode == 2 and "metric 'precision' needs class labels" in proc.stderr
+
+
+# --------------------------------------------------------------------------- resumes that must be refused
+def _checkpoint_files(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name.startswith("ckpt-")}
+
+
+def _refused_in_one_line(proc, *phrases):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("gpubp: error: "), proc.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+def test_a_resume_with_another_model_is_refused_and_keeps_the_checkpoints(tmp_path):
+    ck = str(tmp_path / "ck")
+    gpubp("train", "--epochs", "2", "--samples", "400", "--backend", "cpu", "--quiet", "--checkpoint-dir", ck)
+    before = _checkpoint_files(tmp_path / "ck")
+    assert sorted(before) == ["ckpt-epoch000001.npz", "ckpt-epoch000002.npz"]
+    proc = gpubp("train", "--epochs", "3", "--samples", "400", "--backend", "cpu", "--quiet", "--checkpoint-dir", ck,
+                 "--resume", "--hidden", "64", check=False)
+    _refused_in_one_line(proc, "does not match the model's configuration (layers: checkpoint", "'units': 64")
+    assert _checkpoint_files(tmp_path / "ck") == before
+
+
+def test_a_resume_on_another_data_set_and_batch_size_is_refused(tmp_path):
+    ck = str(tmp_path / "ck")
+    gpubp("train", "--dataset", "moons", "--epochs", "2", "--backend", "cpu", "--quiet", "--checkpoint-dir", ck)
+    before = _checkpoint_files(tmp_path / "ck")
+    proc = gpubp("train", "--dataset", "circles", "--batch-size", "7", "--epochs", "3", "--backend", "cpu", "--quiet",
+                 "--checkpoint-dir", ck, "--resume", check=False)
+    _refused_in_one_line(proc, "batch size: checkpoint 64 vs this run 7", "steps per epoch: checkpoint 25 vs this "
+                                                                          "run 229")
+    assert _checkpoint_files(tmp_path / "ck") == before
+
+
+# --------------------------------------------------------------------------- outputs that fail after the work
+def _main(monkeypatch, capsys, *args):
+    """``gpubp.cli.main(args)`` in this process with the up-front path checks switched off, as for a path that
+    passed them and failed later: ``(exit status, stdout, stderr)``."""
+    from gpubp import cli
+
+    monkeypatch.setattr(cli, "check_writable_file", lambda path, what: None)
+    monkeypatch.setattr(cli, "check_writable_directory", lambda path, what: None)
+    status = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_plots_that_cannot_be_written_after_training_keep_the_model_and_exit_1(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("a file, not a directory")
+    status, out, err = _main(monkeypatch, capsys, "train", "--epochs", "1", "--samples", "200", "--backend", "cpu",
+                             "--quiet", "--save", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "file" / "plots"))
+    assert status == 1 and "test accuracy" in out and f"model saved to {tmp_path / 'm.npz'}" in out
+    assert len(err.splitlines()) == 1 and "Not a directory" in err
+    assert err.startswith(f"gpubp: error: could not write the plots to {str(tmp_path / 'file' / 'plots')!r} (")
+    assert gb.load(tmp_path / "m.npz", backend="cpu").input_dim == 2
+    status, _, err = _main(monkeypatch, capsys, "lr-find", "--samples", "200", "--steps", "10", "--backend", "cpu",
+                           "--quiet", "--plot", str(tmp_path / "file" / "plots"))
+    assert status == 1 and len(err.splitlines()) == 1 and "could not write the plot to" in err
+
+
+def test_predictions_that_cannot_be_written_exit_1_in_one_line(tmp_path, monkeypatch, capsys):
+    gpubp("train", "--backend", "cpu", "--epochs", "1", "--samples", "200", "--quiet", "--save", str(tmp_path / "m.npz"))
+    np.savetxt(tmp_path / "x.csv", np.zeros((3, 2)), delimiter=",", header="x0,x1", comments="")
+    status, out, err = _main(monkeypatch, capsys, "predict", "--model", str(tmp_path / "m.npz"), "--input",
+                             str(tmp_path / "x.csv"), "--output", str(tmp_path / "gone" / "p.csv"))
+    assert status == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"gpubp: error: could not write the predictions to {str(tmp_path / 'gone' / 'p.csv')!r}")
+    status, _, _ = _main(monkeypatch, capsys, "predict", "--model", str(tmp_path / "m.npz"), "--input",
+                         str(tmp_path / "x.csv"), "--output", str(tmp_path / "p.csv"))
+    assert status == 0 and len((tmp_path / "p.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not os.path.isdir("/proc/self"),
+                    reason="/proc passes the writability check only for root")
+def test_a_path_under_proc_passes_the_check_and_fails_at_the_write_without_a_traceback(tmp_path):
+    proc = gpubp("train", "--epochs", "1", "--samples", "200", "--backend", "cpu", "--quiet", "--save",
+                 str(tmp_path / "m.npz"), "--plot", "/proc/gpubp-test-plots", check=False)
+    assert proc.returncode == 1 and "model saved to" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "gpubp: error: could not write the plots to '/proc/gpubp-test-plots' ([Errno 2] No such file or directory: "
+        "'/proc/gpubp-test-plots')"]
+    np.savetxt(tmp_path / "x.csv", np.zeros((2, 2)), delimiter=",", header="x0,x1", comments="")
+    proc = gpubp("predict", "--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "x.csv"), "--output",
+                 "/proc/gpubp-test-predictions.csv", check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "could not write the predictions to '/proc/gpubp-test-predictions.csv'" in proc.stderr

@@ -478,6 +478,10 @@ def _optimizer_state(**values):
     return lambda meta, _: meta["state"]["optimizer"].update(values)
 
 
+def _run(**values):
+    return lambda meta, _: meta["run"].update(values)
+
+
 COUNTERS = {
     "iterations negative": (_optimizer_state(iterations=-1), "invalid iterations"),
     "iterations a float": (_optimizer_state(iterations=4.0), "invalid iterations"),
@@ -494,6 +498,19 @@ COUNTERS = {
     "optimizer state a list": (_optimizer_state(state=[]), "optimizer state"),
     "callbacks a list": (lambda meta, _: meta["state"].update(callbacks=[]), "callbacks"),
     "metrics a number": (lambda meta, _: meta.update(metrics=5), "metrics"),
+    # the run record (2 epochs of 2 steps from step 0) against the step count and the epoch
+    "iterations 999999 after 2 epochs of 2 steps": (_optimizer_state(iterations=999999), "inconsistent iterations"),
+    "iterations a step short": (_optimizer_state(iterations=3), "expected 4 (inconsistent iterations)"),
+    "epoch moved ahead": (lambda meta, _: meta.update(epoch=5), "after 5 epochs of 2 steps from step 0: expected 10"),
+    "first step moved": (_run(start_iterations=7), "inconsistent iterations"),
+    "run record a list": (lambda meta, _: meta.update(run=[2]), "invalid run record"),
+    "run record with an unknown key": (_run(epochs=3), "invalid run record"),
+    "steps per epoch 0": (_run(steps_per_epoch=0), "invalid steps per epoch 0"),
+    "steps per epoch a float": (_run(steps_per_epoch=2.0), "invalid steps per epoch"),
+    "first step negative": (_run(start_iterations=-4), "invalid first step"),
+    "features other than input_dim": (_run(features=7), "records 7 features for a model of input_dim 3"),
+    "rows, batch size and steps disagree": (_run(rows=64, batch_size=16), "records batches of 16 rows and 2 steps"),
+    "batch larger than the rows": (_run(rows=10, batch_size=32, steps_per_epoch=1), "records batches of 32"),
 }
 
 

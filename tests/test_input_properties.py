@@ -20,6 +20,7 @@ GpubpError, an InvalidInputError or InvalidTypeError naming the argument.
 The hand-written cases live in ``test_input_errors.py`` and ``test_public_errors.py``.
 """
 
+import math
 import os
 import re
 import tempfile
@@ -762,3 +763,190 @@ def test_set_weights_on_unbuilt_model_property(loss, dtype, data):
         assert model.built and model.input_dim == np.shape(weights[0])[0]
         for w, a in zip(weights, model.get_weights()):
             assert a.shape == np.shape(w) and np.all(np.isfinite(a))
+
+
+# ---------------------------------------------------------------- more callbacks, layers, losses, metrics, lr_find
+#: fewer examples for the calls that train: they keep the file's runtime within a few seconds more
+FEW = settings(max_examples=25, deadline=None, derandomize=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: any value but ints beyond a few: for counts that would make a call run (or allocate) without end
+SMALL_ANY = st.one_of(st.none(), st.booleans(), st.integers(-3, 8), st.floats(allow_nan=True, allow_infinity=True),
+                      st.sampled_from(ODD_VALUES), st.text(max_size=4), st.sampled_from(WORDS))
+
+
+def _fit_with(callback, epochs=2, model=None):
+    model = model or model_for("softmax_cross_entropy", "float32")
+    return attempt(lambda: model.fit(X6, Y6, epochs=epochs, verbose=0, callbacks=[callback]), ["callbacks"])
+
+
+@FEW
+@given(data=st.data())
+def test_reduce_lr_on_plateau_property(data):
+    kwargs = draw_kwargs(data, {"monitor": maybe(["loss", "val_loss"]), "factor": maybe([0.1, 0.5]),
+                                "patience": maybe([0, 1]), "min_delta": maybe([0.0, 1e-4]), "cooldown": maybe([0, 1]),
+                                "min_lr": maybe([0.0, 1e-4]), "mode": maybe(["auto", "min"]), "verbose": maybe([0])})
+    reduce, exc = attempt(lambda: gb.ReduceLROnPlateau(**kwargs), list(kwargs))
+    if exc is None and reduce.monitor == "loss" and not reduce.verbose:
+        history, exc = _fit_with(reduce, epochs=3)
+        assert exc is None
+        lrs = history.history["lr"]
+        assert len(lrs) == 3 and all(np.isfinite(lrs)) and lrs == sorted(lrs, reverse=True)
+
+
+@FEW
+@given(data=st.data())
+def test_csv_logger_property(data):
+    path = data.draw(mostly(st.just("<file>"), st.one_of(ANY_NON_TEXT, st.sampled_from(HUGE_INTS + ["", "a\0b"]))))
+    kwargs = draw_kwargs(data, {"separator": maybe([",", ";", "\t"]), "append": maybe([False, True])})
+    with tempfile.TemporaryDirectory() as tmp:
+        if path == "<file>":
+            path = os.path.join(tmp, "log.csv")
+        logger, exc = attempt(lambda: gb.CSVLogger(path, **kwargs), ["path", *kwargs])
+        if exc is None:
+            _, exc = _fit_with(logger)
+            assert exc is None
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            assert len(lines) == 3 and lines[0].startswith("epoch" + logger.separator)
+
+
+SCHEDULE_FUNCTIONS = [lambda epoch, lr: lr * 0.5, lambda epoch, lr: 0.01 / (epoch + 1),
+                      lambda epoch, lr: np.float32(0.02), lambda epoch, lr: np.array(0.03), lambda epoch, lr: 0]
+BAD_SCHEDULE_FUNCTIONS = [lambda epoch, lr: float("nan"), lambda epoch, lr: -1.0, lambda epoch, lr: "0.1",
+                          lambda epoch, lr: None, lambda epoch, lr: np.array([0.1, 0.2]), lambda epoch, lr: True,
+                          lambda epoch, lr: 10 ** 400, lambda epoch, lr: math.inf, lambda epoch, lr: 1j]
+
+
+@FEW
+@given(schedule=mostly(st.sampled_from(SCHEDULE_FUNCTIONS),
+                       st.one_of(st.sampled_from(BAD_SCHEDULE_FUNCTIONS), ANY_VALUE)),
+       verbose=maybe([0]))
+def test_learning_rate_scheduler_property(schedule, verbose):
+    scheduler, exc = attempt(lambda: gb.LearningRateScheduler(schedule, verbose=verbose), ["schedule", "verbose"])
+    if exc is None and not scheduler.verbose:
+        history, exc = attempt(lambda: model_for("softmax_cross_entropy", "float32").fit(
+            X6, Y6, epochs=2, verbose=0, callbacks=[scheduler]), ["schedule"])
+        if exc is None:
+            assert [lr >= 0 and np.isfinite(lr) for lr in history.history["lr"]] == [True, True]
+
+
+@FEW
+@given(data=st.data())
+def test_gradient_monitor_property(data):
+    kwargs = draw_kwargs(data, {"every": maybe([1, 3]), "vanishing": maybe([1e-3]), "exploding": maybe([1e3, 10.0]),
+                                "max_grad_norm": maybe([1e3]), "max_update_ratio": maybe([0.25]),
+                                "saturation": maybe([0.02]), "max_saturated": maybe([0.5]), "max_dead": maybe([0.5]),
+                                "warn": maybe([False])})
+    monitor, exc = attempt(lambda: gb.GradientMonitor(**kwargs), list(kwargs))
+    if exc is None and not monitor.warn:
+        _, exc = _fit_with(monitor, epochs=1)
+        assert exc is None and monitor.history["step"] == [0] and isinstance(monitor.report(), str)
+
+
+@FEW
+@given(rate=mostly(st.sampled_from([0.0, 0.25, 0.5, 0.9, np.float32(0.1)]), ANY_BUT_HUGE),
+       dtype=st.sampled_from(DTYPES))
+def test_dropout_property(rate, dtype):  # 10**400: see test_public_errors.py::test_rates_beyond_float_range...
+    dropout, exc = attempt(lambda: gb.Dropout(rate), ["rate"])
+    if exc is None:
+        model = gb.Sequential([gb.Dense(4, activation="relu"), dropout, gb.Dense(N_OUT)], input_dim=N_IN,
+                              backend="cpu", dtype=dtype, seed=0).compile(optimizer="sgd")
+        history = model.fit(X6, Y6, epochs=1, verbose=0)
+        assert 0 <= dropout.rate < 1 and np.isfinite(history.history["loss"]).all()
+        assert np.isfinite(model.predict(X6)).all()
+
+
+LOSS_PARAMETERS = {gb.Huber: ("delta", [1.0, 0.5, 1e-3, 100]), gb.SoftmaxCrossEntropy: ("label_smoothing", [0.0, 0.1, 0.9])}
+
+
+@FEW
+@given(data=st.data(), cls=st.sampled_from([gb.Huber, gb.SoftmaxCrossEntropy]))
+def test_loss_parameter_property(data, cls):
+    name, valid = LOSS_PARAMETERS[cls]
+    value = data.draw(mostly(st.sampled_from(valid), ANY_BUT_HUGE), label=name)  # 10**400: see test_public_errors.py
+    loss, exc = attempt(lambda: cls(**{name: value}), [name])
+    if exc is None:
+        model = gb.Sequential([gb.Dense(3, activation="tanh"), gb.Dense(N_OUT)], input_dim=N_IN, backend="cpu",
+                              seed=0).compile(loss=loss, optimizer="sgd")
+        assert np.isfinite(model.train_on_batch(X6, Y6 if cls is gb.SoftmaxCrossEntropy else np.eye(3)[Y6]))
+        assert model.loss.parameters() == {name: float(value)}
+
+
+@FEW
+@given(k=mostly(st.sampled_from([1, 2, 3, np.int64(2)])))
+def test_top_k_accuracy_property(k):  # a name= of its own: see test_public_errors.py::test_top_k_accuracy_names
+    from gpubp.metrics import TopKAccuracy
+
+    metric, exc = attempt(lambda: TopKAccuracy(k), ["k"])
+    if exc is None:
+        model = model_for("softmax_cross_entropy", "float32")
+        _, exc = attempt(lambda: model.compile(loss=model.loss, optimizer=model.optimizer, metrics=[metric]),
+                         ["k", "metrics", "top_k_accuracy", metric.name])
+        if exc is None:
+            value = model.evaluate(X6, Y6)[metric.name]
+            assert 0 <= value <= 1 and (value == 1 or metric.k < N_OUT)
+        model.compile(loss=model.loss, optimizer=model.optimizer)
+
+
+@FEW
+@given(data=st.data())
+def test_lr_find_property(data):
+    kwargs = draw_kwargs(data, {"start_lr": maybe([1e-5, 1e-3]), "end_lr": maybe([1.0, 10.0]),
+                                "steps": mostly(st.sampled_from([2, 5, 12]), SMALL_ANY),
+                                "batch_size": maybe([4, 32]), "smoothing": maybe([0.0, 0.9]),
+                                "diverge_threshold": maybe([4.0, 1.5])})
+    model = model_for("softmax_cross_entropy", "float32")
+    before = model.get_weights()
+    result, exc = attempt(lambda: gb.lr_find(model, X6, Y6, **kwargs), list(kwargs))
+    if exc is None:
+        assert isinstance(result, gb.LRFinderResult) and 1 <= result.steps <= kwargs.get("steps", 100)
+        assert np.isfinite(result.lrs).all()
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)  # the test runs on a copy, refused or not
+
+
+SKLEARN_PARAMS = {
+    "hidden_layer_sizes": mostly(st.sampled_from([(3,), 4, [2, 2], (np.int64(3),)]),
+                                 st.one_of(SMALL_ANY, st.sampled_from([10 ** 15, 10 ** 30, (3, 0), (3, 10 ** 30)]))),
+    "activation": maybe(["relu", "tanh", "logistic", "identity"]), "solver": maybe(["adam", "sgd"]),
+    "alpha": maybe([0.0, 1e-4]), "batch_size": maybe(["auto", 4]),
+    "learning_rate": maybe(["constant", "invscaling", "adaptive"]), "learning_rate_init": maybe([1e-3, 0.01]),
+    "power_t": maybe([0.5]), "max_iter": mostly(st.sampled_from([1, 2]), SMALL_ANY), "shuffle": maybe([True, False]),
+    "random_state": maybe([None, 0, 3]), "tol": maybe([1e-4]), "verbose": maybe([False]),
+    "warm_start": maybe([False, True]), "momentum": maybe([0.9, 0.0]), "nesterovs_momentum": maybe([True, False]),
+    "early_stopping": maybe([False, True]), "validation_fraction": maybe([0.1, 0.25]), "beta_1": maybe([0.9]),
+    "beta_2": maybe([0.999]), "epsilon": maybe([1e-8]), "n_iter_no_change": mostly(st.sampled_from([1, 10]), SMALL_ANY),
+    "backend": maybe(["cpu"]), "dtype": maybe(["float32", "float64"]),
+}
+#: the names gpubp's own checks give some of the estimators' parameters
+GPUBP_NAMES = {"alpha": ["weight_decay"], "learning_rate_init": ["lr"], "max_iter": ["epochs"], "beta_1": ["beta1"],
+               "beta_2": ["beta2"], "epsilon": ["eps"], "random_state": ["seed"]}
+
+
+@settings(FEW, max_examples=60)
+@given(data=st.data(), classifier=st.booleans())
+def test_sklearn_estimator_parameters_property(data, classifier):
+    """Any parameter values construct (scikit-learn's convention); ``fit`` works or raises scikit-learn's
+    ValueError/TypeError (or a GpubpError: InsufficientMemory, TrainingDiverged, ...) naming the parameter."""
+    sklearn = pytest.importorskip("sklearn")
+    from gpubp.sklearn import MLPClassifier, MLPRegressor
+
+    chosen = data.draw(st.lists(st.sampled_from(sorted(SKLEARN_PARAMS)), max_size=3, unique=True), label="params")
+    kwargs = {name: data.draw(SKLEARN_PARAMS[name], label=name) for name in chosen}
+    kwargs.setdefault("backend", "cpu")
+    kwargs.setdefault("max_iter", 2)
+    estimator = (MLPClassifier if classifier else MLPRegressor)(**kwargs)
+    X = np.random.default_rng(0).normal(size=(24, N_IN))
+    y = (np.arange(24) % 3) if classifier else X[:, 0] - X[:, 1]
+    names = [alias for name in kwargs for alias in [name] + GPUBP_NAMES.get(name, [])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)
+        try:
+            estimator.fit(X, y)
+        except (ValueError, TypeError, gb.GpubpError) as exc:
+            if not isinstance(exc, (gb.InsufficientMemory, gb.TrainingDiverged, gb.BackendUnavailableError)):
+                assert _names_pattern(names).search(str(exc)), f"{type(exc).__name__} names none of {names}: {exc}"
+            return
+    assert estimator.predict(X).shape == y.shape
+    assert np.isfinite(estimator.loss_)

@@ -382,3 +382,65 @@ def test_a_refused_initialiser_leaves_the_model_unbuilt():
     m = gb.Sequential([bad, gb.Dense(3)], backend="cpu").compile(optimizer="sgd")
     raises(gb.InvalidInputError, lambda: m.fit(X, Y, verbose=0), "NaN")
     assert not m.built
+
+
+# ---------------------------------------------------------------- save and load
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    m = model()
+    path = tmp_path_factory.mktemp("saved") / "m.npz"
+    m.save(path)
+    m.fit(X, Y, verbose=0, checkpoint_dir=path.parent / "ck")
+    return path, next((path.parent / "ck").glob("ckpt-*.npz"))
+
+
+@pytest.mark.parametrize("path,error,pattern", [
+    (5, gb.InvalidTypeError, r"path must be a path \(str or os.PathLike\), got int"),
+    (None, gb.InvalidTypeError, "path must be a path"),
+    (b"m.npz", gb.InvalidTypeError, "path must be a path .*got bytes"),
+    ("", gb.InvalidInputError, "path must be a non-empty file path"),
+    ("m\0.npz", gb.InvalidInputError, "path must be a non-empty file path without NUL"),
+])
+def test_save_and_load_refuse_a_path_that_is_no_path(path, error, pattern):
+    from gpubp.loading import load_checkpoint_model
+
+    raises(error, lambda: model().save(path), pattern)
+    raises(error, lambda: gb.load(path), pattern)
+    raises(error, lambda: load_checkpoint_model(path), pattern)
+
+
+@pytest.mark.parametrize("backend,error,pattern", [
+    (5, gb.InvalidTypeError, r"backend must be a string such as 'auto', 'cpu' or 'gpu', got int"),
+    (None, gb.InvalidTypeError, "backend must be a string"),
+    ("tpu", gb.InvalidInputError, r"unknown backend 'tpu'; valid names are"),
+])
+def test_load_refuses_a_bad_backend_naming_it_not_the_file(saved, backend, error, pattern):
+    from gpubp.loading import load_checkpoint_model
+
+    for load, path in ((gb.load, saved[0]), (load_checkpoint_model, saved[1])):
+        exc = raises(error, lambda: load(path, backend=backend), pattern)
+        assert "configuration" not in str(exc)
+    assert gb.load(saved[0], backend=gb.get_backend("cpu")).input_dim == 2  # a Backend object is taken as it is
+
+
+@pytest.mark.parametrize("steps", [2 ** 40, 10 ** 30])
+def test_lr_find_refuses_more_steps_than_memory_holds(steps):
+    raises(gb.InsufficientMemory, lambda: gb.lr_find(model(), X, Y, steps=steps), r"MiB .*steps")
+
+
+@pytest.mark.parametrize("make,name", [(gb.Dropout, "rate"), (gb.SoftmaxCrossEntropy, "label_smoothing")])
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400)], ids=["10**400", "-10**400"])
+def test_rates_beyond_float_range_are_refused(make, name, value):
+    raises(gb.InvalidInputError, lambda: make(value), name)
+
+
+@pytest.mark.parametrize("name", ["top_two", "", 5, np.array(["a", "b"]), "top_3_accuracy"])
+def test_top_k_accuracy_refuses_a_name_the_model_cannot_keep(name):
+    raises(gb.InvalidInputError, lambda: gb.metrics.TopKAccuracy(2, name=name), r"\bname\b")
+
+
+def test_top_k_accuracy_takes_its_own_names():
+    for k, name in [(2, "top_2_accuracy"), (5, "top_k_accuracy"), (3, None)]:
+        metric = gb.metrics.TopKAccuracy(k, name=name)
+        m = model().compile(metrics=[metric])
+        assert 0 <= m.evaluate(X, Y)[metric.name] <= 1

@@ -78,3 +78,45 @@ def test_a_fresh_run_refuses_a_directory_with_older_checkpoints(tmp_path):
     model(1, lambda: gb.optim.Adam()).fit(X, y, epochs=2, verbose=0, checkpoint_dir=tmp_path)
     with pytest.raises(gb.InvalidInputError, match="already holds checkpoints.*resume=True"):
         model(2, lambda: gb.optim.Adam()).fit(X, y, epochs=2, verbose=0, checkpoint_dir=tmp_path)
+
+
+def _files(directory):
+    """``{name: bytes}`` of every file in ``directory`` (the lock file's holder pid left out)."""
+    from gpubp.directory_lock import LOCK_NAME
+
+    return {p.name: b"" if p.name == LOCK_NAME else p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("other, differs", [
+    (lambda: gb.Sequential([gb.Dense(32, activation="tanh"), gb.Dense(2)], input_dim=4, backend="cpu", seed=1)
+     .compile(loss="softmax_cross_entropy", optimizer=gb.optim.Adam(lr=0.01)), r"\(layers: checkpoint .*'units': 16"),
+    (lambda: model(1, lambda: gb.optim.Adam(lr=0.05)), r"\(optimizer: checkpoint .*'lr': 0\.01.* vs model .*0\.05"),
+], ids=["hidden size", "learning rate"])
+def test_a_mismatched_resume_is_refused_naming_the_difference_and_keeps_every_checkpoint(tmp_path, other, differs):
+    X, y = data()
+    model(1, lambda: gb.optim.Adam(lr=0.01)).fit(X, y, epochs=4, verbose=0, checkpoint_dir=tmp_path)
+    before = _files(tmp_path)
+    assert [n for n in before if n.startswith("ckpt-")] == [f"ckpt-epoch00000{k}.npz" for k in (2, 3, 4)]
+    resumed = other()
+    with pytest.raises(gb.ModelFileError, match=differs):
+        resumed.fit(X, y, epochs=6, verbose=0, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.optimizer.iterations == 0
+    assert _files(tmp_path) == before
+
+
+def _resume_with(tmp_path, X, y, batch_size):
+    return model(1, lambda: gb.optim.Adam(lr=0.01)).fit(X, y, batch_size=batch_size, epochs=4, verbose=0,
+                                                         checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_resume_on_other_data_or_batches_is_refused_naming_them(tmp_path):
+    X, y = data()
+    model(1, lambda: gb.optim.Adam(lr=0.01)).fit(X, y, batch_size=32, epochs=2, verbose=0, checkpoint_dir=tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(gb.ModelFileError, match=r"training rows: checkpoint 300 vs this run 200"):
+        _resume_with(tmp_path, X[:200], y[:200], 32)
+    with pytest.raises(gb.ModelFileError, match=r"batch size: checkpoint 32 vs this run 7; steps per epoch: "
+                                                 r"checkpoint 10 vs this run 43"):
+        _resume_with(tmp_path, X, y, 7)
+    assert _files(tmp_path) == before
+    assert _resume_with(tmp_path, X, y, 32).epoch == [0, 1, 2, 3]  # the same data and batches resume
