@@ -156,7 +156,7 @@ KERNELS = {
         "the loss kernel ``loss_name`` (softmax_cross_entropy, binary_cross_entropy, mse, huber, mae; ``parameter`` "
         "its label_smoothing or delta, ignored by the others) with row b weighted by weights[b] ((B,) float64 "
         ">= 0): loss[0] = sum_b w_b l_b / B, l_b row b's loss (B times its share of the unweighted mean), and "
-        "grad[b] = w_b times row b of the unweighted grad; computed in float64",
+        "grad[b] = w_b times row b of the unweighted grad; the loss summed in float64",
         "ValueError for an unknown loss_name"),
     "dropout_": KernelSpec(
         ("x", "out", "rate", "seed", "clock", "layer"), ("out",),

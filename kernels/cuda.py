@@ -51,6 +51,10 @@ __all__ = [
 #: Threads per block, and threads per row for row-wise kernels (one warp per row).
 THREADS = runtime.THREADS
 ROW_THREADS = runtime.ROW_THREADS
+#: The bias gradient's (columns, row slices) block: a warp's width of columns, THREADS threads in all; and the
+#: fewest rows each of its threads sums per chunk of rows (see :func:`bias_gradient_`).
+COLUMN_BLOCK = (ROW_THREADS, THREADS // ROW_THREADS)
+ROWS_PER_THREAD = 8
 
 
 def _device(fn):
@@ -99,7 +103,10 @@ def _flat(a):
 
 
 def _launch(kernel, n, *args, threads=None):
-    kernel[_blocks(n, threads), threads or THREADS, runtime.stream()](*runtime.kernel_args(args))
+    """``kernel`` on enough blocks of ``threads`` (a count, or an (x, y) block shape) for n threads."""
+    threads = threads or THREADS
+    per_block = threads if isinstance(threads, int) else math.prod(threads)
+    kernel[_blocks(n, per_block), threads, runtime.stream()](*runtime.kernel_args(args))
 
 
 class _DtypeKernels:
@@ -269,92 +276,92 @@ class _DtypeKernels:
             cuda.syncthreads()
             return total
 
-        @cuda.jit
-        def softmax_cross_entropy_rows(logits, labels, grad, row_loss, hit, off, smoothing):
-            """grad = (softmax - q) / B, q the one-hot smoothed by eps = smoothing: hit = (1 - eps) / B at the
-            label, off = eps / (K B) everywhere; row_loss[r] (float64) = log(sum) + (1 - eps) (max - z[label])
-            + eps (max - mean(z)), NaN for a label outside [0, K) (then only column 0 is touched, never out of
-            bounds)."""
-            shared_max = cuda.shared.array(row_threads, T)
-            shared_sum = cuda.shared.array(row_threads, T)
-            shared_z = cuda.shared.array(row_threads, np.float64)
-            B, K = logits.shape
-            inv_batch = one / T(B)
-            for r in range(cuda.blockIdx.x, B, cuda.gridDim.x):
-                m, total = row_max_and_sum(logits, r, shared_max, shared_sum)
-                z_sum = row_sum_float64(logits, r, shared_z) if smoothing != 0.0 else 0.0
-                label = labels[r]
-                valid = label >= 0 and label < K
-                safe = label if valid else 0
-                scale = inv_batch / total
-                for k in range(cuda.threadIdx.x, K, row_threads):
-                    p = math.exp(logits[r, k] - m) * scale - off
-                    grad[r, k] = p - hit if k == safe else p
-                if cuda.threadIdx.x == 0:
-                    margin = np.float64(m) - np.float64(logits[r, safe])
-                    if smoothing != 0.0:
-                        margin = (1.0 - smoothing) * margin + smoothing * (np.float64(m) - z_sum / K)
-                    row_loss[r] = _log_or_nan(np.float64(total)) + margin if valid else math.nan
+        def make_softmax_cross_entropy(weighted):
+            @cuda.jit
+            def softmax_cross_entropy_rows(logits, labels, weights, grad, row_loss, hit, off, smoothing):
+                """A block of row_threads per row: grad = w (softmax - q) / B, q the one-hot smoothed by
+                eps = smoothing: hit = (1 - eps) / B at the label, off = eps / (K B) everywhere; row_loss[r]
+                (float64) = w (log(sum) + (1 - eps) (max - z[label]) + eps (max - mean(z))), NaN for a label
+                outside [0, K) (then only column 0 is touched, never out of bounds). w = weights[r] when
+                weighted (a compile-time constant; else 1 and weights is never read): read once per row, cast
+                to the dtype for the gradient (dtype arithmetic, as unweighted), float64 for the row loss."""
+                shared_max = cuda.shared.array(row_threads, T)
+                shared_sum = cuda.shared.array(row_threads, T)
+                shared_z = cuda.shared.array(row_threads, np.float64)
+                B, K = logits.shape
+                inv_batch = one / T(B)
+                for r in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+                    m, total = row_max_and_sum(logits, r, shared_max, shared_sum)
+                    z_sum = row_sum_float64(logits, r, shared_z) if smoothing != 0.0 else 0.0
+                    w = weights[r] if weighted else 1.0
+                    w_row = T(w)
+                    label = labels[r]
+                    valid = label >= 0 and label < K
+                    safe = label if valid else 0
+                    scale, row_hit, row_off = w_row * inv_batch / total, w_row * hit, w_row * off
+                    for k in range(cuda.threadIdx.x, K, row_threads):
+                        p = math.exp(logits[r, k] - m) * scale - row_off
+                        grad[r, k] = p - row_hit if k == safe else p
+                    if cuda.threadIdx.x == 0:
+                        margin = np.float64(m) - np.float64(logits[r, safe])
+                        if smoothing != 0.0:
+                            margin = (1.0 - smoothing) * margin + smoothing * (np.float64(m) - z_sum / K)
+                        row_loss[r] = w * (_log_or_nan(np.float64(total)) + margin) if valid else math.nan
+            return softmax_cross_entropy_rows
 
-        self.softmax_cross_entropy = softmax_cross_entropy_rows
+        self.softmax_cross_entropy = make_softmax_cross_entropy(False)
+        self.weighted_softmax_cross_entropy = make_softmax_cross_entropy(True)
 
         # ------------------------------------------------------------------ elementwise losses
-        @cuda.jit
-        def bce_terms(logits, targets, grad, partial, inv_count):
-            """grad = (sigmoid(z) - t) / n; per-block float64 partial sums of the loss terms."""
-            shared = cuda.shared.array(threads, np.float64)
-            start, stride = cuda.grid(1), cuda.gridsize(1)
-            acc = 0.0
-            for i in range(start, logits.size, stride):
-                z, t = logits[i], targets[i]
-                e = math.exp(-abs(z))
-                r = one / (one + e)
-                s = r if z >= zero else e * r
-                grad[i] = (s - t) * inv_count
-                positive = z if z > zero else zero
-                acc += np.float64(positive - z * t) + math.log1p(np.float64(e))
-            block_sum(shared, acc, partial)
+        # term(o, t, scale, delta) -> (scale g, the loss term in float64), g the derivative at one element
+        @_device
+        def bce_term(z, t, scale, delta):
+            """g = sigmoid(z) - t; term = max(z, 0) - z t + log(1 + exp(-|z|))."""
+            e = math.exp(-abs(z))
+            r = one / (one + e)
+            s = r if z >= zero else e * r
+            positive = z if z > zero else zero
+            return (s - t) * scale, np.float64(positive - z * t) + math.log1p(np.float64(e))
 
-        @cuda.jit
-        def mse_terms(outputs, targets, grad, partial, inv_batch):
-            """grad = (o - t) / B; per-block float64 partial sums of (o - t)^2."""
-            shared = cuda.shared.array(threads, np.float64)
-            start, stride = cuda.grid(1), cuda.gridsize(1)
-            acc = 0.0
-            for i in range(start, outputs.size, stride):
-                d = outputs[i] - targets[i]
-                grad[i] = d * inv_batch
-                acc += np.float64(d) * np.float64(d)
-            block_sum(shared, acc, partial)
+        @_device
+        def mse_term(o, t, scale, delta):
+            """g = o - t; term = (o - t)^2 (the caller halves the sum)."""
+            d = o - t
+            return d * scale, np.float64(d) * np.float64(d)
 
-        @cuda.jit
-        def huber_terms(outputs, targets, grad, partial, inv_count, delta):
-            """grad = clip(r, -delta, delta) / n, r = o - t; per-block float64 partial sums of the Huber terms."""
-            shared = cuda.shared.array(threads, np.float64)
-            limit = T(delta)
-            start, stride = cuda.grid(1), cuda.gridsize(1)
-            acc = 0.0
-            for i in range(start, outputs.size, stride):
-                d = outputs[i] - targets[i]
-                grad[i] = _clip(d, limit) * inv_count
-                r = abs(np.float64(d))
-                acc += 0.5 * r * r if r <= delta else delta * (r - 0.5 * delta)
-            block_sum(shared, acc, partial)
+        @_device
+        def huber_term(o, t, scale, delta):
+            """g = clip(r, -delta, delta), r = o - t; term = r^2 / 2 if |r| <= delta else delta (|r| - delta / 2)."""
+            d = o - t
+            r = abs(np.float64(d))
+            return _clip(d, T(delta)) * scale, 0.5 * r * r if r <= delta else delta * (r - 0.5 * delta)
 
-        @cuda.jit
-        def mae_terms(outputs, targets, grad, partial, inv_count):
-            """grad = sign(o - t) / n (0 where o == t); per-block float64 partial sums of |o - t|."""
-            shared = cuda.shared.array(threads, np.float64)
-            start, stride = cuda.grid(1), cuda.gridsize(1)
-            acc = 0.0
-            for i in range(start, outputs.size, stride):
-                d = outputs[i] - targets[i]
-                grad[i] = inv_count if d > zero else (-inv_count if d < zero else (zero if d == zero else d))
-                acc += abs(np.float64(d))
-            block_sum(shared, acc, partial)
+        @_device
+        def mae_term(o, t, scale, delta):
+            """g = sign(o - t) (0 where o == t, NaN stays NaN); term = |o - t|."""
+            d = o - t
+            return scale if d > zero else (-scale if d < zero else (zero if d == zero else d)), abs(np.float64(d))
 
-        self.bce_terms, self.mse_terms = bce_terms, mse_terms
-        self.huber_terms, self.mae_terms = huber_terms, mae_terms
+        def make_loss_terms(term, weighted):
+            @cuda.jit
+            def loss_terms(outputs, targets, grad, partial, inv_count, delta, weights, width):
+                """Flat: grad = w g inv_count; per-block float64 partial sums of w times the loss terms. w =
+                weights[i // width] when weighted (a compile-time constant; else 1 and weights is never read):
+                cast to the dtype for the gradient (dtype arithmetic, as unweighted), float64 for the sum."""
+                shared = cuda.shared.array(threads, np.float64)
+                start, stride = cuda.grid(1), cuda.gridsize(1)
+                acc = 0.0
+                for i in range(start, outputs.size, stride):
+                    w = weights[i // width] if weighted else 1.0
+                    g, value = term(outputs[i], targets[i], T(w) * inv_count, delta)
+                    grad[i] = g
+                    acc += w * value
+                block_sum(shared, acc, partial)
+            return loss_terms
+
+        terms = {"binary_cross_entropy": bce_term, "mse": mse_term, "huber": huber_term, "mae": mae_term}
+        self.loss_terms = {name: make_loss_terms(term, False) for name, term in terms.items()}
+        self.weighted_loss_terms = {name: make_loss_terms(term, True) for name, term in terms.items()}
 
         # ------------------------------------------------------------------ dropout
         @cuda.jit
@@ -544,16 +551,34 @@ class _DtypeKernels:
                         "adam": (adam_check, adam_apply), "rmsprop": (rmsprop_check, rmsprop_apply)}
 
         # ------------------------------------------------------------------ bias gradient
+        tile_columns, row_slices = COLUMN_BLOCK
+
         @cuda.jit
-        def column_sums(delta, out):
-            """out[c] = sum_r delta[r, c]: a thread per column, rows in order (coalesced across columns)."""
+        def column_sums(delta, out, chunk_rows):
+            """out[j, c] = sum of delta[r, c] over the rows r of chunk j (rows j chunk_rows on, chunk_rows of
+            them). A block of tile_columns x row_slices threads takes one (column tile, chunk) job at a time:
+            thread (x, y) sums column x of the tile over rows y, y + row_slices, ... of the chunk (loads
+            coalesced along each row), then thread (x, 0) adds the row_slices sums of its column in order.
+            A fixed order, so the sums are bit-identical run to run whatever the launch shape."""
+            sums = cuda.shared.array((row_slices, tile_columns), T)
+            x, y = cuda.threadIdx.x, cuda.threadIdx.y
             B, n = delta.shape
-            start, stride = cuda.grid(1), cuda.gridsize(1)
-            for c in range(start, n, stride):
+            tiles = (n + tile_columns - 1) // tile_columns
+            jobs = tiles * out.shape[0]
+            for job in range(cuda.blockIdx.x, jobs, cuda.gridDim.x):
+                chunk, c = job // tiles, (job % tiles) * tile_columns + x
                 s = zero
-                for r in range(B):
-                    s += delta[r, c]
-                out[c] = s
+                if c < n:
+                    for r in range(chunk * chunk_rows + y, min(B, (chunk + 1) * chunk_rows), row_slices):
+                        s += delta[r, c]
+                sums[y, x] = s
+                cuda.syncthreads()
+                if y == 0 and c < n:
+                    for k in range(1, row_slices):
+                        s += sums[k, x]
+                    out[chunk, c] = s
+                if job + cuda.gridDim.x < jobs:  # the same for the whole block
+                    cuda.syncthreads()  # every sum is read before the block's next job overwrites it
 
         self.column_sums = column_sums
 
@@ -683,80 +708,68 @@ def _reduce_into(loss, partial, count, scale):
 def softmax_cross_entropy(logits, labels, grad, loss, label_smoothing):
     """Mean softmax cross-entropy into ``loss[0]``; ``grad = (softmax - q) / B``, q the one-hot of the labels
     smoothed by eps = label_smoothing, (1 - eps) onehot + eps / K; bad labels give NaN."""
+    _label_loss(logits, labels, grad, loss, label_smoothing, None)
+
+
+def _label_loss(logits, labels, grad, loss, label_smoothing, weights):
+    """Softmax cross-entropy, a warp per row, row b weighted by ``weights[b]`` unless weights is None."""
     B, K = logits.shape
     eps = float(label_smoothing)
     row_loss = runtime.scratch(("row_loss", B), (B,), np.float64)
     T = logits.dtype.type
-    _launch(_of(logits).softmax_cross_entropy, B * ROW_THREADS, logits, labels, grad, row_loss,
-            T((1.0 - eps) / B), T(eps / (K * B)), eps, threads=ROW_THREADS)
+    table = _of(logits)
+    kernel = table.softmax_cross_entropy if weights is None else table.weighted_softmax_cross_entropy
+    _launch(kernel, B * ROW_THREADS, logits, labels, loss if weights is None else weights, grad, row_loss,
+            T((1.0 - eps) / B), T(eps / (K * B)), eps, threads=ROW_THREADS)  # loss: a weights never read
     _reduce_into(loss, row_loss, B, 1.0 / B)
 
 
-def _elementwise_loss(terms, a, targets, grad, loss, grad_scale, loss_scale, *parameters):
-    blocks = _blocks(a.size)
+def _value_loss(name, outputs, targets, grad, loss, delta, weights):
+    """An element-wise loss (a thread per element), row b weighted by ``weights[b]`` unless weights is None:
+    grad = w g / B for mse, w g / (B K) for the others; loss[0] = the float64 sum of w times the terms over 2B
+    for mse, over B K for the others."""
+    B, n = outputs.shape[0], outputs.size
+    grad_scale, loss_scale = (1.0 / B, 0.5 / B) if name == "mse" else (1.0 / n, 1.0 / n)
+    blocks = _blocks(n)
     partial = runtime.scratch(("loss_partial", blocks), (blocks,), np.float64)
-    _launch(terms, a.size, _flat(a), _flat(targets), _flat(grad), partial, a.dtype.type(grad_scale), *parameters)
+    table = _of(outputs)
+    kernel = (table.loss_terms if weights is None else table.weighted_loss_terms)[name]
+    _launch(kernel, n, _flat(outputs), _flat(targets), _flat(grad), partial, outputs.dtype.type(grad_scale),
+            float(delta), loss if weights is None else weights, n // max(B, 1))  # loss: a weights never read
     _reduce_into(loss, partial, blocks, loss_scale)
 
 
 def binary_cross_entropy(logits, targets, grad, loss):
     """Mean stable BCE-with-logits into ``loss[0]``; ``grad = (sigmoid(z) - t) / (B K)``."""
-    _elementwise_loss(_of(logits).bce_terms, logits, targets, grad, loss, 1.0 / logits.size, 1.0 / logits.size)
+    _value_loss("binary_cross_entropy", logits, targets, grad, loss, 0.0, None)
 
 
 def mse(outputs, targets, grad, loss):
     """``loss[0] = 1/(2B) sum (o - t)^2``; ``grad = (o - t) / B``."""
-    B = outputs.shape[0]
-    _elementwise_loss(_of(outputs).mse_terms, outputs, targets, grad, loss, 1.0 / B, 0.5 / B)
+    _value_loss("mse", outputs, targets, grad, loss, 0.0, None)
 
 
 def huber(outputs, targets, grad, loss, delta):
     """``loss[0]`` = mean Huber term over the B K elements (PyTorch's HuberLoss); ``grad = clip(r) / (B K)``."""
-    n = outputs.size
-    _elementwise_loss(_of(outputs).huber_terms, outputs, targets, grad, loss, 1.0 / n, 1.0 / n, float(delta))
+    _value_loss("huber", outputs, targets, grad, loss, delta, None)
 
 
 def mae(outputs, targets, grad, loss):
     """``loss[0] = mean |o - t|`` (PyTorch's L1Loss); ``grad = sign(o - t) / (B K)``, 0 where o == t."""
-    n = outputs.size
-    _elementwise_loss(_of(outputs).mae_terms, outputs, targets, grad, loss, 1.0 / n, 1.0 / n)
-
-
-_weighted_label_row = _device(scalar_math.weighted_label_row)
-_weighted_value_row = _device(scalar_math.weighted_value_row)
-
-
-@cuda.jit
-def _weighted_label_rows(logits, labels, weights, grad, row_loss, smoothing):
-    """A thread per row r: grad[r] = w_r (softmax - q) / B; row_loss[r] = w_r l_r (float64)."""
-    B = logits.shape[0]
-    for r in range(cuda.grid(1), B, cuda.gridsize(1)):
-        row_loss[r] = weights[r] * _weighted_label_row(logits, labels, grad, r, weights[r] / B, smoothing)
-
-
-@cuda.jit
-def _weighted_value_rows(kind, outputs, targets, weights, grad, row_loss, grad_scale, delta):
-    """A thread per row r: grad[r] = grad_scale w_r g_r; row_loss[r] = w_r (sum of row r's terms)."""
-    for r in range(cuda.grid(1), outputs.shape[0], cuda.gridsize(1)):
-        row_loss[r] = weights[r] * _weighted_value_row(kind, outputs, targets, grad, r, weights[r] * grad_scale,
-                                                       delta)
+    _value_loss("mae", outputs, targets, grad, loss, 0.0, None)
 
 
 def weighted_loss(loss_name, outputs, targets, weights, grad, loss, parameter):
     """The loss kernel ``loss_name`` with row b weighted by ``weights[b]`` ((B,) float64): loss[0] = sum_b w_b l_b / B,
-    grad[b] = w_b times row b of the unweighted gradient; float64, a thread per row, reduced in a fixed order."""
+    grad[b] = w_b times row b of the unweighted gradient. The unweighted kernels with the weight read on the
+    device: the gradient in the arrays' dtype (the weight cast to it), the loss summed in float64 in a fixed
+    order, as unweighted."""
     if loss_name not in WEIGHTED_LOSSES:
         raise unknown_weighted_loss(loss_name)
-    B, K = outputs.shape
-    row_loss = runtime.scratch(("row_loss", B), (B,), np.float64)
     if loss_name == "softmax_cross_entropy":
-        _launch(_weighted_label_rows, B, outputs, targets, weights, grad, row_loss, float(parameter))
-        _reduce_into(loss, row_loss, B, 1.0 / B)
-        return
-    grad_scale = 1.0 / B if loss_name == "mse" else 1.0 / (B * K)
-    _launch(_weighted_value_rows, B, scalar_math.VALUE_LOSSES[loss_name], outputs, targets, weights, grad, row_loss,
-            grad_scale, float(parameter))
-    _reduce_into(loss, row_loss, B, grad_scale)
+        _label_loss(outputs, targets, grad, loss, parameter, weights)
+    else:
+        _value_loss(loss_name, outputs, targets, grad, loss, parameter, weights)
 
 
 # --------------------------------------------------------------------------- dropout
@@ -834,10 +847,11 @@ def rmsprop_update_(p, g, v, hyper, rho, eps, weight_decay, n_decayed, status, c
 # --------------------------------------------------------------------------- GEMMs, bias gradient, gather, copy
 def scratch_bytes(batch_sizes, n_outputs, n_params):
     """Device memory these kernels and the runtime allocate for steps of ``batch_sizes`` rows: per batch
-    size the softmax cross-entropy row losses and the loss partial sums (float64), the gradient norm's
-    partial sums, the activation kernels' two one-element placeholders, and the runtime's fixed buffers (the
-    cuBLAS workspace)."""
-    per_batch = sum(b + _blocks(b * n_outputs) for b in batch_sizes)
+    size the softmax cross-entropy row losses, the loss partial sums (float64) and, where the batch can span
+    several chunks of rows, the bias gradient's partial sums (at most the size of b float64 values), the gradient
+    norm's partial sums, the activation kernels' two one-element placeholders, and the runtime's fixed
+    buffers (the cuBLAS workspace)."""
+    per_batch = sum(b + _blocks(b * n_outputs) + (b if _row_chunks(b, 1, 8) > 1 else 0) for b in batch_sizes)
     return 8 * (per_batch + _blocks(n_params) + 1 + 2) + runtime.FIXED_BYTES
 
 
@@ -868,9 +882,38 @@ def input_gradient_(delta, W, out):
     runtime.gemm(delta, W, out, transpose_a=False, transpose_b=True, scale=None)
 
 
+def _row_chunks(B, n, itemsize):
+    """How many chunks of rows :func:`bias_gradient_` splits B rows of width n into: one per
+    ROWS_PER_THREAD rows of each row slice of a block (so a large batch spreads over many blocks), at most
+    THREADS (the rows of the second pass), and few enough that their (chunks, n) partial sums fit in B
+    float64 values."""
+    rows = ROWS_PER_THREAD * COLUMN_BLOCK[1]
+    return max(1, min((B + rows - 1) // rows, THREADS, B * 8 // itemsize // max(n, 1)))
+
+
+def _column_sums(kernel, delta, out, chunk_rows):
+    """One launch of ``column_sums``: a block per (tile of columns, chunk of rows) job, MAX_BLOCKS at most."""
+    jobs = ((delta.shape[1] + COLUMN_BLOCK[0] - 1) // COLUMN_BLOCK[0]) * out.shape[0]
+    _launch(kernel, jobs * THREADS, delta, out, np.int64(chunk_rows), threads=COLUMN_BLOCK)
+
+
 def bias_gradient_(delta, out):
-    """``out = sum_b delta[b]``: the bias gradient, delta (B, n) -> out (n,), one kernel."""
-    _launch(_of(delta).column_sums, out.size, delta, out)
+    """``out = sum_b delta[b]``: the bias gradient, delta (B, n) -> out (n,). A tiled reduction: blocks of
+    (32 columns x 8 row slices) on a GPU, one per tile of columns and chunk of rows; with several chunks
+    (a large batch) a second launch adds their partial sums. No atomics: the order of every sum is fixed
+    by the shape, so the result is bit-identical run to run."""
+    B, n = delta.shape
+    kernel = _of(delta).column_sums
+    chunks = _row_chunks(B, n, delta.dtype.itemsize)
+    if chunks == 1:
+        _column_sums(kernel, delta, out.reshape(1, n), B)
+        return
+    chunk_rows = (B + chunks - 1) // chunks
+    chunks = (B + chunk_rows - 1) // chunk_rows
+    buffer = runtime.scratch(("column_partial", B), (B,), np.float64).view(delta.dtype)
+    partial = buffer[:chunks * n].reshape(chunks, n)
+    _column_sums(kernel, delta, partial, chunk_rows)
+    _column_sums(kernel, partial, out.reshape(1, n), chunks)
 
 
 def gather_rows_(source, rows, cursor, out):

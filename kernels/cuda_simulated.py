@@ -12,7 +12,14 @@ records (as CUDA stream capture would), and replays exactly those calls, with
 their scalar arguments frozen, as a CUDA graph does.
 """
 
+import inspect
+import threading
+import traceback
+
 import numpy as np
+from numba.core import types
+from numba.cuda.simulator import kernelapi
+from numba.np import numpy_support
 
 from .reference import round_to_precision
 from .step_monitor import Monitor
@@ -26,6 +33,31 @@ FIXED_BYTES = 0
 
 
 monitor = Monitor()
+
+
+_shared_allocation = threading.Lock()
+
+
+def _shared_array(self, shape, dtype, alignment=None):
+    """``cuda.shared.array`` in the simulator, as numba-cuda 0.30 writes it (one array per block and source
+    line, made by the first thread that reaches the line), with that check-then-store under a lock: without
+    it two of a block's threads (Python threads) can each make an array under load, and the block computes
+    on two "shared" arrays."""
+    if alignment is not None:
+        raise RuntimeError("Array alignment is not supported in cudasim")
+    if isinstance(dtype, types.Type):
+        dtype = numpy_support.as_dtype(dtype)
+    if shape == 0:  # dynamic shared memory: one buffer for the block
+        return np.frombuffer(self._dynshared.data, dtype=dtype, count=self._dynshared_size // dtype.itemsize)
+    caller = traceback.extract_stack(inspect.currentframe())[-2][0:2]
+    with _shared_allocation:
+        array = self._allocations.get(caller)
+        if array is None:
+            array = self._allocations[caller] = np.empty(shape, dtype)
+    return array
+
+
+kernelapi.FakeCUDAShared.array = _shared_array
 _scratch = {}
 _settings = {"precision": "highest"}
 

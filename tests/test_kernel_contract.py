@@ -1063,3 +1063,37 @@ def test_weighted_loss(device, dtype, loss_name):
     expected = run_reference("weighted_loss", **args)
     assert_close(after["loss"], expected["loss"], dtype)
     assert_close(after["grad"], expected["grad"], dtype, scale=np.abs(expected["grad"]).max())
+
+
+@pytest.mark.parametrize("loss_name", ("softmax_cross_entropy", "binary_cross_entropy", "mse", "huber", "mae"))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weighted_loss_with_unit_weights_is_the_loss(device, dtype, loss_name):
+    """Weights of 1 give the unweighted kernel's loss and gradient (a row of K = 5 spans more than a warp of the
+    simulated GPU's row kernels)."""
+    shape = (13, 5)
+    outputs = _normal(shape, dtype, seed=48)
+    targets = (np.random.default_rng(49).integers(0, shape[1], shape[0]) if loss_name == "softmax_cross_entropy"
+               else np.random.default_rng(49).uniform(size=shape).astype(dtype))
+    parameter = {"softmax_cross_entropy": (0.1,), "huber": (1.0,)}.get(loss_name, ())
+    common = dict(outputs=outputs, targets=targets, grad=np.full_like(outputs, np.nan), loss=_loss_array())
+    weighted = run_device(device, "weighted_loss", loss_name=loss_name, weights=np.ones(shape[0]),
+                          parameter=parameter[0] if parameter else 1.0, **common)
+    names = dict(zip(KERNELS[loss_name].args, ("outputs", "targets", "grad", "loss")))
+    unweighted = run_device(device, loss_name, **{arg: common[name] for arg, name in names.items()},
+                            **dict(zip(KERNELS[loss_name].args[4:], parameter)))
+    assert_close(weighted["loss"], unweighted["loss"], dtype, factor=4)
+    gradient = unweighted[KERNELS[loss_name].args[2]]
+    assert_close(weighted["grad"], gradient, dtype, scale=np.abs(gradient).max(), factor=4)
+
+
+@pytest.mark.parametrize("shape", ((37, 9), (33, 3), (40, 1)))  # several tiles of columns and chunks of rows
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_gradient_is_bit_identical_run_to_run(device, dtype, shape):
+    """A fixed order of summation, no atomics: the same delta gives the same bits every time."""
+    delta = _normal(shape, dtype, scale=1.0, seed=50)
+    first = run_device(device, "bias_gradient_", delta=delta, out=np.full(shape[1], np.nan, dtype))["out"]
+    for _ in range(2):
+        again = run_device(device, "bias_gradient_", delta=delta, out=np.full(shape[1], np.nan, dtype))["out"]
+        assert _same_bits(first, again)
+    expected = run_reference("bias_gradient_", delta=delta, out=np.zeros(shape[1], dtype))["out"]
+    assert_gemm_close(first, expected, np.ones(shape[0]), np.abs(delta.astype(np.float64)), shape[0], dtype)

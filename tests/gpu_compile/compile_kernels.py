@@ -1,10 +1,14 @@
 """Compile every GPU kernel of gpubp to PTX for one architecture, without a GPU; print JSON.
 
 Run as ``python compile_kernels.py 90`` (sm_90). Each public kernel function
-is called once per dtype with small NumPy arrays while the launch is
-intercepted, which yields every numba.cuda kernel with the argument types it
-is launched with; each is then compiled with ``numba.cuda.compile_ptx``.
-Output: ``{"kernel name/dtype/index": ptx}``, dtype that of its first float array.
+is called once per dtype with small NumPy arrays (every activation, every
+weighted loss) while the launch is intercepted, which yields every numba.cuda
+kernel with the argument types it is launched with; each is then compiled with
+``numba.cuda.compile_ptx``. ``cuda.jit`` is wrapped too, so every kernel object
+made (one per activation, per weighted or unweighted variant of a factory) is
+known, and one that is never launched is reported.
+Output: ``{"ptx": {"kernel name/dtype/index": ptx}, "not_launched": [qualified names]}``, dtype that of the
+kernel's first float array.
 """
 
 import json
@@ -23,8 +27,24 @@ cc = (int(sys.argv[1]) // 10, int(sys.argv[1]) % 10)
 # Device functions are compiled for the current device; with no GPU, for the architecture asked for.
 dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
 
+made = []  # every kernel (not device function) that cuda.jit makes
+_jit = cuda.jit
+
+
+def recording_jit(*args, **kwargs):
+    if kwargs.get("device"):
+        return _jit(*args, **kwargs)
+    if args and callable(args[0]):  # @cuda.jit
+        made.append(_jit(*args, **kwargs))
+        return made[-1]
+    decorate = _jit(*args, **kwargs)  # @cuda.jit(...)
+    return lambda fn: made.append(decorate(fn)) or made[-1]
+
+
+cuda.jit = recording_jit
+
 from gpubp.kernels import cuda as gpu  # noqa: E402
-from gpubp.kernels.contract import ACTIVATIONS  # noqa: E402
+from gpubp.kernels.contract import ACTIVATIONS, WEIGHTED_LOSSES  # noqa: E402
 
 launches = {}
 
@@ -55,6 +75,8 @@ for dtype in (np.float32, np.float64):
     gpu.mse(z, z, dz, loss)
     gpu.huber(z, z, dz, loss, 1.0)
     gpu.mae(z, z, dz, loss)
+    for name in WEIGHTED_LOSSES:
+        gpu.weighted_loss(name, z, labels if name == "softmax_cross_entropy" else z, np.ones(4), dz, loss, 0.1)
     gpu.dropout_(z, dz, 0.5, np.zeros(2, np.int64), clock, 2)
     gpu.check_finite_(flat, status, 1, clock)
     gpu.restore_if_diverged_(flat, flat2, status)
@@ -66,6 +88,7 @@ for dtype in (np.float32, np.float64):
     gpu.adam_update_(flat, flat2, flat3, np.ones(12, dtype), hyper, 0.9, 0.999, 1e-8, 0.0, 0, status, clock)
     gpu.rmsprop_update_(flat, flat2, flat3, hyper, 0.9, 1e-8, 0.0, 0, status, clock)
     gpu.bias_gradient_(z, np.ones(3, dtype))
+    gpu.bias_gradient_(np.ones((4096, 3), dtype), np.ones(3, dtype))  # several chunks of rows: two passes
     gpu.gather_rows_(z, labels, labels, dz)
     gpu.copy_(z, dz)
 gpu.gather_rows_(labels, labels, labels, labels)
@@ -76,4 +99,6 @@ for (name, signature, _), (kernel, _) in sorted(launches.items(), key=lambda ite
     ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=cc)
     floats = [str(t.dtype) for t in signature if isinstance(t, numba.types.Array) and str(t.dtype).startswith("float")]
     out[f"{name}/{floats[0] if floats else 'int'}/{len(out)}"] = ptx  # the first float array: the kernel's dtype
-json.dump(out, sys.stdout)
+launched = {id(kernel) for kernel, _ in launches.values()}
+not_launched = sorted(kernel.py_func.__qualname__ for kernel in made if id(kernel) not in launched)
+json.dump({"ptx": out, "not_launched": not_launched}, sys.stdout)
