@@ -342,6 +342,12 @@ def restore_checkpoint(path, model):
             "stopped": bool(meta.get("stopped", False)), "run": dict(meta.get("run") or {}), "path": path}
 
 
+def checkpoint_files(directory):
+    """The paths of the checkpoint-named regular files in ``directory``, newest (highest epoch) first,
+    whether they read back or not."""
+    return [path for _, path in _list_checkpoints(os.fspath(directory))]
+
+
 def latest_checkpoint(directory, model=None):
     """The path of the newest checkpoint in ``directory`` that reads back completely, or None.
 
@@ -373,6 +379,16 @@ def resume_from_latest(directory, model):
     newest = latest_checkpoint(directory)
     if newest is not None:
         restore_checkpoint(newest, model)  # raises, naming the mismatch
+    unreadable = checkpoint_files(directory)
+    if unreadable:  # a fresh start would overwrite and rotate them away
+        reason = "unreadable"
+        try:
+            read_checkpoint(unreadable[0])
+        except ModelFileError as exc:
+            reason = str(exc)
+        raise ModelFileError(f"cannot resume from {os.fspath(directory)!r}: none of its {len(unreadable)} "
+                             f"checkpoint file(s) reads back (the newest: {reason}); move them away or "
+                             f"choose another directory, so that no file is overwritten")
     return None
 
 

@@ -332,7 +332,7 @@ def _data_and_model(args, quiet):
 
 
 def cmd_train(args):
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import checkpoint_files
     from .communicator import SingleProcess, agreed
 
     communicator = getattr(args, "communicator", None) or SingleProcess()
@@ -342,7 +342,7 @@ def cmd_train(args):
         if not root:
             return
         _check_train_outputs(args)
-        if args.checkpoint_dir and not args.resume and latest_checkpoint(args.checkpoint_dir) is not None:
+        if args.checkpoint_dir and not args.resume and checkpoint_files(args.checkpoint_dir):
             raise InvalidInputError(f"--checkpoint-dir {args.checkpoint_dir!r} already holds checkpoints of an "
                                     f"earlier run: add --resume to continue it, or choose an empty directory")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .buffers import INFERENCE_BATCH, plan_bytes
 from .callbacks import Callback, CallbackList, History, as_callback_list
-from .checkpoint import TrainingCheckpoint, check_resumed_run, latest_checkpoint, resume_from_latest, run_record
+from .checkpoint import TrainingCheckpoint, check_resumed_run, checkpoint_files, resume_from_latest, run_record
 from .communicator import GradientAllReduce, agreed, get_communicator
 from .launch_environment import launched_ranks
 from .data import StandardScaler
@@ -159,10 +159,10 @@ def _check_arguments(batch_size, epochs, verbose, resume, checkpoint_dir, checkp
         raise InvalidInputError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
     if check_every is not None:
         check_positive_int("check_every", check_every)
-    if checkpoint_dir is not None and not resume and latest_checkpoint(checkpoint_dir) is not None:
+    if checkpoint_dir is not None and not resume and checkpoint_files(checkpoint_dir):
         raise InvalidInputError(
-            f"checkpoint_dir {os.fspath(checkpoint_dir)!r} already holds checkpoints of an earlier run: "
-            f"pass resume=True to continue it, or choose an empty directory")
+            f"checkpoint_dir {os.fspath(checkpoint_dir)!r} already holds checkpoints of an earlier run "
+            f"(readable or not): pass resume=True to continue it, or choose an empty directory")
     return batch_size, epochs, callbacks
 
 

@@ -476,3 +476,27 @@ def test_check_resumed_run_names_every_value_that_differs():
         check_resumed_run(restored, run_record(1600, 3, 64))
     with pytest.raises(ModelFileError, match=r"\(steps per epoch: checkpoint 25 vs this run 13\)"):
         check_resumed_run({"run": {"features": 2, "steps_per_epoch": 25}}, run_record(1600, 2, 128))
+
+
+def test_checkpoint_files_that_do_not_read_back_are_never_overwritten_by_a_new_run(tmp_path):
+    """Checkpoints of a newer format (or damaged) are refused, not skipped, by a fresh run and by a resume
+    that finds nothing else: starting over would overwrite and rotate them away."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 4)), rng.integers(0, 3, 64)
+    directory = tmp_path / "ck"
+    directory.mkdir()
+    for epoch in range(1, 5):
+        (directory / f"ckpt-epoch{epoch:06d}.npz").write_bytes(b"PK\x03\x04 from a newer version" * epoch)
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+
+    def fit(resume):
+        model = gb.Sequential([gb.Dense(8, "tanh"), gb.Dense(3)], input_dim=4, backend="cpu", seed=0)
+        model.compile(optimizer=gb.optim.Adam())
+        model.fit(X, y, epochs=2, batch_size=16, verbose=0, checkpoint_dir=directory, resume=resume,
+                  checkpoint_keep=2)
+
+    with pytest.raises(InvalidInputError, match="already holds checkpoints"):
+        fit(resume=False)
+    with pytest.raises(ModelFileError, match="none of its 4 checkpoint file"):
+        fit(resume=True)
+    assert {p.name: p.read_bytes() for p in directory.iterdir() if p.name.startswith("ckpt")} == before
