@@ -45,7 +45,8 @@ class ExponentialRange(Schedule):
             raise InvalidInputError(f"steps must be at least 2, got {steps!r}")
 
     def __call__(self, step):
-        return self.start_lr * (self.end_lr / self.start_lr) ** (min(step, self.steps - 1) / (self.steps - 1))
+        fraction = min(step, self.steps - 1) / (self.steps - 1)  # in logs: end_lr / start_lr may overflow
+        return math.exp(math.log(self.start_lr) + fraction * (math.log(self.end_lr) - math.log(self.start_lr)))
 
 
 class LRFinderResult:

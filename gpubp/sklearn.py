@@ -228,6 +228,7 @@ class _BaseMLP(BaseEstimator):
             bound = math.sqrt(factor / (fan_in + fan_out))
             weights += [rng.uniform(-bound, bound, (fan_in, fan_out)), rng.uniform(-bound, bound, fan_out)]
         self._model = self._new_model(weights, seed=int(rng.randint(np.iinfo(np.int32).max)))
+        self._fitted_activation = self.activation
 
     def _new_model(self, weights, seed=None):
         activation = HIDDEN_ACTIVATIONS[self.activation]
@@ -289,6 +290,13 @@ class _BaseMLP(BaseEstimator):
             self._initialize(X.shape[1], Y.shape[1], rng)
         elif Y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {Y.shape[1]} outputs but the model was fitted with {self.n_outputs_}")
+        else:
+            fitted = ([W.shape[1] for W in self.coefs_[:-1]], getattr(self, "_fitted_activation", self.activation))
+            if fitted != (self._hidden_sizes(), self.activation):
+                raise ValueError(f"warm_start and partial_fit continue the fitted network, with hidden layers "
+                                 f"{tuple(fitted[0])} and activation {fitted[1]!r}, but the parameters now say "
+                                 f"{tuple(self._hidden_sizes())} and {self.activation!r}: set them back, or fit "
+                                 f"with warm_start=False to start afresh")
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
 
@@ -374,7 +382,9 @@ class _BaseMLP(BaseEstimator):
 
         adaptive = self.solver == "sgd" and self.learning_rate == "adaptive"
         if self.solver == "sgd" and self.learning_rate == "invscaling":
-            self._set_learning_rate(self.learning_rate_init / (self.t_ + 1) ** self.power_t)
+            # (t + 1) ** power_t, capped where it would overflow a float (the rate is then ~0 anyway)
+            self._set_learning_rate(self.learning_rate_init / math.exp(min(self.power_t * math.log(self.t_ + 1),
+                                                                            700.0)))
         if self._no_improvement_count <= self.n_iter_no_change:
             return False
         message = f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."

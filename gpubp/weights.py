@@ -82,6 +82,9 @@ def row_weights(backend, sample_weight, class_weight, loss, y, n_samples, n_outp
         labels = _class_labels(backend, loss, y, "class_weight")
         n_classes = 2 if loss.name == "binary_cross_entropy" else n_outputs
         w = w * class_weights(class_weight, labels, n_classes)[labels]
+    if n_samples and not np.any(w > 0):
+        raise InvalidInputError(f"{name}{' times class_weight' if class_weight is not None else ''} is zero for "
+                                f"every row: the weighted loss would be 0 whatever the model does")
     if np.all(w == 1.0):
         return None
     return backend.asarray(w, np.float64)

@@ -60,6 +60,11 @@ def test_the_learning_rate_grows_exponentially_between_the_bounds():
     assert np.all(np.isfinite(result.losses)) and result.smoothed_losses.shape == result.losses.shape
     schedule = ExponentialRange(1e-6, 1e-2, 41)
     assert [schedule(i) for i in (0, 20, 40)] == pytest.approx([1e-6, 1e-4, 1e-2])
+    # a range whose ratio overflows a float (1e308 / 1e-7) still runs from bound to bound
+    schedule = ExponentialRange(1e-7, 1e308, 11)
+    assert [schedule(i) for i in (0, 10)] == pytest.approx([1e-7, 1e308], rel=1e-9)
+    result = lr_find(model, X, y, start_lr=1e-7, end_lr=1e308, steps=40, batch_size=50)
+    assert result.stopped_early and 1e-7 <= result.suggestion < 1e308
 
 
 def test_it_stops_when_the_loss_explodes():

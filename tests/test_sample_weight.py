@@ -112,11 +112,19 @@ def test_fit_with_class_weight_and_weighted_validation():
     ({"class_weight": {5: 1.0}}, "class_weight"),
     ({"class_weight": {0: -1.0}}, "class_weight"),
     ({"class_weight": "even"}, "class_weight"),
+    ({"sample_weight": np.zeros(24)}, "zero for every row"),
+    ({"class_weight": {0: 0.0, 1: 0.0, 2: 0.0}}, "zero for every row"),
+    ({"validation_data": "zero weights"}, "validation_data sample_weight .*zero for every row"),
 ])
 def test_bad_weights_raise(kwargs, match):
     X, y = _data()
+    if kwargs.get("validation_data") == "zero weights":  # a loss of 0 whatever the model: early stopping's best
+        kwargs = {"validation_data": (X, y, np.zeros(len(y)))}
     with pytest.raises(InvalidInputError, match=match):
         _model().fit(X, y, verbose=0, **kwargs)
+    if "sample_weight" in kwargs:
+        with pytest.raises(InvalidInputError, match=match):
+            _model().evaluate(X, y, sample_weight=kwargs["sample_weight"])
 
 
 def test_class_weight_with_a_regression_loss_raises():

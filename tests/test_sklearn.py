@@ -245,3 +245,16 @@ def test_gpubp_hidden_activations_beyond_scikit_learns(activation, classificatio
     clf, relu = fit(activation), fit("relu")
     assert not np.allclose(clf.predict_proba(X), relu.predict_proba(X))  # another function was trained
     assert clf.score(X, y) > relu.score(X, y) - 0.1
+
+
+def test_warm_start_refuses_another_architecture_and_huge_power_t_trains(classification):
+    X, y = classification
+    for change in ({"hidden_layer_sizes": (7,)}, {"activation": "tanh"}):
+        clf = MLPClassifier(hidden_layer_sizes=(3, 4), max_iter=3, warm_start=True, random_state=0, backend="cpu")
+        clf.fit(X, y)
+        with pytest.raises(ValueError, match="continue the fitted network"):
+            clf.set_params(**change).fit(X, y)
+    # (t + 1) ** 1e6 overflows a float: the learning rate becomes ~0, training goes on
+    reg = MLPRegressor(solver="sgd", learning_rate="invscaling", power_t=1e6, max_iter=3, random_state=0,
+                       backend="cpu").fit(X, y.astype(float))
+    assert reg.n_iter_ == 3 and np.isfinite(reg.loss_)
