@@ -46,6 +46,8 @@ class ExponentialRange(Schedule):
 
     def __call__(self, step):
         fraction = min(step, self.steps - 1) / (self.steps - 1)  # in logs: end_lr / start_lr may overflow
+        if fraction in (0.0, 1.0):
+            return self.end_lr if fraction else self.start_lr
         return math.exp(math.log(self.start_lr) + fraction * (math.log(self.end_lr) - math.log(self.start_lr)))
 
 
