@@ -12,10 +12,12 @@ stopped, exactly where it stopped.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import math
 import numbers
 import os
+import string
 import warnings
 
 import numpy as np
@@ -509,8 +511,9 @@ class ReduceLROnPlateau(Callback):
 
 class LearningRateScheduler(Callback):
     """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)`` (Keras' callback):
-    ``epoch`` counts from 0, ``lr`` is the current rate, and the returned number holds for every step of
-    the epoch.
+    ``epoch`` counts from 0, ``lr`` is the current rate, and the returned number (finite, >= 0) holds for
+    every step of the epoch. A function of the epoch alone, ``schedule(epoch)`` (older Keras' form), is
+    accepted too: which form is read from the function's signature.
 
     This is the epoch-level alternative to the step-level schedules of :mod:`gpubp.schedules` passed
     as ``lr=`` (``gb.optim.SGD(lr=gb.schedules.StepDecay(0.1, step_size=1000))``), which change the rate
@@ -524,6 +527,7 @@ class LearningRateScheduler(Callback):
         if not callable(schedule):
             raise InvalidTypeError(f"schedule must be a function (epoch, lr) -> lr, got {type(schedule).__name__}")
         self.schedule = schedule
+        self._takes_lr = _schedule_takes_lr(schedule)
         self.verbose = _check_verbose(verbose)
 
     def on_train_begin(self, logs=None):
@@ -535,18 +539,44 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         optimizer = self.model.optimizer
-        lr = self.schedule(epoch, optimizer.lr)
+        lr = self.schedule(epoch, optimizer.lr) if self._takes_lr else self.schedule(epoch)
         if isinstance(lr, np.ndarray) and lr.size == 1:
             lr = lr.reshape(()).item()
-        if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
-            raise InvalidInputError(f"LearningRateScheduler: schedule({epoch}, lr) must return a finite number "
-                                    f">= 0, got {lr!r}")
+        if (isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real)
+                or not math.isfinite(_as_float(lr)) or lr < 0):
+            call = f"schedule({epoch}, lr)" if self._takes_lr else f"schedule({epoch})"
+            raise InvalidInputError(f"LearningRateScheduler: at epoch {epoch}, {call} must return a finite "
+                                    f"number >= 0 (the learning rate), got {lr!r}")
         optimizer.lr_scale = float(lr) / optimizer.schedule.lr
         if self.verbose and self.rank == 0:
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr):.6g}.", flush=True)
 
     def on_epoch_end(self, epoch, logs):
         logs["lr"] = self.model.optimizer.lr
+
+
+def _schedule_takes_lr(schedule):
+    """True if ``schedule`` is called ``schedule(epoch, lr)``, False if ``schedule(epoch)``; a function
+    that takes neither is refused. Without a readable signature (some builtins) it is called with both."""
+    try:
+        signature = inspect.signature(schedule)
+    except (TypeError, ValueError):
+        return True
+    for args in ((0, 1.0), (0,)):
+        try:
+            signature.bind(*args)
+        except TypeError:
+            continue
+        return len(args) == 2
+    raise InvalidInputError(f"schedule must be a function schedule(epoch, lr) -> lr or schedule(epoch) -> lr, "
+                            f"got {getattr(schedule, '__name__', type(schedule).__name__)}{signature}")
+
+
+def _as_float(value):
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
 
 
 class CSVLogger(Callback):
@@ -556,14 +586,19 @@ class CSVLogger(Callback):
 
     The header is written once (the columns of the first epoch logged; a key missing from a later
     epoch is written ``NA``). Each row is written whole and flushed to disk at the end of its epoch,
-    so a run that is killed leaves a valid file of the epochs it finished. ``append=True`` continues
-    an existing file under its header (a partial last line a killed writer left is dropped); with
-    ``fit(checkpoint_dir=..., resume=True)`` the rows written after the checkpoint the run resumes
-    from are dropped too, so every epoch appears once. In data-parallel training only rank 0 writes.
+    so a run that is killed leaves a valid file of the epochs it finished. ``append=True`` adds rows
+    after what an existing file holds and never changes it (as Keras: the header is written only when
+    the file is new or empty; a line break first if its last line has none); a file whose header is
+    not this logger's (``epoch`` then the logged keys, with this ``separator``, UTF-8) is refused.
+    With ``fit(checkpoint_dir=..., resume=True)`` the rows this logger wrote after the checkpoint the
+    run resumes from are dropped, so every epoch appears once. In data-parallel training only rank 0
+    writes.
     """
 
     def __init__(self, path, separator=",", append=False):
         self.path = check_path("path", path)
+        if os.path.isdir(self.path):
+            raise InvalidInputError(f"path {self.path!r} is a directory; CSVLogger needs a file path")
         if not isinstance(separator, str) or len(separator) != 1 or separator in '"\r\n':
             raise InvalidInputError(f"separator must be one character (not a quote or a line break), "
                                     f"got {separator!r}")
@@ -573,6 +608,10 @@ class CSVLogger(Callback):
         #: data rows in the file after the newest row this logger wrote
         self.rows = 0
         self._file = None
+        #: an appended file's last line has no line break: one is written before the first row
+        self._newline = False
+        #: the keys come from an appended file's header: the first row's logs must have them
+        self._check_columns = False
 
     def _read_lines(self):
         with open(self.path, "rb") as f:
@@ -586,15 +625,34 @@ class CSVLogger(Callback):
         self.keys, self.rows = None, 0
         if self.rank != 0:
             return
-        if self.append and os.path.isfile(self.path):
-            lines = self._read_lines()
-            if lines and not lines[-1].endswith(b"\n"):  # a killed writer's partial last line
-                lines.pop()
-                self._keep(lines)
-            if lines:
-                header = next(csv.reader([lines[0].decode()], delimiter=self.separator))
-                self.keys, self.rows = header[1:], len(lines) - 1
-        self._file = open(self.path, "a" if self.append else "w", newline="", encoding="utf-8")
+        self._newline = self._check_columns = False
+        try:
+            if self.append and os.path.isfile(self.path):
+                lines = self._read_lines()
+                if lines:
+                    self.keys, self._check_columns = self._header(lines[0]), True
+                    self.rows = len(lines) - 1
+                    self._newline = not lines[-1].endswith((b"\n", b"\r"))
+            self._file = open(self.path, "a" if self.append else "w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInputError(f"CSVLogger cannot write path {self.path!r}: "
+                                    f"{exc.strerror or exc}") from None
+
+    def _header(self, line):
+        """The logged keys of an existing file's header ``line``; InvalidInputError unless a CSVLogger
+        header written with this separator."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"CSVLogger(append=True) cannot continue path {self.path!r}: it is not "
+                                    f"UTF-8 text; give another path or append=False") from None
+        header = next(csv.reader([text.rstrip("\r\n")], delimiter=self.separator), [])
+        if not header or header[0] != "epoch":
+            raise InvalidInputError(f"CSVLogger(append=True) cannot continue path {self.path!r}: its first line "
+                                    f"{text.rstrip()[:80]!r} is not a header 'epoch{self.separator}...' "
+                                    f"with separator={self.separator!r}; give another path, the file's "
+                                    f"separator, or append=False")
+        return header[1:]
 
     def on_epoch_end(self, epoch, logs):
         if self._file is None:
@@ -604,8 +662,14 @@ class CSVLogger(Callback):
         if self.keys is None:
             self.keys = list(logs)
             writer.writerow(["epoch"] + self.keys)
+        elif self._check_columns:  # the first row under an existing header: its columns must be this run's
+            if set(logs) != set(self.keys):
+                raise InvalidInputError(f"CSVLogger(append=True): path {self.path!r} has the columns "
+                                        f"{self.keys}, but this run logs {list(logs)}; give another path or "
+                                        f"append=False")
         writer.writerow([epoch] + [_csv_value(logs.get(key)) for key in self.keys])
-        self._file.write(text.getvalue())  # the whole row at once
+        self._file.write(("\n" if self._newline else "") + text.getvalue())  # the whole row at once
+        self._newline = self._check_columns = False
         self._file.flush()
         os.fsync(self._file.fileno())
         self.rows += 1
@@ -625,7 +689,7 @@ class CSVLogger(Callback):
         if self._file is None or rows >= self.rows:
             return
         self._keep(self._read_lines()[:rows + 1])  # the header and the rows up to the checkpoint
-        self.rows = rows
+        self.rows, self._newline = rows, False
 
 
 def _csv_value(value):
@@ -679,6 +743,7 @@ class ModelCheckpoint(Callback):
                               or save_freq < 1):
             raise InvalidInputError(f"save_freq must be 'epoch' or an integer >= 1 (batches), got {save_freq!r}")
         self.save_freq = "epoch" if per_epoch else int(save_freq)
+        self._check_template()
         self.verbose = _check_verbose(verbose)
         self.best = -math.inf if self.maximize else math.inf
         self.best_epoch = None
@@ -703,17 +768,35 @@ class ModelCheckpoint(Callback):
         if self.save_freq == "epoch" and self.rank == 0:
             self._save(epoch, logs)
 
+    def _check_template(self):
+        """Format ``path`` once with epoch=1, batch=1 and a float for every other field it names: a
+        template that could never be formatted is refused now rather than after an epoch's training."""
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(self.path) if name is not None}
+        except ValueError as exc:  # unbalanced braces
+            raise InvalidInputError(f"path {self.path!r} is not a valid format template ({exc})") from None
+        roots = {name.split(".", 1)[0].split("[", 1)[0] for name in names}
+        if "batch" in roots and self.save_freq == "epoch":
+            raise InvalidInputError(f"path {self.path!r} holds {{batch}}, which only save_freq=<number of "
+                                    f"batches> provides; with save_freq='epoch' use {{epoch}} and the logged keys")
+        fields = dict.fromkeys(roots, 0.5)
+        fields.update(epoch=1, batch=1)
+        self._format_fields(fields, "its fields may be epoch, batch and the logged keys (floats)")
+
+    def _format_fields(self, fields, which):
+        try:
+            return self.path.format(**fields)
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+            raise InvalidInputError(f"ModelCheckpoint cannot format path {self.path!r} ({type(exc).__name__}: "
+                                    f"{exc}); {which}") from None
+
     def _format(self, epoch, logs, batch):
         fields = dict(logs)
         fields["epoch"] = epoch + 1
         if batch is not None:
             fields["batch"] = batch + 1
-        try:
-            return self.path.format(**fields)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise InvalidInputError(f"ModelCheckpoint cannot format path {self.path!r} ({type(exc).__name__}: "
-                                    f"{exc}); its fields may be epoch{', batch' if batch is not None else ''} and "
-                                    f"the logged {sorted(logs)}") from None
+        return self._format_fields(fields, f"its fields may be epoch{', batch' if batch is not None else ''} "
+                                           f"and the logged {sorted(logs)}")
 
     def _save(self, epoch, logs, batch=None):
         if self.save_best_only:
@@ -725,10 +808,14 @@ class ModelCheckpoint(Callback):
                 return
             self.best, self.best_epoch = float(value), epoch
         path = self._format(epoch, logs, batch)
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        self.last_saved = self.model.save(path)
+        try:
+            directory = os.path.dirname(path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            self.last_saved = self.model.save(path)
+        except OSError as exc:
+            raise InvalidInputError(f"ModelCheckpoint cannot save the model to path {path!r} (formatted from "
+                                    f"{self.path!r}): {exc.strerror or exc}") from None
         if self.verbose:
             print(f"Epoch {epoch + 1}: ModelCheckpoint saved the model to {self.last_saved}", flush=True)
 

@@ -58,16 +58,20 @@ def test_csv_logger_writes_one_row_per_epoch_with_every_history_key(tmp_path):
         assert [float(v) for v in column] == history.history[key], key  # repr: floats round-trip exactly
 
 
-def test_csv_logger_appends_under_one_header_and_drops_a_partial_line(tmp_path):
+def test_csv_logger_appends_under_one_header_and_keeps_a_last_line_without_a_line_break(tmp_path):
     path = tmp_path / "log.csv"
     model = make_model()
     model.fit(X, Y, epochs=2, verbose=0, callbacks=[gb.CSVLogger(path, separator=";")])
     with open(path, "a") as f:
-        f.write("2;0.5")  # a writer killed mid-row
+        f.write("2;0.5")  # a line CSVLogger never wrote, without a line break: kept as it is
+    before = path.read_bytes()
     model.fit(X, Y, epochs=2, verbose=0, callbacks=[gb.CSVLogger(path, separator=";", append=True)])
+    after = path.read_bytes()
+    assert after.startswith(before + b"\n")
     rows = read_rows(path, ";")
-    assert rows[0][0] == "epoch" and [row[0] for row in rows] == ["epoch", "0", "1", "0", "1"]
-    assert all(len(row) == len(rows[0]) for row in rows)
+    assert rows[0][0] == "epoch" and [row[0] for row in rows] == ["epoch", "0", "1", "2", "0", "1"]
+    assert rows[3] == ["2", "0.5"]
+    assert all(len(row) == len(rows[0]) for row in rows if row[0] != "2")
     # without append the file starts over
     model.fit(X, Y, epochs=1, verbose=0, callbacks=[gb.CSVLogger(path, separator=";")])
     assert [row[0] for row in read_rows(path, ";")] == ["epoch", "0"]
@@ -121,6 +125,41 @@ def test_only_rank_0_writes_the_csv_file(tmp_path):
 def test_csv_logger_refuses_bad_arguments(tmp_path, kwargs):
     with pytest.raises((gb.InvalidInputError, gb.InvalidTypeError)):
         gb.CSVLogger(tmp_path / "log.csv", **kwargs)
+
+
+def test_csv_logger_refuses_a_directory_as_path(tmp_path):
+    with pytest.raises(gb.InvalidInputError, match="path .* is a directory"):
+        gb.CSVLogger(tmp_path)
+
+
+def test_csv_logger_append_writes_a_header_into_an_empty_file(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"")
+    make_model().fit(X, Y, epochs=2, verbose=0, callbacks=[gb.CSVLogger(path, append=True)])
+    assert [row[0] for row in read_rows(path)] == ["epoch", "0", "1"]
+
+
+@pytest.mark.parametrize("content,pattern", [
+    (b"epoch;loss;accuracy;epoch_time;samples_per_sec\n0;1.0;0.5;0.1;100.0\n", "separator=','"),  # another separator
+    (b"time,value\n1,2\n", "is not a header"),  # not a CSVLogger file
+    (b"\xff\xfeepoch,loss\n\x80\x81\n", "not UTF-8"),
+])
+def test_csv_logger_append_refuses_a_file_it_cannot_continue_and_leaves_it_unchanged(tmp_path, content, pattern):
+    path = tmp_path / "log.csv"
+    path.write_bytes(content)
+    with pytest.raises(gb.InvalidInputError, match=pattern) as info:
+        make_model().fit(X, Y, epochs=1, verbose=0, callbacks=[gb.CSVLogger(path, append=True)])
+    assert "path" in str(info.value)
+    assert path.read_bytes() == content
+
+
+def test_csv_logger_append_refuses_other_columns_and_leaves_the_file_unchanged(tmp_path):
+    path = tmp_path / "log.csv"
+    content = b"epoch,loss,other\n0,1.0,2.0"  # no line break at the end either
+    path.write_bytes(content)
+    with pytest.raises(gb.InvalidInputError, match="columns"):
+        make_model().fit(X, Y, epochs=1, verbose=0, callbacks=[gb.CSVLogger(path, append=True)])
+    assert path.read_bytes() == content
 
 
 # ---------------------------------------------------------------- ReduceLROnPlateau
@@ -277,6 +316,34 @@ def test_learning_rate_scheduler_refuses_a_step_schedule_and_bad_rates():
         gb.LearningRateScheduler(0.1)
 
 
+def test_learning_rate_scheduler_accepts_a_function_of_the_epoch_alone():
+    seen = LrSeen()
+    history = make_model(gb.optim.SGD(lr=0.1)).fit(
+        X, Y, epochs=2, batch_size=24, verbose=0,
+        callbacks=[gb.LearningRateScheduler(lambda epoch: 0.2 / (epoch + 1)), seen])
+    assert seen.lrs == pytest.approx([0.2, 0.2, 0.1, 0.1])
+    assert history.history["lr"] == pytest.approx([0.2, 0.1])
+    # defaults and *args still take the two-argument form
+    calls = []
+    make_model().fit(X, Y, epochs=1, verbose=0, callbacks=[
+        gb.LearningRateScheduler(lambda epoch, lr=None, *rest: calls.append((epoch, lr)) or 0.1)])
+    assert calls == [(0, pytest.approx(0.1))]
+
+
+@pytest.mark.parametrize("schedule", [lambda: 0.1, lambda epoch, lr, extra: 0.1, lambda *, epoch: 0.1])
+def test_learning_rate_scheduler_refuses_a_function_of_another_form(schedule):
+    with pytest.raises(gb.InvalidInputError, match="schedule must be a function"):
+        gb.LearningRateScheduler(schedule)
+
+
+@pytest.mark.parametrize("value", [math.inf, -0.1, "0.1", None, 10 ** 400],
+                         ids=["inf", "negative", "text", "none", "huge_int"])
+def test_learning_rate_scheduler_names_the_epoch_of_a_bad_rate(value):
+    scheduler = gb.LearningRateScheduler(lambda epoch: 0.1 if epoch < 1 else value)
+    with pytest.raises(gb.InvalidInputError, match=r"at epoch 1, schedule\(1\) must return a finite number"):
+        make_model().fit(X, Y, epochs=2, verbose=0, callbacks=[scheduler])
+
+
 # ---------------------------------------------------------------- ModelCheckpoint
 class SaveEvery(gb.Callback):
     def __init__(self, directory):
@@ -317,6 +384,28 @@ def test_model_checkpoint_saves_every_n_batches_and_names_unknown_fields(tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["b1-2.npz", "b2-1.npz", "b2-3.npz"]
     with pytest.raises(gb.InvalidInputError, match="nope"):
         make_model().fit(X, Y, verbose=0, callbacks=[gb.ModelCheckpoint(tmp_path / "m{nope}.npz")])
+
+
+@pytest.mark.parametrize("template,kwargs", [
+    ("ck_{loss[0]}.npz", {}),  # TypeError: a float is not subscriptable
+    ("ck_{epoch.foo}.npz", {}),  # AttributeError
+    ("ck_{loss:d}.npz", {}),  # ValueError: a float has no 'd' format
+    ("ck_{}.npz", {}),  # positional field
+    ("ck_{epoch.npz", {}),  # unbalanced brace
+    ("ck_{batch}.npz", {}),  # no batch with save_freq='epoch'
+])
+def test_model_checkpoint_refuses_a_bad_template_at_construction(tmp_path, template, kwargs):
+    with pytest.raises(gb.InvalidInputError, match="path"):
+        gb.ModelCheckpoint(str(tmp_path / template), **kwargs)
+
+
+@pytest.mark.parametrize("template", ["ck_{epoch:>300}.npz", "missing-file/sub/ck.npz"])
+def test_model_checkpoint_names_a_path_it_cannot_save_to(tmp_path, template):
+    (tmp_path / "missing-file").write_text("a file, so no directory can be made under it")
+    checkpoint = gb.ModelCheckpoint(str(tmp_path / template))
+    with pytest.raises(gb.InvalidInputError, match="cannot save the model to path") as info:
+        make_model().fit(X, Y, epochs=1, verbose=0, callbacks=[checkpoint])
+    assert "ck" in str(info.value) and not isinstance(info.value, OSError)
 
 
 def test_model_checkpoint_best_survives_a_resume(tmp_path):
