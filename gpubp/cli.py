@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -188,6 +189,10 @@ def build_parser():
     return parser
 
 
+#: Flags that take comma-separated lists, which a config file may give as TOML lists.
+LIST_OPTIONS = ("hidden", "metrics")
+
+
 def _apply_config(parser, argv):
     """Parse ``argv``; values from ``--config FILE`` (TOML, keys as the flags) become defaults."""
     args = parser.parse_args(argv)
@@ -202,6 +207,8 @@ def _apply_config(parser, argv):
             config = tomllib.load(f)
     except OSError as exc:
         parser.error(f"--config: cannot read {args.config}: {exc.strerror}")
+    except UnicodeDecodeError as exc:
+        parser.error(f"--config: {args.config} is not UTF-8 text ({exc.reason} at byte {exc.start})")
     except tomllib.TOMLDecodeError as exc:
         parser.error(f"--config: {args.config} is not valid TOML: {exc}")
     train = parser._subparsers._group_actions[0].choices[args.command]
@@ -217,8 +224,10 @@ def _apply_config(parser, argv):
             if not isinstance(value, bool):
                 parser.error(f"--config: {key} must be true or false, got {value!r}")
         else:
-            if dest == "hidden" and isinstance(value, list):
+            if isinstance(value, list) and dest in LIST_OPTIONS:  # hidden = [64, 64], metrics = ["f1", "recall"]
                 value = ",".join(str(v) for v in value)
+            elif isinstance(value, (list, dict)):
+                parser.error(f"--config: {key} takes a single value, got {value!r}")
             try:
                 value = action.type(str(value)) if action.type is not None else str(value)
             except (ValueError, argparse.ArgumentTypeError) as exc:
@@ -705,7 +714,56 @@ def cmd_info(args):
     return 0
 
 
+class _ClosedStdoutGuard:
+    """``sys.stdout`` for a command: once the reader of a pipe has gone (``gpubp train | head -1``), the
+    output goes to os.devnull (as Python's docs on SIGPIPE advise) and the command goes on without it, so
+    that the work it was asked to do (``--save``) is done; ``broken`` then says so, for an exit status of 1."""
+
+    def __init__(self, stream):
+        self.stream, self.broken = stream, False
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.closed_pipe()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.closed_pipe()
+
+    def closed_pipe(self):
+        self.broken = True
+        try:  # the buffered rest, and the flush at exit, go to os.devnull, without an "Exception ignored" line
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (AttributeError, OSError, ValueError):  # a stream without a file descriptor: writes are dropped
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main(argv=None):
+    if sys.stdout is None:  # no standard output at all (pythonw)
+        return _main(argv)
+    guard = sys.stdout = _ClosedStdoutGuard(sys.stdout)
+    try:
+        status = _main(argv)
+    except BrokenPipeError:  # through a reference to the stream taken before main
+        guard.closed_pipe()
+        status = None
+    finally:  # --help and parse errors (SystemExit) too
+        guard.flush()
+        sys.stdout = guard.stream
+    return 1 if guard.broken and not status else status
+
+
+def _main(argv):
     args = _apply_config(build_parser(), argv)
     args.communicator = None
     try:

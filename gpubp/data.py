@@ -242,7 +242,15 @@ def load_npz(path):
     if y.ndim not in (1, 2) or len(y) != len(X):
         raise InvalidInputError(f"{path}: y must hold one label or row of targets per sample of X "
                                 f"({len(X)}), got shape {y.shape}")
+    _check_not_empty(path, X)
     return X, y
+
+
+def _check_not_empty(path, X):
+    """InvalidInputError naming ``path`` when the data set ``X`` has no rows or no feature columns."""
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        what = "no samples" if X.shape[0] == 0 else "no feature columns"
+        raise InvalidInputError(f"{path}: the data set is empty: it has {what} (X has shape {X.shape})")
 
 
 def load_csv(path, target):
@@ -267,6 +275,7 @@ def load_csv(path, target):
             raise InvalidInputError(f"{path}: no column named {target!r} (columns: {header}){hint}")
 
     _, X, labels = _read_csv(path, check_target, text_column=target)
+    _check_not_empty(path, X)
     try:
         y = np.array([float(label) for label in labels])
         if np.all(np.isfinite(y)):
@@ -337,7 +346,11 @@ def _read_csv(path, check_header=None, text_column=None):
                     if not row[t].strip():
                         raise InvalidInputError(f"{path}, line {line_no}, column {text_column!r}: '' is not a number "
                                                 f"or a label")
-                    texts.append(row[t].strip())
+                    label = row[t].strip()
+                    if _is_float(label) and not math.isfinite(float(label)):  # "nan", "inf": a missing label
+                        raise InvalidInputError(f"{path}, line {line_no}, column {text_column!r}: {label!r} is not "
+                                                f"a finite number or a label (a missing label?)")
+                    texts.append(label)
                     row = row[:t] + row[t + 1:]
                 rows.append(_parse_row(path, line_no, numeric, row))
         except (csv.Error, UnicodeDecodeError) as exc:
@@ -567,14 +580,18 @@ class _RowSource:
         rows = out[:count]
         view = memoryview(rows.view(np.uint8))
         path, offset = self.file
-        with open(path, "rb", buffering=0) as f:
-            f.seek(offset + start * self.row_bytes)
-            done = 0
-            while done < view.nbytes:
-                got = f.readinto(view[done:])
-                if not got:
-                    raise InvalidInputError(f"{self.where}: the file ends before row {stop - 1} (truncated?)")
-                done += got
+        try:  # in fit's reader thread too, whose errors fit raises in the calling thread
+            with open(path, "rb", buffering=0) as f:
+                f.seek(offset + start * self.row_bytes)
+                done = 0
+                while done < view.nbytes:
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise InvalidInputError(f"{self.where}: the file ends before row {stop - 1} (truncated?)")
+                    done += got
+        except OSError as exc:  # the file deleted, moved or unreadable since it was opened
+            raise InvalidInputError(f"{self.where}: cannot read rows {start} to {stop - 1} "
+                                    f"({exc.strerror or exc})") from None
         return rows.reshape((n,) + self.shape[1:])
 
 

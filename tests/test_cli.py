@@ -266,6 +266,58 @@ def test_evaluate_on_a_built_in_set_scores_the_held_out_split_and_says_so(tmp_pa
     assert everything["samples"] == 2000 and everything["scored"] == "all 2000 samples of moons"
 
 
+def _config_refused(proc, phrase):
+    """A --config error: argparse's usage line, then one error line."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and lines[-1].startswith("gpubp: error: ")
+    assert phrase in lines[-1], lines[-1]
+
+
+def test_config_errors_are_one_line_and_toml_lists_work_for_list_flags(tmp_path):
+    (tmp_path / "latin1.toml").write_bytes(b"\xff")
+    _config_refused(gpubp("train", "--config", str(tmp_path / "latin1.toml"), check=False),
+                    f"--config: {tmp_path / 'latin1.toml'} is not UTF-8 text")
+    (tmp_path / "lists.toml").write_text('metrics = ["f1", "precision"]\nhidden = [8, 8]\nepochs = 2\n')
+    metrics = json.loads(gpubp("train", "--config", str(tmp_path / "lists.toml"), "--samples", "200",
+                               "--backend", "cpu", "--json").stdout)
+    assert "test_f1" in metrics and "test_precision" in metrics and metrics["epochs"] == 2
+    (tmp_path / "scalar.toml").write_text("lr = [0.1]\n")
+    _config_refused(gpubp("train", "--config", str(tmp_path / "scalar.toml"), check=False),
+                    "--config: lr takes a single value, got [0.1]")
+
+
+def test_empty_data_sets_and_missing_labels_are_refused_in_one_line(tmp_path):
+    np.savez(tmp_path / "e.npz", X=np.zeros((0, 3)), y=np.zeros(0, int))
+    _refused_in_one_line(gpubp("train", "--dataset", str(tmp_path / "e.npz"), "--backend", "cpu", check=False),
+                         f"{tmp_path / 'e.npz'}: the data set is empty: it has no samples")
+    (tmp_path / "l.csv").write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(20)) + "7,nan\n")
+    _refused_in_one_line(gpubp("train", "--dataset", str(tmp_path / "l.csv"), "--target", "y", "--backend", "cpu",
+                               check=False), "line 22, column 'y': 'nan' is not a finite number or a label")
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(tmp_path, command):
+    """``gpubp train ... | head -1``: no BrokenPipeError traceback, exit status 1, and the model still saved."""
+    if command == "train":
+        args = ["train", "--epochs", "40", "--samples", "200", "--backend", "cpu", "--save", str(tmp_path / "m.npz")]
+    else:
+        gpubp("train", "--epochs", "1", "--samples", "200", "--backend", "cpu", "--quiet", "--save",
+              str(tmp_path / "m.npz"))
+        np.savetxt(tmp_path / "x.csv", np.zeros((20000, 2)), delimiter=",", header="x0,x1", comments="")
+        args = ["predict", "--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "x.csv")]
+    if command == "train":
+        (tmp_path / "m.npz").unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gpubp", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head -1 does
+    err = proc.stderr.read().decode()
+    status = proc.wait(timeout=300)
+    assert err == "", err
+    # predict writes its CSV in one write, which CPython cuts short without an error once the reader has gone
+    assert status == 1 if command == "train" else status in (0, 1)
+    assert gb.load(tmp_path / "m.npz", backend="cpu").input_dim == 2
+
+
 def test_data_file_errors_name_the_real_fault(tmp_path):
     csv_path = tmp_path / "bad.csv"
     csv_path.write_bytes(b"a,b,y\n1,2,0\n3,\xff4,1\n5,6,0\n")

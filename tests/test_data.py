@@ -110,6 +110,11 @@ def test_load_csv_reads_features_and_target(tmp_path):
     ("x,y,z\n1,2,3\n4,5\n", "y", "line 3: 2 values, header has 3"),
     ("x,y\n1,2\n3,\n", "y", "line 3, column 'y': '' is not a number"),
     ("x,y\n1,2\nnan,1\n", "y", "line 3, column 'x': 'nan' is not a finite number"),
+    ("x,y\n1,0\n2,1\n3,nan\n", "y", "line 4, column 'y': 'nan' is not a finite number or a label"),
+    ("x,y\n1,0\n2,NaN\n", "y", "line 3, column 'y': 'NaN' is not a finite number or a label"),
+    ("x,y\n1,cat\n2,inf\n", "y", "line 3, column 'y': 'inf' is not a finite number or a label"),
+    ("x,y\n1,0\n2, \n", "y", "line 3, column 'y': '' is not a number or a label"),
+    ("y\n0\n1\n", "y", "the data set is empty: it has no feature columns"),
 ])
 def test_load_csv_errors_name_file_line_and_column(tmp_path, text, target, message):
     path = write(tmp_path, text)
@@ -130,6 +135,19 @@ def test_load_npz(tmp_path):
         load_npz(tmp_path / "junk.npz")
     with pytest.raises(InvalidInputError, match="no such file"):
         load_npz(tmp_path / "absent.npz")
+
+
+def test_text_labels_still_load_but_missing_labels_do_not_make_a_class(tmp_path):
+    X, y = load_csv(write(tmp_path, "x,y\n1,cat\n2,dog\n3,cat\n"), "y")
+    assert y.tolist() == ["cat", "dog", "cat"] and X.shape == (3, 1)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0)])
+def test_an_empty_npz_data_set_is_refused_naming_the_file(tmp_path, shape):
+    np.savez(tmp_path / "e.npz", X=np.zeros(shape), y=np.zeros(shape[0], int))
+    with pytest.raises(InvalidInputError, match=r"e\.npz: the data set is empty") as info:
+        load_dataset(str(tmp_path / "e.npz"))
+    assert ("no samples" if shape[0] == 0 else "no feature columns") in str(info.value)
 
 
 # --------------------------------------------------------------- scaler

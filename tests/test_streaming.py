@@ -139,6 +139,26 @@ def test_a_bad_label_is_raised_with_its_row(tmp_path):
         model().fit(NpyDataset(x_path, y_path, chunk_rows=500), None, batch_size=50, epochs=2, verbose=0)
 
 
+@pytest.mark.parametrize("fault", ["deleted", "truncated"])
+def test_a_file_deleted_or_truncated_during_training_is_raised_naming_it(tmp_path, fault):
+    X, y = data(3000)
+    x_path, y_path = files(tmp_path, X, y)
+
+    class Vandal(gb.callbacks.Callback):  # after the first step, while the reader reads the next chunks
+        def on_batch_end(self, batch, logs=None):
+            if os.path.exists(x_path):
+                if fault == "deleted":
+                    os.remove(x_path)
+                else:
+                    with open(x_path, "r+b") as f:
+                        f.truncate(1000)
+
+    message = r"cannot read rows" if fault == "deleted" else r"the file ends before row"
+    with pytest.raises(gb.InvalidInputError, match=r"X \('.*X\.npy'\).*" + message):
+        model().fit(NpyDataset(x_path, y_path, chunk_rows=500), None, batch_size=50, epochs=2, verbose=0,
+                    callbacks=[Vandal()])
+
+
 def test_the_next_chunk_is_read_while_the_current_one_trains(tmp_path, monkeypatch):
     X, y = data(4 * 96)
     x_path, y_path = files(tmp_path, X, y)
