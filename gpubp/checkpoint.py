@@ -367,29 +367,22 @@ def latest_checkpoint(directory, model=None):
 
 
 def resume_from_latest(directory, model):
-    """Restore the newest checkpoint in ``directory`` that fits ``model``; None when the directory holds none.
+    """Restore the newest checkpoint in ``directory`` into ``model``; None when the directory holds none.
 
-    A directory that holds readable checkpoints of which none fits the model is
-    refused (ModelFileError naming what differs), so a resume never silently
-    starts over and overwrites another run's checkpoints.
+    Only the newest checkpoint file (the highest epoch) is resumed from. One that does not read back (a
+    newer format, damage) or does not fit the model (another run's) is refused with a ModelFileError
+    naming the fault and the file, never skipped: the resumed run would write its later epochs over it and
+    rotate it away. Moving it out of the directory resumes from the one before.
     """
-    path = latest_checkpoint(directory, model=model)
-    if path is not None:
-        return restore_checkpoint(path, model)
-    newest = latest_checkpoint(directory)
-    if newest is not None:
-        restore_checkpoint(newest, model)  # raises, naming the mismatch
-    unreadable = checkpoint_files(directory)
-    if unreadable:  # a fresh start would overwrite and rotate them away
-        reason = "unreadable"
-        try:
-            read_checkpoint(unreadable[0])
-        except ModelFileError as exc:
-            reason = str(exc)
-        raise ModelFileError(f"cannot resume from {os.fspath(directory)!r}: none of its {len(unreadable)} "
-                             f"checkpoint file(s) reads back (the newest: {reason}); move them away or "
-                             f"choose another directory, so that no file is overwritten")
-    return None
+    files = checkpoint_files(directory)
+    if not files:
+        return None
+    try:
+        return restore_checkpoint(files[0], model)
+    except ModelFileError as exc:
+        older = f"; move it away to resume from {os.path.basename(files[1])}" if len(files) > 1 else ""
+        raise ModelFileError(f"cannot resume from the newest checkpoint, which the run would overwrite: {exc}"
+                             f"{older}") from None
 
 
 class TrainingCheckpoint(Callback):

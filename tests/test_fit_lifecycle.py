@@ -118,7 +118,7 @@ def test_crafted_model_files_are_refused_as_model_file_errors(tmp_path, change):
         gb.load(path, backend="cpu")
 
 
-def test_a_checkpoint_with_non_finite_state_is_skipped_for_an_older_good_one(tmp_path):
+def test_a_checkpoint_with_non_finite_state_is_refused_and_moved_away_resumes_from_the_one_before(tmp_path):
     X, y = DATA
     model = make_model()
     model.fit(X, y, epochs=2, verbose=0, checkpoint_dir=tmp_path, checkpoint_keep=2)
@@ -130,8 +130,13 @@ def test_a_checkpoint_with_non_finite_state_is_skipped_for_an_older_good_one(tmp
         meta["sha256"]["optimizer.state.m"] = digest(arrays["optimizer.state.m"])
 
     _rewrite_meta(newest, poison)
-    fresh = make_model()
-    history = fresh.fit(X, y, epochs=3, verbose=0, checkpoint_dir=tmp_path, resume=True)
+    poisoned = newest.read_bytes()
+    with pytest.raises(gb.ModelFileError, match="ckpt-epoch000002.npz.*move it away to resume from "
+                                                "ckpt-epoch000001.npz"):
+        make_model().fit(X, y, epochs=3, verbose=0, checkpoint_dir=tmp_path, resume=True)
+    assert newest.read_bytes() == poisoned  # never overwritten
+    newest.rename(tmp_path / "poisoned.npz")
+    history = make_model().fit(X, y, epochs=3, verbose=0, checkpoint_dir=tmp_path, resume=True)
     assert history.epoch == [0, 1, 2]  # resumed after epoch 1, from the older, good checkpoint
     assert read_checkpoint(tmp_path / "ckpt-epoch000003.npz")[0]["epoch"] == 3
 
