@@ -389,22 +389,16 @@ class TrainingCheckpoint(Callback):
     """Writes a checkpoint of the model, its optimizer and ``callbacks`` every ``every`` epochs (``fit``'s
     ``checkpoint_dir``); runs after the other callbacks so their end-of-epoch state is saved.
 
-    Each checkpoint records ``run`` (``fit``'s :func:`run_record`, when given) completed by what the
-    epochs show: the features, the steps per epoch (those of an epoch that ran whole, when ``run`` does
-    not say) and the step count the run's epoch 0 began at, so that a reader can check the optimizer's
-    step count against the epoch."""
+    Each checkpoint records ``run`` (``fit``'s :func:`run_record`) and the step count the run's epoch 0
+    began at, so that a reader can check the optimizer's step count against the epoch."""
 
-    def __init__(self, directory, every, keep, callbacks, run=None):
+    def __init__(self, directory, every, keep, callbacks, run):
         self.directory, self.every, self.keep, self.callbacks = directory, every, keep, callbacks
-        self.run = dict(run or {})
+        self.run = dict(run)
         self._epoch_start = None
-        self._steps = 0  # of the epoch running
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start, self._steps = self.model.optimizer.iterations, 0
-
-    def on_batch_begin(self, batch, logs=None):
-        self._steps += 1
+        self._epoch_start = self.model.optimizer.iterations
 
     def on_epoch_end(self, epoch, logs):
         self._observe(epoch)
@@ -413,21 +407,15 @@ class TrainingCheckpoint(Callback):
                             keep=self.keep, run=self.run)
 
     def _observe(self, epoch):
-        """Complete :attr:`run` from the epoch that just ended; leave ``start_iterations`` out should anything
-        but the epochs' steps have moved the step count (a callback's own ``train_on_batch``, say)."""
-        run, iterations = self.run, self.model.optimizer.iterations
-        run.setdefault("features", self.model.input_dim)
+        """Record ``start_iterations`` from the epoch that just ended; leave it out should anything but the
+        epochs' steps have moved the step count (a callback's own ``train_on_batch``, say)."""
+        run, steps = self.run, self.run["steps_per_epoch"]
         run.pop("start_iterations", None)
-        if self._epoch_start is None:
-            return
-        if "steps_per_epoch" not in run and not self.model.stop_training and self._steps:
-            run["steps_per_epoch"] = self._steps
-        steps = run.get("steps_per_epoch")
-        if steps is None or self._epoch_start < epoch * steps:
+        if self._epoch_start is None or self._epoch_start < epoch * steps:
             return
         run["start_iterations"] = self._epoch_start - epoch * steps
         try:
             _check_run("this run", {"run": run, "epoch": epoch + 1, "stopped": self.model.stop_training,
-                                    "config": {"input_dim": self.model.input_dim}}, iterations)
+                                    "config": {"input_dim": self.model.input_dim}}, self.model.optimizer.iterations)
         except ModelFileError:
             del run["start_iterations"]
